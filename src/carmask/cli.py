@@ -1,0 +1,245 @@
+"""The `carmask` command line: parses arguments, calls the library, prints the results."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may download weights at run time
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import track as rich_track
+from rich.table import Table
+
+app = typer.Typer(
+    help="Mask cars out of studio photos: data checks, Kaggle RLE and submissions, EDA, demo.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Index, validate, synthesise or download Carvana data.",
+                       no_args_is_help=True)
+rle_app = typer.Typer(help="Kaggle run-length encoding (row-major, 1-based).", no_args_is_help=True)
+submission_app = typer.Typer(help="Check Kaggle submission files.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(rle_app, name="rle")
+app.add_typer(submission_app, name="submission")
+
+console = Console()
+err = Console(stderr=True)
+log = logging.getLogger("carmask")
+
+
+def progress(iterable, total=None, description=""):
+    """A rich progress bar on stderr, handed to the library as its `track`."""
+    return rich_track(iterable, total=total, description=description or "working", console=err,
+                      transient=True)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def parse_size(text: str, order: str) -> tuple[int, int]:
+    """'480x320' → (480, 320); `order` names the two numbers for the error message."""
+    try:
+        first, second = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not {order}, e.g. 480x320") from None
+    if first <= 0 or second <= 0:
+        raise typer.BadParameter(f"{text!r}: both sides must be positive")
+    return first, second
+
+
+@app.callback()
+def main_options(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=err, show_path=False, show_time=False)])
+
+
+# -- data ---------------------------------------------------------------------------------------
+DataDir = Annotated[Path, typer.Option("--data", help="Kaggle-layout folder (train/, train_masks/, test/, metadata.csv).")]
+
+
+@data_app.command("index")
+def data_index(
+    data: DataDir,
+    deep: Annotated[bool, typer.Option(help="Also decode every photo (finds corruption inside files, ~25% slower).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary and problems as JSON.")] = False,
+) -> None:
+    """Discover a Kaggle folder, join metadata.csv, check every file and print a summary.
+
+    Exits 1 when a fatal problem is found (missing or orphan masks, wrong sizes, masks that are
+    not binary or have several frames, unreadable or truncated files, bad names, duplicate ids).
+    """
+    from carmask.data.layout import index_dataset
+
+    try:
+        index = index_dataset(data, deep=deep, track=progress)
+    except FileNotFoundError as error:
+        raise fail(str(error)) from None
+    summary = index.summary()
+    if as_json:
+        summary["problem_list"] = [
+            {"path": str(p.path), "kind": p.kind, "message": p.message, "fatal": p.fatal}
+            for p in index.problems]
+        console.print_json(json.dumps(summary))
+    else:
+        table = Table(title=f"Carvana data in {data}", show_header=False)
+        for key, value in summary.items():
+            if key != "root":
+                table.add_row(key.replace("_", " "), ", ".join(f"{k}: {v}" for k, v in value.items())
+                              if isinstance(value, dict) else str(value))
+        console.print(table)
+        for problem in index.problems:
+            console.print(str(problem), style="red" if problem.fatal else "yellow", highlight=False)
+        if not index.problems:
+            console.print("[green]no problems found[/]")
+    if index.fatal:
+        raise typer.Exit(1)
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the data set into.")],
+    cars: Annotated[int, typer.Option(help="Training cars (16 views each).")] = 8,
+    test_cars: Annotated[int, typer.Option(help="Test cars (16 views each, true masks in test_masks/).")] = 2,
+    size: Annotated[str, typer.Option(help="Image size WIDTHxHEIGHT.")] = "480x320",
+    seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 0,
+) -> None:
+    """Write a synthetic studio data set in the exact Kaggle layout (deterministic per seed)."""
+    from carmask.data.synth import synthesize
+
+    try:
+        result = synthesize(out, cars=cars, test_cars=test_cars, size=parse_size(size, "WIDTHxHEIGHT"),
+                            seed=seed, track=progress)
+    except ValueError as error:
+        raise fail(str(error)) from None
+    console.print(f"wrote {result.images} images of {len(result.train_cars)} train and "
+                  f"{len(result.test_cars)} test cars to [bold]{result.root}[/]")
+
+
+@data_app.command("download")
+def data_download(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the Kaggle data (about 25 GB unzipped).")],
+    file: Annotated[Optional[list[str]], typer.Option(help="Only these competition files, e.g. metadata.csv.zip.")] = None,
+) -> None:
+    """Download the competition with the Kaggle API (needs your credentials and the accepted rules)."""
+    from carmask.data.download import DownloadError, download_competition
+
+    try:
+        path = download_competition(out, files=file)
+    except DownloadError as error:
+        raise fail(str(error)) from None
+    console.print(f"downloaded to [bold]{path}[/]; next: carmask data index --data {path}")
+
+
+# -- rle ----------------------------------------------------------------------------------------
+@rle_app.command("encode")
+def rle_encode(mask: Annotated[Path, typer.Argument(help="Mask image (GIF/PNG, values {0,1} or {0,255}).")]) -> None:
+    """Print the Kaggle RLE of a mask file."""
+    from carmask import rle
+    from carmask.data.io import DataError, read_mask
+
+    try:
+        print(rle.encode(read_mask(mask)))
+    except DataError as error:
+        raise fail(str(error)) from None
+
+
+@rle_app.command("decode")
+def rle_decode(
+    encoding: Annotated[str, typer.Argument(help="The RLE string, or - to read it from stdin.")],
+    out: Annotated[Path, typer.Option("--out", help="Output mask: .png (0/255) or .gif ({0,1}).")],
+    shape: Annotated[str, typer.Option(help="Mask size HEIGHTxWIDTH.")] = "1280x1918",
+) -> None:
+    """Decode a Kaggle RLE string into a mask image."""
+    from carmask import rle
+    from carmask.data.io import save_mask
+
+    text = sys.stdin.read().strip() if encoding == "-" else encoding.strip()
+    try:
+        mask = rle.decode(text, parse_size(shape, "HEIGHTxWIDTH"))
+    except rle.RLEError as error:
+        raise fail(f"invalid RLE: {error}") from None
+    save_mask(mask, out)
+    console.print(f"wrote {out} ({mask.shape[0]}x{mask.shape[1]}, {int(mask.sum())} car pixels)")
+
+
+# -- submission ---------------------------------------------------------------------------------
+@submission_app.command("check")
+def submission_check(
+    file: Annotated[Path, typer.Argument(help="The submission CSV.")],
+    sample: Annotated[Optional[Path], typer.Option(help="sample_submission.csv listing the expected images.")] = None,
+    shape: Annotated[str, typer.Option(help="Mask size HEIGHTxWIDTH.")] = "1280x1918",
+) -> None:
+    """Validate a submission: header, every expected image exactly once, every RLE valid."""
+    from carmask.submission import SubmissionError, check_submission, read_sample_names
+
+    try:
+        expected = read_sample_names(sample) if sample else None
+    except (OSError, SubmissionError) as error:
+        raise fail(str(error)) from None
+    report = check_submission(file, expected, shape=parse_size(shape, "HEIGHTxWIDTH"))
+    for line, message in report.errors:
+        err.print(f"{file}:{line if line is not None else '-'}: {message}", highlight=False)
+    for warning in report.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    if not report.ok:
+        raise fail(f"{len(report.errors)} problem(s) in {file}")
+    against = f" against {sample}" if sample else ""
+    console.print(f"[green]OK[/] {file}: {report.rows} rows{against}, "
+                  f"{report.rows - report.empty_masks} non-empty masks")
+
+
+# -- eda and demo -------------------------------------------------------------------------------
+@app.command("eda")
+def eda(
+    data: DataDir,
+    out: Annotated[Path, typer.Option("--out", help="Folder for index.html.")] = Path("eda"),
+) -> None:
+    """Write a self-contained HTML report exploring a data folder."""
+    from carmask.eda import write_eda_report
+
+    if not data.is_dir():
+        raise fail(f"{data}: data folder does not exist")
+    path = write_eda_report(data, out, track=progress)
+    console.print(f"EDA report: [bold]{path}[/]")
+
+
+@app.command("demo")
+def demo(
+    data: Annotated[Optional[Path], typer.Option("--data", help="A real Kaggle folder; default: a synthetic one.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Where everything is written.")] = Path("demo-output"),
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic data set.")] = 0,
+) -> None:
+    """Run the whole pipeline end to end and say where the results are."""
+    from carmask.demo import run_demo
+
+    if data is not None and not data.is_dir():
+        raise fail(f"{data}: data folder does not exist")
+    result = run_demo(out, data, seed=seed, track=progress)
+    summary = result.index.summary()
+    console.rule("carmask demo")
+    console.print(f"data:        {result.data} ({summary['train_cars']} cars, "
+                  f"{summary['train_images']} train and {summary['test_images']} test images, "
+                  f"{summary['problems']} problems)")
+    console.print(f"EDA report:  {result.eda_report}")
+    status = "[green]OK[/]" if result.check.ok else f"[red]{len(result.check.errors)} problems[/]"
+    console.print(f"submission:  {result.submission} ({result.check.rows} rows of true masks) {status}")
+    console.print("timings:     " + ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items()))
+    if not result.check.ok or result.index.fatal:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Fetch the competition data with the Kaggle API, only when a user asks for it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import zipfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+COMPETITION = "carvana-image-masking-challenge"
+HOW_TO = f"""\
+To download the Carvana data you need a Kaggle account and an API token:
+  1. Sign in at https://www.kaggle.com and open Settings -> API -> "Create New Token".
+     Save the downloaded kaggle.json as ~/.kaggle/kaggle.json (chmod 600), or set the
+     KAGGLE_USERNAME and KAGGLE_KEY environment variables.
+  2. Accept the competition rules once at
+     https://www.kaggle.com/competitions/{COMPETITION}/rules
+     (the API refuses with 403 Forbidden until you do).
+Then run this command again."""
+
+
+class DownloadError(RuntimeError):
+    pass
+
+
+def kaggle_credentials_present() -> bool:
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        return True
+    config_dir = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
+    return (config_dir / "kaggle.json").is_file()
+
+
+def download_competition(out: str | Path, competition: str = COMPETITION,
+                         files: list[str] | None = None, unzip: bool = True) -> Path:
+    """Download (and unzip) the competition files into `out`, in the Kaggle layout.
+
+    Raises DownloadError with instructions when there are no credentials or the rules have not
+    been accepted.
+    """
+    if not kaggle_credentials_present():
+        raise DownloadError("no Kaggle API credentials found.\n" + HOW_TO)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        from kaggle.api.kaggle_api_extended import KaggleApi  # imported late: it reads credentials
+        api = KaggleApi()
+        api.authenticate()
+        if files:
+            for name in files:
+                log.info("downloading %s", name)
+                api.competition_download_file(competition, name, path=str(out), quiet=False)
+        else:
+            log.info("downloading all files of %s (about 25 GB)", competition)
+            api.competition_download_files(competition, path=str(out), quiet=False)
+    except DownloadError:
+        raise
+    except Exception as error:  # the kaggle client raises bare HTTP errors
+        message = str(error)
+        if "403" in message or "Forbidden" in message:
+            raise DownloadError(f"Kaggle refused the download (403): accept the rules first.\n{HOW_TO}") from error
+        raise DownloadError(f"Kaggle download failed: {message}") from error
+    if unzip:
+        for archive in sorted(out.glob("*.zip")):
+            log.info("unzipping %s", archive.name)
+            with zipfile.ZipFile(archive) as bundle:
+                bundle.extractall(out)
+            archive.unlink()
+        for nested in sorted(out.glob("*.zip")):  # competition zip holds per-folder zips
+            with zipfile.ZipFile(nested) as bundle:
+                bundle.extractall(out)
+            nested.unlink()
+    return out

@@ -1,0 +1,316 @@
+"""Discover a Kaggle Carvana folder, join its metadata and collect every problem in it.
+
+Problems are gathered, not raised one at a time, so a user fixing a data folder sees the whole
+list in one run. Pixel checks run in a thread pool: Pillow and OpenCV release the GIL while they
+decode.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from carmask.data.io import binary_problem
+from carmask.progress import Track, silent_track
+
+log = logging.getLogger(__name__)
+
+NAME_PATTERN = re.compile(r"^(?P<car>[0-9a-f]{12})_(?P<view>0[1-9]|1[0-6])$")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+MASK_SUFFIX = "_mask.gif"
+CARVANA_SIZE = (1918, 1280)  # (width, height)
+METADATA_COLUMNS = ("year", "make", "model", "trim1", "trim2")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One photo of one car, with its mask when it has one."""
+
+    image_id: str  # "<car>_<NN>"
+    car_id: str
+    view: int  # 1..16
+    image_path: Path
+    mask_path: Path | None
+    subset: str  # "train" or "test"
+    make: str = ""
+    model: str = ""
+    year: int | None = None
+
+    @property
+    def image_name(self) -> str:
+        """The name Kaggle's CSVs use, e.g. 00087a6bd4dc_01.jpg."""
+        return self.image_path.name
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: Path
+    kind: str
+    message: str
+    fatal: bool = True
+
+    def __str__(self) -> str:
+        level = "error" if self.fatal else "warning"
+        return f"{level}: {self.path}: {self.message} [{self.kind}]"
+
+
+@dataclass
+class DataIndex:
+    root: Path
+    train: list[Record]
+    test: list[Record]
+    problems: list[Problem]
+    metadata: pd.DataFrame | None
+    image_sizes: Counter = field(default_factory=Counter)  # (w, h) -> count
+    coverage: dict[str, float] = field(default_factory=dict)  # image_id -> car fraction
+
+    @property
+    def fatal(self) -> list[Problem]:
+        return [p for p in self.problems if p.fatal]
+
+    @property
+    def records(self) -> list[Record]:
+        return self.train + self.test
+
+    def summary(self) -> dict:
+        cars = {r.car_id for r in self.train}
+        years = sorted({r.year for r in self.train if r.year is not None})
+        return {
+            "root": str(self.root),
+            "train_cars": len(cars),
+            "train_images": len(self.train),
+            "masks": sum(r.mask_path is not None for r in self.train),
+            "test_cars": len({r.car_id for r in self.test}),
+            "test_images": len(self.test),
+            "makes": len({r.make for r in self.train if r.make}),
+            "years": f"{years[0]}-{years[-1]}" if years else "",
+            "image_sizes": {f"{w}x{h}": n for (w, h), n in self.image_sizes.most_common()},
+            "problems": len(self.problems),
+            "fatal_problems": len(self.fatal),
+        }
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per image: ids, subset, view, metadata, paths and mask coverage."""
+        rows = [
+            {
+                "image_id": r.image_id, "car_id": r.car_id, "view": r.view, "subset": r.subset,
+                "make": r.make, "model": r.model, "year": r.year,
+                "image_path": str(r.image_path),
+                "mask_path": str(r.mask_path) if r.mask_path else "",
+                "coverage": self.coverage.get(r.image_id, np.nan),
+            }
+            for r in self.records
+        ]
+        return pd.DataFrame(rows)
+
+
+def index_dataset(
+    root: str | Path,
+    *,
+    check_pixels: bool = True,
+    deep: bool = False,
+    expected_size: tuple[int, int] | None = None,
+    workers: int | None = None,
+    track: Track = silent_track,
+) -> DataIndex:
+    """Index a Kaggle-layout folder (train/, train_masks/, test/, metadata.csv).
+
+    Every photo's header is read and its end checked for the end-of-image marker, which finds
+    truncated files. With `check_pixels` every mask is decoded (binary? one frame? its image's
+    size?); with `deep` every photo is decoded too (at 1/8 scale: libjpeg still reads all of the
+    compressed data), which also finds corruption in the middle of a file but costs ~25% more.
+    `expected_size` (width, height) defaults to the most common photo size.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: data folder does not exist")
+    problems: list[Problem] = []
+    metadata = _read_metadata(root / "metadata.csv", problems)
+
+    train_images = _scan_images(root / "train", problems)
+    test_images = _scan_images(root / "test", problems)
+    masks = _scan_masks(root / "train_masks", problems)
+    if not train_images and not test_images:
+        problems.append(Problem(root, "no-images", "no images in train/ or test/"))
+
+    for image_id in sorted(train_images.keys() & test_images.keys()):
+        problems.append(Problem(test_images[image_id], "duplicate-id",
+                                f"{image_id} is both a train and a test image"))
+    for image_id in sorted(train_images.keys() - masks.keys()):
+        problems.append(Problem(train_images[image_id], "missing-mask",
+                                f"no mask train_masks/{image_id}{MASK_SUFFIX}"))
+    for image_id in sorted(masks.keys() - train_images.keys()):
+        problems.append(Problem(masks[image_id], "orphan-mask",
+                                f"no image train/{image_id}.jpg for this mask"))
+
+    def make_records(images: dict[str, Path], subset: str) -> list[Record]:
+        records = []
+        for image_id, path in sorted(images.items()):
+            car, view = image_id.rsplit("_", 1)
+            meta = metadata.get(car, {}) if metadata is not None else {}
+            records.append(Record(
+                image_id=image_id, car_id=car, view=int(view), image_path=path,
+                mask_path=masks.get(image_id) if subset == "train" else None, subset=subset,
+                make=meta.get("make", ""), model=meta.get("model", ""), year=meta.get("year"),
+            ))
+        return records
+
+    index = DataIndex(root, make_records(train_images, "train"), make_records(test_images, "test"),
+                      problems, pd.DataFrame.from_dict(metadata, orient="index") if metadata else None)
+    if metadata is not None:
+        missing = sorted({r.car_id for r in index.records} - metadata.keys())
+        for car in missing:
+            problems.append(Problem(root / "metadata.csv", "missing-metadata",
+                                    f"car {car} has no row", fatal=False))
+    _check_files(index, check_pixels, deep, expected_size, workers, track)
+    index.problems.sort(key=lambda p: (not p.fatal, str(p.path), p.kind))
+    return index
+
+
+def _read_metadata(path: Path, problems: list[Problem]) -> dict[str, dict] | None:
+    if not path.is_file():
+        problems.append(Problem(path, "missing-file", "metadata.csv not found: makes and years "
+                                "will be unknown", fatal=False))
+        return None
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        problems.append(Problem(path, "unreadable", f"cannot parse CSV ({error})"))
+        return None
+    missing = {"id", *METADATA_COLUMNS} - set(frame.columns)
+    if missing:
+        problems.append(Problem(path, "bad-columns", f"missing columns: {', '.join(sorted(missing))}"))
+        return None
+    rows: dict[str, dict] = {}
+    for row in frame.itertuples(index=False):
+        year = int(float(row.year)) if row.year.strip().replace(".", "", 1).isdigit() else None
+        rows[row.id] = {"year": year, "make": row.make, "model": row.model,
+                        "trim1": row.trim1, "trim2": row.trim2}
+    return rows
+
+
+def _scan_images(folder: Path, problems: list[Problem]) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    if not folder.is_dir():
+        return found
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        path = Path(entry.path)
+        stem, suffix = os.path.splitext(entry.name)
+        if not entry.is_file() or suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if not NAME_PATTERN.match(stem):
+            problems.append(Problem(path, "bad-name",
+                                    "name does not match <12 hex>_<NN> with NN in 01..16"))
+        elif stem in found:
+            problems.append(Problem(path, "duplicate-id",
+                                    f"{stem} also exists as {found[stem].name}"))
+        else:
+            found[stem] = path
+    return found
+
+
+def _scan_masks(folder: Path, problems: list[Problem]) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    if not folder.is_dir():
+        return found
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if not entry.is_file():
+            continue
+        path = Path(entry.path)
+        if not entry.name.endswith(MASK_SUFFIX):
+            if entry.name.lower().endswith((".gif", ".png")):
+                problems.append(Problem(path, "bad-name", f"mask names end in {MASK_SUFFIX}"))
+            continue
+        stem = entry.name[: -len(MASK_SUFFIX)]
+        if not NAME_PATTERN.match(stem):
+            problems.append(Problem(path, "bad-name",
+                                    "name does not match <12 hex>_<NN>_mask.gif with NN in 01..16"))
+        else:
+            found[stem] = path
+    return found
+
+
+def _check_files(index: DataIndex, check_pixels: bool, deep: bool, expected_size: tuple[int, int] | None,
+                 workers: int | None, track: Track) -> None:
+    records = index.records
+    jobs = [(r.image_path, r.mask_path) for r in records]
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        results = list(track(pool.map(lambda job: _check_pair(*job, check_pixels, deep), jobs),
+                             total=len(jobs), description="checking files"))
+    sizes = Counter(result.image_size for result in results if result.image_size)
+    index.image_sizes = sizes
+    expected = expected_size or (sizes.most_common(1)[0][0] if sizes else CARVANA_SIZE)
+    for record, result in zip(records, results):
+        index.problems.extend(result.problems)
+        if result.image_size and result.image_size != expected:
+            w, h = result.image_size
+            index.problems.append(Problem(record.image_path, "wrong-size",
+                                          f"image is {w}x{h}, expected {expected[0]}x{expected[1]}"))
+        if result.coverage is not None:
+            index.coverage[record.image_id] = result.coverage
+
+
+@dataclass
+class _PairCheck:
+    image_size: tuple[int, int] | None = None
+    coverage: float | None = None
+    problems: list[Problem] = field(default_factory=list)
+
+
+_END_MARKERS = {".jpg": b"\xff\xd9", ".jpeg": b"\xff\xd9", ".png": b"IEND"}
+
+
+def _check_pair(image_path: Path, mask_path: Path | None, check_pixels: bool,
+                deep: bool) -> _PairCheck:
+    result = _PairCheck()
+    try:
+        with Image.open(image_path) as image:
+            result.image_size = image.size
+            if deep:
+                image.draft("RGB", (image.size[0] // 8, image.size[1] // 8))
+                image.load()
+        marker = _END_MARKERS.get(image_path.suffix.lower())
+        if marker and marker not in _tail(image_path):
+            result.problems.append(Problem(image_path, "truncated",
+                                           "file ends before its end-of-image marker"))
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        kind = "truncated" if "truncated" in str(error) else "unreadable"
+        result.problems.append(Problem(image_path, kind, f"cannot decode image ({error})"))
+    if mask_path is None:
+        return result
+    try:
+        with Image.open(mask_path) as mask:
+            frames = getattr(mask, "n_frames", 1)
+            if frames != 1:
+                result.problems.append(Problem(mask_path, "multi-frame",
+                                               f"mask has {frames} frames, expected 1"))
+            if result.image_size and mask.size != result.image_size:
+                result.problems.append(Problem(
+                    mask_path, "size-mismatch",
+                    f"mask is {mask.size[0]}x{mask.size[1]} but its image is "
+                    f"{result.image_size[0]}x{result.image_size[1]}"))
+            if check_pixels:
+                values = np.asarray(mask if mask.mode in ("P", "L", "1") else mask.convert("L"))
+                if problem := binary_problem(values):
+                    result.problems.append(Problem(mask_path, "not-binary", problem))
+                else:
+                    result.coverage = float(np.count_nonzero(values)) / values.size
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        kind = "truncated" if "truncated" in str(error) else "unreadable"
+        result.problems.append(Problem(mask_path, kind, f"cannot decode mask ({error})"))
+    return result
+
+
+def _tail(path: Path, size: int = 1024) -> bytes:
+    with open(path, "rb") as file:
+        file.seek(max(0, path.stat().st_size - size))
+        return file.read()

@@ -1,0 +1,307 @@
+"""Kaggle submissions: a streaming, resumable writer and a strict checker.
+
+The writer takes (image name, mask) pairs in any order from any number of threads, encodes them
+in a worker pool, and appends each row to a spool file as soon as it is encoded; that spool is
+what makes a killed run resumable. `finalize()` writes the rows in `sample_submission.csv` order
+to a temporary file and renames it into place, so the submission is either complete or absent.
+At most `max_pending` masks are held at once: producers block until the pool catches up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from carmask import rle
+
+log = logging.getLogger(__name__)
+
+HEADER = "img,rle_mask"
+
+
+class SubmissionError(RuntimeError):
+    """A submission that cannot be written or is incomplete."""
+
+
+def read_sample_names(path: str | Path) -> list[str]:
+    """Image names of a `sample_submission.csv` (or any `img,...` CSV), in file order."""
+    path = Path(path)
+    with open(path, encoding="utf-8") as file:
+        header = file.readline().rstrip("\r\n")
+        if not header.startswith("img,"):
+            raise SubmissionError(f"{path}: header is {header!r}, expected it to start with 'img,'")
+        names = [line.split(",", 1)[0] for line in file if line.strip()]
+    if not names:
+        raise SubmissionError(f"{path}: no image names after the header")
+    return names
+
+
+class SubmissionWriter:
+    """Stream masks into a Kaggle submission CSV. Use as a context manager::
+
+        with SubmissionWriter("submission.csv", names, resume=True) as writer:
+            for name in writer.remaining:
+                writer.add(name, predict(name))
+        # on a clean exit the CSV is finalised; after an error the spool is kept for --resume
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        names: Sequence[str],
+        *,
+        workers: int | None = None,
+        max_pending: int | None = None,
+        resume: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.names = list(names)
+        if len(set(self.names)) != len(self.names):
+            raise SubmissionError("the list of expected image names has duplicates")
+        self._expected = set(self.names)
+        self.spool_path = self.path.with_name(self.path.name + ".spool")
+        self._offsets: dict[str, tuple[int, int]] = {}  # name -> (offset, length) in the spool
+        self._lock = threading.Lock()
+        self._error: BaseException | None = None
+        workers = workers or os.cpu_count() or 1
+        self._slots = threading.BoundedSemaphore(max_pending or 2 * workers + 2)
+        self._claimed: set[str] = set()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self._load_previous()
+        elif self.spool_path.exists():
+            log.warning("%s: discarding a previous partial run (pass resume to continue it)",
+                        self.spool_path)
+        self._spool = open(self.spool_path, "ab" if resume else "wb")
+        self._spool_size = self._spool.tell()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rle")
+
+    # -- what is left -------------------------------------------------------------------------
+    @property
+    def done(self) -> set[str]:
+        """Names already encoded (in this run or a resumed one)."""
+        with self._lock:
+            return set(self._offsets)
+
+    @property
+    def remaining(self) -> list[str]:
+        """Expected names not yet added, in sample order."""
+        done = self.done
+        return [name for name in self.names if name not in done and name not in self._claimed]
+
+    # -- adding rows --------------------------------------------------------------------------
+    def add(self, name: str, mask: np.ndarray) -> None:
+        """Queue a mask for encoding; blocks while `max_pending` masks are already queued."""
+        self._claim(name)
+        self._slots.acquire()
+        future = self._pool.submit(rle.encode, mask)
+        future.add_done_callback(lambda done: self._encoded(name, done))
+
+    def add_rle(self, name: str, encoding: str) -> None:
+        """Add a row whose mask is already run-length encoded."""
+        self._claim(name)
+        self._append(name, encoding)
+
+    def _claim(self, name: str) -> None:
+        self._raise_pending_error()
+        if name not in self._expected:
+            raise SubmissionError(f"{name}: not an image of this submission")
+        with self._lock:
+            if name in self._offsets or name in self._claimed:
+                raise SubmissionError(f"{name}: added twice")
+            self._claimed.add(name)
+
+    def _encoded(self, name: str, future: Future) -> None:
+        self._slots.release()
+        if future.exception() is not None:
+            self._error = future.exception()
+            return
+        self._append(name, future.result())
+
+    def _append(self, name: str, encoding: str) -> None:
+        line = f"{name},{encoding}\n".encode("ascii")
+        with self._lock:
+            self._spool.write(line)
+            self._spool.flush()  # a killed run loses at most the row being written
+            self._offsets[name] = (self._spool_size, len(line))
+            self._spool_size += len(line)
+            self._claimed.discard(name)
+
+    def _raise_pending_error(self) -> None:
+        if self._error is not None:
+            raise SubmissionError(f"encoding a mask failed: {self._error}") from self._error
+
+    # -- finishing ----------------------------------------------------------------------------
+    def finalize(self, allow_missing: bool = False) -> list[str]:
+        """Write the CSV in sample order (atomically) and return the names that were missing.
+
+        Missing names raise SubmissionError unless `allow_missing`, in which case their rows get
+        an empty mask and the caller is expected to report the submission as incomplete.
+        """
+        self._pool.shutdown(wait=True)
+        self._raise_pending_error()
+        self._spool.close()
+        missing = [name for name in self.names if name not in self._offsets]
+        if missing and not allow_missing:
+            raise SubmissionError(
+                f"{len(missing)} of {len(self.names)} images have no mask yet "
+                f"(first: {missing[0]}); the spool {self.spool_path} is kept for resume")
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(self.spool_path, "rb") as spool, open(tmp, "wb") as out:
+            out.write(f"{HEADER}\n".encode())
+            for name in self.names:
+                if name in self._offsets:
+                    offset, length = self._offsets[name]
+                    spool.seek(offset)
+                    out.write(spool.read(length))
+                else:
+                    out.write(f"{name},\n".encode())
+            out.flush()
+            os.fsync(out.fileno())
+        tmp.replace(self.path)
+        if not missing:
+            self.spool_path.unlink()
+        log.info("wrote %s (%d rows, %d missing)", self.path, len(self.names), len(missing))
+        return missing
+
+    def close(self) -> None:
+        """Stop without finalising; the spool stays for a resumed run."""
+        self._pool.shutdown(wait=True)
+        if not self._spool.closed:
+            self._spool.close()
+
+    def __enter__(self) -> SubmissionWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is None:
+            self.finalize()
+        else:
+            self.close()
+
+    def _load_previous(self) -> None:
+        """Reload rows from a previous run's spool, or from a finished CSV, for resume."""
+        source = self.spool_path if self.spool_path.exists() else self.path
+        if not source.exists():
+            return
+        valid_bytes = 0
+        lines: list[bytes] = []
+        with open(source, "rb") as file:
+            for line in file:
+                if not line.endswith(b"\n"):
+                    break  # the row being written when the previous run died
+                valid_bytes += len(line)
+                lines.append(line)
+        if source == self.path:  # a finished CSV: drop its header and re-spool its rows
+            lines = lines[1:]
+            with open(self.spool_path, "wb") as spool:
+                spool.writelines(lines)
+        else:
+            with open(self.spool_path, "r+b") as spool:
+                spool.truncate(valid_bytes)
+        offset = 0
+        for line in lines:
+            name = line.split(b",", 1)[0].decode("ascii", "replace")
+            if name in self._expected and name not in self._offsets:
+                self._offsets[name] = (offset, len(line))
+            offset += len(line)
+        log.info("resuming %s: %d of %d rows already done", self.path, len(self._offsets),
+                 len(self.names))
+
+
+def write_submission(
+    path: str | Path,
+    names: Sequence[str],
+    masks: Iterable[tuple[str, np.ndarray]],
+    *,
+    workers: int | None = None,
+    resume: bool = False,
+) -> Path:
+    """Convenience: stream (name, mask) pairs into a finished submission."""
+    with SubmissionWriter(path, names, workers=workers, resume=resume) as writer:
+        done = writer.done
+        for name, mask in masks:
+            if name not in done:
+                writer.add(name, mask)
+    return Path(path)
+
+
+# -- checking ---------------------------------------------------------------------------------
+@dataclass
+class CheckReport:
+    path: Path
+    rows: int = 0
+    empty_masks: int = 0
+    errors: list[tuple[int | None, str]] = field(default_factory=list)  # (line number, message)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def check_submission(
+    path: str | Path,
+    expected: Sequence[str] | None = None,
+    shape: tuple[int, int] = rle.CARVANA_SHAPE,
+    max_errors: int = 1000,
+) -> CheckReport:
+    """Validate a submission: header, every expected image exactly once, no extras, valid RLEs.
+
+    `expected` is the list of image names (usually `read_sample_names(sample)`); without it only
+    the rows themselves are checked.
+    """
+    path = Path(path)
+    report = CheckReport(path)
+
+    def error(line: int | None, message: str) -> None:
+        if len(report.errors) < max_errors:
+            report.errors.append((line, message))
+
+    if not path.is_file():
+        error(None, "file does not exist")
+        return report
+    expected_set = set(expected) if expected is not None else None
+    seen: dict[str, int] = {}
+    with open(path, "rb") as file:
+        header = file.readline().decode("utf-8", "replace").rstrip("\r\n").lstrip("\ufeff")
+        if header != HEADER:
+            error(1, f"header is {header[:60]!r}, expected {HEADER!r}")
+        for number, raw in enumerate(file, start=2):
+            line = raw.decode("ascii", "replace").rstrip("\r\n")
+            if not line.strip():
+                error(number, "blank line")
+                continue
+            name, comma, encoding = line.partition(",")
+            if not comma:
+                error(number, f"expected 'img,rle_mask', got {line[:60]!r}")
+                continue
+            report.rows += 1
+            if name in seen:
+                error(number, f"{name}: duplicate row (first on line {seen[name]})")
+                continue
+            seen[name] = number
+            if expected_set is not None and name not in expected_set:
+                error(number, f"{name}: not an image of the sample submission")
+                continue
+            if problem := rle.validate(encoding, shape):
+                error(number, f"{name}: invalid RLE: {problem}")
+            elif not encoding:
+                report.empty_masks += 1
+    if expected is not None:
+        missing = [name for name in expected if name not in seen]
+        if missing:
+            shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+            error(None, f"{len(missing)} expected images have no row: {shown}")
+        elif [n for n in seen] != list(expected):
+            report.warnings.append("rows are not in sample_submission order (Kaggle accepts this)")
+    if report.empty_masks:
+        report.warnings.append(f"{report.empty_masks} rows have an empty mask")
+    return report
