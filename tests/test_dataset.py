@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+import torch
+from torchvision.transforms import v2
+
+from carmask.data import index_dataset, read_image, read_mask
+from carmask.data.dataset import (IMAGENET_MEAN, IMAGENET_STD, PhotoDataset, SegmentationDataset,
+                                  decode_reduction)
+from carmask.data.transforms import AugmentConfig, train_transforms
+
+
+@pytest.fixture(scope="module")
+def records(carvana):
+    return index_dataset(carvana, check_pixels=False).train[:16]
+
+
+def test_decode_reduction_never_goes_below_the_target():
+    assert decode_reduction((1280, 1918), (160, 239)) == 8
+    assert decode_reduction((1280, 1918), (160, 240)) == 4  # 1918 // 8 = 239 < 240
+    assert decode_reduction((1280, 1918), (320, 480)) == 2  # 1918 // 4 = 479 < 480
+    assert decode_reduction((1280, 1918), (1024, 1024)) == 1
+
+
+@pytest.mark.parametrize("size", [(320, 480), (224, 224), (1280, 1920)])
+def test_items_have_the_training_size(records, size):
+    image, mask = SegmentationDataset(records, size)[0]
+    assert image.shape == (3, *size) and image.dtype == torch.float32
+    assert mask.shape == (1, *size) and set(mask.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_resized_mask_matches_the_real_mask(records):
+    record = records[4]
+    _, mask = SegmentationDataset(records[4:5], (640, 959))[0]
+    truth = read_mask(record.mask_path)
+    coarse = truth.reshape(640, 2, 959, 2).mean(axis=(1, 3)) >= 0.5
+    assert (mask[0].numpy().astype(bool) == coarse).mean() > 0.999
+
+
+def test_photo_is_normalised_with_the_given_statistics(records):
+    image, _ = SegmentationDataset(records[:1], (640, 959))[0]  # exactly the 1/2 decode
+    raw = read_image(records[0].image_path, reduce=2)
+    expected = (raw[..., 0] / 255.0 - IMAGENET_MEAN[0]) / IMAGENET_STD[0]
+    assert torch.allclose(image[0], torch.from_numpy(expected).float(), atol=1e-5)
+
+
+def test_grayscale_for_single_channel_models(records):
+    image, _ = SegmentationDataset(records[:1], (224, 224), mean=(0.5,), std=(0.5,), channels=1)[0]
+    assert image.shape == (1, 224, 224)
+
+
+def test_augmentation_moves_photo_and_mask_together(records):
+    torch.manual_seed(0)
+    plain = SegmentationDataset(records[:1], (160, 240))
+    flipped = SegmentationDataset(records[:1], (160, 240), transform=v2.RandomHorizontalFlip(p=1))
+    (image, mask), (image_f, mask_f) = plain[0], flipped[0]
+    assert torch.equal(image_f, image.flip(-1)) and torch.equal(mask_f, mask.flip(-1))
+    # Scale/shift/jitter: the mask stays binary and still covers the (moved) car.
+    augmented = SegmentationDataset(records[:1], (160, 240), transform=train_transforms(
+        AugmentConfig(vflip=True, scale=(0.8, 1.2), shift=0.1, color_jitter=0.3)))
+    for _ in range(5):
+        image_a, mask_a = augmented[0]
+        assert set(mask_a.unique().tolist()) <= {0.0, 1.0}
+        assert 0.5 < mask_a.mean() / mask.mean() < 2.0
+
+
+def test_colour_jitter_changes_the_photo_but_not_the_mask(records):
+    torch.manual_seed(1)
+    jitter = SegmentationDataset(records[:1], (160, 240), transform=v2.ColorJitter(brightness=0.5))
+    plain = SegmentationDataset(records[:1], (160, 240))
+    (image_j, mask_j), (image, mask) = jitter[0], plain[0]
+    assert not torch.equal(image_j, image) and torch.equal(mask_j, mask)
+
+
+def test_photo_dataset_for_prediction(carvana):
+    paths = sorted((carvana / "test").glob("*.jpg"))[:3]
+    dataset = PhotoDataset(paths, (320, 480))
+    image, index = dataset[2]
+    assert image.shape == (3, 320, 480) and index == 2
+
+
+def test_records_without_masks_are_refused(carvana):
+    test_records = index_dataset(carvana, check_pixels=False).test
+    with pytest.raises(ValueError, match="have no mask"):
+        SegmentationDataset(test_records, (64, 64))

@@ -1,0 +1,156 @@
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from carmask.data import index_dataset
+from carmask.data.io import DataError, read_mask
+
+BAD = "0" * 12  # a car id that sorts first
+
+
+def carmask(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "carmask", *args], capture_output=True, text=True)
+
+
+def test_real_folder_has_no_problems(carvana):
+    index = index_dataset(carvana)
+    summary = index.summary()
+    assert summary["train_cars"] == 100 and summary["train_images"] == 1600
+    assert summary["masks"] == 1600 and summary["test_images"] == 45
+    assert summary["makes"] == 27
+    assert index.problems == []
+    assert index.image_sizes == {(1918, 1280): 1645}
+    # Coverage from the validation pass agrees with SOURCES.md: 8.8% min, 21.0% mean, 36.8% max.
+    coverage = np.array(list(index.coverage.values()))
+    assert len(coverage) == 1600
+    assert round(coverage.min(), 3) == 0.088 and round(coverage.max(), 3) == 0.368
+    assert round(coverage.mean(), 2) == 0.21
+    acura = [r for r in index.train if r.car_id == "00087a6bd4dc"]
+    assert len(acura) == 16 and {r.make for r in acura} == {"Acura"} and acura[0].year == 2014
+
+
+@pytest.fixture
+def planted(small_real_folder: Path) -> dict[str, Path]:
+    """The small real folder with one of each problem planted in it."""
+    root = small_real_folder
+    train, masks = root / "train", root / "train_masks"
+    images = sorted(train.glob("*.jpg"))
+    first, second, third, fourth, fifth, sixth = (p.stem for p in images[:6])
+    files = {}
+
+    # truncated JPEG: the first 60% of a real photo
+    data = images[0].read_bytes()
+    images[0].unlink()
+    images[0].write_bytes(data[: int(len(data) * 0.6)])
+    files["truncated"] = images[0]
+    # missing mask
+    (masks / f"{second}_mask.gif").unlink()
+    files["missing-mask"] = train / f"{second}.jpg"
+    # 2-frame GIF
+    mask = read_mask(masks / f"{third}_mask.gif")
+    path = masks / f"{third}_mask.gif"
+    path.unlink()
+    frame = Image.fromarray(mask.astype(np.uint8)).convert("P")
+    frame.save(path, save_all=True, append_images=[frame.copy().rotate(5)], optimize=False)
+    files["multi-frame"] = path
+    # mask of another size
+    path = masks / f"{fourth}_mask.gif"
+    mask = read_mask(path)
+    path.unlink()
+    Image.fromarray(mask.astype(np.uint8)).resize((959, 640)).save(path, optimize=False)
+    files["size-mismatch"] = path
+    # a mask with grey (anti-aliased) edges
+    path = masks / f"{fifth}_mask.gif"
+    mask = read_mask(path)
+    path.unlink()
+    grey = mask.astype(np.uint8) * 255
+    grey[:-1][np.diff(mask.astype(np.int8), axis=0) != 0] = 128
+    Image.fromarray(grey).save(path, optimize=False)
+    files["not-binary"] = path
+    # a 0/255 mask is fine
+    path = masks / f"{sixth}_mask.gif"
+    mask = read_mask(path)
+    path.unlink()
+    Image.fromarray(mask.astype(np.uint8) * 255).save(path, optimize=False)
+    files["ok-0-255"] = path
+    # a bad name, an orphan mask, a duplicate id, an unreadable photo, a wrong-size photo
+    shutil.copy(images[7], train / "not-a-car.jpg")
+    files["bad-name"] = train / "not-a-car.jpg"
+    orphan = masks / f"{BAD}_03_mask.gif"
+    shutil.copy(masks / f"{sixth}_mask.gif", orphan)
+    files["orphan-mask"] = orphan
+    duplicate = train / f"{images[8].stem}.png"
+    duplicate.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    files["duplicate-id"] = duplicate
+    unreadable = root / "test" / f"{BAD}_01.jpg"
+    unreadable.write_bytes(b"this is not a JPEG at all")
+    files["unreadable"] = unreadable
+    small = root / "test" / f"{BAD}_02.jpg"
+    Image.new("RGB", (640, 480), "white").save(small)
+    files["wrong-size"] = small
+    return files
+
+
+def test_index_finds_each_planted_problem_with_its_file(small_real_folder, planted):
+    index = index_dataset(small_real_folder)
+    found = {(p.kind, p.path) for p in index.problems}
+    for kind, path in planted.items():
+        if kind.startswith("ok"):
+            assert not [p for p in index.problems if p.path == path], f"{path.name} flagged"
+        else:
+            assert (kind, path) in found, f"{kind} not reported for {path.name}: {found}"
+    assert all(p.fatal for p in index.problems if p.kind != "missing-metadata")
+    # The unknown car has no metadata row: a warning, not an error.
+    assert any(p.kind == "missing-metadata" and not p.fatal and BAD in p.message
+               for p in index.problems)
+
+
+def test_cli_prints_every_problem_and_exits_nonzero(small_real_folder, planted):
+    result = carmask("data", "index", "--data", str(small_real_folder), "--json")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    listed = {(p["kind"], p["path"]) for p in report["problem_list"]}
+    for kind, path in planted.items():
+        if not kind.startswith("ok"):
+            assert (kind, str(path)) in listed
+    plain = carmask("data", "index", "--data", str(small_real_folder))
+    assert plain.returncode == 1
+    assert planted["truncated"].name in plain.stdout.replace("\n", "")
+
+
+def test_clean_folder_exits_zero(small_real_folder):
+    result = carmask("data", "index", "--data", str(small_real_folder))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no problems found" in result.stdout
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    result = carmask("data", "index", "--data", str(tmp_path / "nowhere"))
+    assert result.returncode == 1
+    assert "nowhere: data folder does not exist" in result.stderr
+
+
+def test_deep_check_decodes_photos(small_real_folder):
+    photo = sorted((small_real_folder / "train").glob("*.jpg"))[3]
+    data = bytearray(photo.read_bytes())
+    data[400:900] = b"\x13" * 500  # garbage in the coding tables: the header still parses
+    photo.unlink()
+    photo.write_bytes(bytes(data))
+    assert index_dataset(small_real_folder).problems == []
+    index = index_dataset(small_real_folder, deep=True)
+    assert [(p.kind, p.path) for p in index.problems] == [("unreadable", photo)]
+
+
+def test_read_mask_errors_name_the_file(tmp_path):
+    path = tmp_path / "x_mask.png"
+    Image.fromarray(np.array([[0, 7]], np.uint8)).save(path)
+    with pytest.raises(DataError, match=r"x_mask.png: mask is not binary: values \{0, 7\}"):
+        read_mask(path)
+    with pytest.raises(DataError, match="no such file"):
+        read_mask(tmp_path / "missing.gif")

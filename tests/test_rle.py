@@ -1,0 +1,111 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from carmask import rle
+from carmask.data.io import read_mask
+from carmask.parallel import imap_bounded
+
+# Prefixes of Kaggle's train_masks.csv printed by public notebooks (SOURCES.md).
+KAGGLE_PREFIXES = {
+    "00087a6bd4dc_01": "879386 40 881253 141 883140 205 885009 17",
+    "00087a6bd4dc_02": "873779 4 875695 7 877612 9 879528 12 881267 15",
+    "00087a6bd4dc_03": "864300 9 866217 13 868134 15 870051 16",
+    "00087a6bd4dc_04": "879735 20 881650 26 883315 92 883564 30",
+    "00087a6bd4dc_05": "883365 74 883638 28 885262 119 885550 34",
+}
+
+
+@pytest.mark.parametrize("image_id", sorted(KAGGLE_PREFIXES))
+def test_encoding_matches_kaggle_train_masks_csv(carvana, image_id):
+    encoding = rle.encode(read_mask(carvana / "train_masks" / f"{image_id}_mask.gif"))
+    # Notebooks cut the printout mid-number (e.g. "881267 15..." of "881267 151"), so compare
+    # characters, not whole tokens.
+    assert encoding.startswith(KAGGLE_PREFIXES[image_id])
+
+
+def test_encoding_is_row_major_not_column_major(carvana):
+    mask = read_mask(carvana / "train_masks" / "00087a6bd4dc_01_mask.gif")
+    assert not rle.encode(mask).startswith("740711 ")
+    assert rle.encode(np.ascontiguousarray(mask.T)).startswith("740711 50 ")  # column-major
+
+
+def test_round_trip_on_every_real_mask(carvana):
+    paths = sorted((carvana / "train_masks").glob("*_mask.gif"))
+    assert len(paths) == 1600
+    for path, mask in zip(paths, imap_bounded(read_mask, paths)):
+        encoding = rle.encode(mask)
+        assert np.array_equal(rle.decode(encoding, mask.shape), mask), path.name
+        assert rle.validate(encoding) is None
+
+
+def test_examples_from_the_competition_rules():
+    mask = rle.decode("1 3 10 5", (2, 10))
+    assert np.flatnonzero(mask.ravel()).tolist() == [0, 1, 2, 9, 10, 11, 12, 13]
+
+
+masks = arrays(np.bool_, st.tuples(st.integers(1, 40), st.integers(1, 40)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(masks)
+def test_round_trip_property(mask):
+    encoding = rle.encode(mask)
+    assert np.array_equal(rle.decode(encoding, mask.shape), mask)
+    pairs = rle.parse(encoding, mask.shape)
+    assert pairs[:, 1].sum() == mask.sum()
+    # Runs never touch: a gap of at least one pixel separates them.
+    assert (pairs[1:, 0] > pairs[:-1].sum(axis=1)).all()
+
+
+@settings(max_examples=100, deadline=None)
+@given(masks)
+def test_encode_accepts_uint8_and_0_255(mask):
+    assert rle.encode(mask.astype(np.uint8) * 255) == rle.encode(mask)
+
+
+def test_empty_and_full_masks():
+    shape = (1280, 1918)
+    assert rle.encode(np.zeros(shape, bool)) == ""
+    assert not rle.decode("", shape).any()
+    assert rle.encode(np.ones(shape, bool)) == f"1 {1280 * 1918}"
+    assert rle.decode(f"1 {1280 * 1918}", shape).all()
+
+
+@pytest.mark.parametrize("row, col", [(0, 0), (0, 1917), (1279, 0), (1279, 1917)])
+def test_single_pixel_at_each_corner(row, col):
+    mask = np.zeros((1280, 1918), bool)
+    mask[row, col] = True
+    assert rle.encode(mask) == f"{row * 1918 + col + 1} 1"
+    assert np.array_equal(rle.decode(rle.encode(mask)), mask)
+
+
+@pytest.mark.parametrize("encoding, problem", [
+    ("1 2 3", "odd number of tokens"),
+    ("1 2.5", "not a non-negative integer"),
+    ("a b", "not a non-negative integer"),
+    ("5 0", "length 0 must be >= 1"),
+    ("5 -3", "negative"),
+    ("0 3", "start 0 must be >= 1"),
+    ("10 2 5 2", "unsorted"),
+    ("10 5 12 2", "overlapping"),
+    (f"{1280 * 1918} 2", "past the 1280x1918 image"),
+    ("1  2", "single spaces"),
+    (" 1 2", "single spaces"),
+    ("1 2\n", "single spaces"),
+])
+def test_parse_rejects_invalid_rle_with_a_named_problem(encoding, problem):
+    with pytest.raises(rle.RLEError, match=problem):
+        rle.parse(encoding)
+    assert problem in rle.validate(encoding)
+
+
+def test_touching_runs_are_valid_though_encode_never_writes_them():
+    assert rle.decode("10 5 15 2", (1, 20)).sum() == 7
+
+
+def test_runs_rejects_non_2d():
+    with pytest.raises(ValueError, match="2-D"):
+        rle.encode(np.zeros((2, 2, 2), bool))

@@ -1,0 +1,261 @@
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from carmask import rle, submission
+from carmask.data.io import read_mask
+from carmask.submission import (SubmissionError, SubmissionWriter, check_submission,
+                                read_sample_names, write_submission)
+
+SHAPE = (1280, 1918)
+
+
+@pytest.fixture(scope="module")
+def real_masks(carvana) -> dict[str, np.ndarray]:
+    paths = sorted((carvana / "train_masks").glob("*_mask.gif"))[:24]
+    return {p.name.replace("_mask.gif", ".jpg"): read_mask(p) for p in paths}
+
+
+@pytest.fixture
+def valid_csv(real_masks, tmp_path) -> Path:
+    return write_submission(tmp_path / "valid.csv", list(real_masks), real_masks.items())
+
+
+def csv_lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def test_writer_output_is_in_sample_order_and_decodes_to_the_masks(real_masks, tmp_path):
+    names = list(real_masks)
+    shuffled = random.Random(0).sample(names, len(names))
+    path = write_submission(tmp_path / "s.csv", names, ((n, real_masks[n]) for n in shuffled))
+    lines = csv_lines(path)
+    assert lines[0] == "img,rle_mask"
+    assert [line.split(",")[0] for line in lines[1:]] == names
+    for line in lines[1:]:
+        name, encoding = line.split(",")
+        assert np.array_equal(rle.decode(encoding, SHAPE), real_masks[name])
+    assert not (tmp_path / "s.csv.spool").exists() and not (tmp_path / "s.csv.tmp").exists()
+    assert check_submission(path, names).ok
+
+
+def test_many_producers_bounded_memory(real_masks, tmp_path, monkeypatch):
+    in_flight, peak, lock = 0, 0, threading.Lock()
+    real_encode = rle.encode
+
+    def slow_encode(mask):
+        nonlocal in_flight
+        time.sleep(0.005)
+        result = real_encode(mask)
+        with lock:
+            in_flight -= 1
+        return result
+
+    class Counting(SubmissionWriter):
+        def add(self, name, mask):
+            super().add(name, mask)
+            nonlocal in_flight, peak
+            with lock:
+                in_flight += 1
+                peak = max(peak, in_flight)
+
+    monkeypatch.setattr(submission.rle, "encode", slow_encode)
+    names = [f"{i:012x}_01.jpg" for i in range(120)]
+    masks = list(real_masks.values())
+    with Counting(tmp_path / "s.csv", names, workers=2, max_pending=4) as writer:
+        def produce(part):
+            for i, name in enumerate(part):
+                writer.add(name, masks[i % len(masks)])
+        threads = [threading.Thread(target=produce, args=(names[k::3],)) for k in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert peak <= 4 + 3  # the bound, plus one add per producer thread racing the counter
+    assert [line.split(",")[0] for line in csv_lines(tmp_path / "s.csv")[1:]] == names
+
+
+def test_unknown_or_repeated_names_are_refused(real_masks, tmp_path):
+    names = list(real_masks)[:2]
+    writer = SubmissionWriter(tmp_path / "s.csv", names)
+    writer.add(names[0], real_masks[names[0]])
+    with pytest.raises(SubmissionError, match="added twice"):
+        writer.add(names[0], real_masks[names[0]])
+    with pytest.raises(SubmissionError, match="not an image of this submission"):
+        writer.add("ffffffffffff_01.jpg", real_masks[names[0]])
+    with pytest.raises(SubmissionError, match="1 of 2 images have no mask yet"):
+        writer.finalize()
+    assert (tmp_path / "s.csv.spool").exists() and not (tmp_path / "s.csv").exists()
+
+
+def test_allow_missing_writes_empty_rows_and_reports_them(real_masks, tmp_path):
+    names = list(real_masks)[:3]
+    writer = SubmissionWriter(tmp_path / "s.csv", names)
+    writer.add(names[1], real_masks[names[1]])
+    assert writer.finalize(allow_missing=True) == [names[0], names[2]]
+    assert csv_lines(tmp_path / "s.csv")[1] == f"{names[0]},"
+
+
+PRODUCER = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    from carmask.submission import SubmissionWriter, read_sample_names
+    out, n = sys.argv[1], int(sys.argv[2])
+    names = [f"{i:012x}_01.jpg" for i in range(n)]
+    with SubmissionWriter(out, names, workers=1, resume=True) as writer:
+        for name in writer.remaining:
+            number = int(name[:12], 16)  # the mask depends on the image only, as a model's would
+            mask = np.zeros((64, 96), bool)
+            mask[number % 64, : number % 90 + 1] = True
+            writer.add(name, mask)
+            time.sleep(0.02)
+""")
+
+
+def test_killed_run_resumes_to_the_same_file(tmp_path):
+    script = tmp_path / "producer.py"
+    script.write_text(PRODUCER)
+    reference, killed = tmp_path / "reference.csv", tmp_path / "killed.csv"
+    subprocess.run([sys.executable, str(script), str(reference), "200"], check=True)
+    process = subprocess.Popen([sys.executable, str(script), str(killed), "200"])
+    spool = Path(str(killed) + ".spool")
+    deadline = time.time() + 60
+    while time.time() < deadline and (not spool.exists() or spool.read_bytes().count(b"\n") < 40):
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not killed.exists()
+    done_before = spool.read_bytes().count(b"\n")
+    assert 40 <= done_before < 200
+    with open(spool, "ab") as file:
+        file.write(b"000000000fff_01.jpg,1 2 3")  # a row cut short by the kill
+    names = [f"{i:012x}_01.jpg" for i in range(200)]
+    writer = SubmissionWriter(killed, names, resume=True)
+    assert len(writer.done) == done_before and len(writer.remaining) == 200 - done_before
+    writer.close()
+    subprocess.run([sys.executable, str(script), str(killed), "200"], check=True)
+    assert killed.read_bytes() == reference.read_bytes()
+
+
+def test_resume_of_a_finished_file_has_nothing_left(valid_csv, real_masks):
+    writer = SubmissionWriter(valid_csv, list(real_masks), resume=True)
+    assert writer.remaining == []
+    before = valid_csv.read_bytes()
+    writer.finalize()
+    assert valid_csv.read_bytes() == before
+
+
+def test_true_mask_submission_passes_the_check(valid_csv, real_masks):
+    report = check_submission(valid_csv, list(real_masks))
+    assert report.ok and report.rows == len(real_masks) and report.empty_masks == 0
+
+
+def corrupt(lines: list[str], kind: str) -> tuple[list[str], int | None, str]:
+    """Apply one corruption; return the lines, the line number to blame and the message."""
+    row = 5  # 0-based index into lines; file line number row + 1
+    name, encoding = lines[row].split(",")
+    tokens = encoding.split(" ")
+    out = list(lines)
+    if kind == "header":
+        out[0] = "image,mask"
+        return out, 1, "header is 'image,mask'"
+    if kind == "no-header":
+        return out[1:], 1, "header is"
+    if kind == "missing-row":
+        del out[row]
+        return out, None, f"1 expected images have no row: {name}"
+    if kind == "duplicate":
+        out.insert(row + 1, lines[row])
+        return out, row + 2, f"{name}: duplicate row (first on line {row + 1})"
+    if kind == "extra":
+        out.append("ffffffffffff_01.jpg,1 2")
+        return out, len(out), "not an image of the sample submission"
+    if kind == "odd-tokens":
+        out[row] = f"{name},{' '.join(tokens[:-1])}"
+        return out, row + 1, "odd number of tokens"
+    if kind == "non-integer":
+        out[row] = f"{name},{encoding} 7.5 2"
+        return out, row + 1, "not a non-negative integer"
+    if kind == "zero-length":
+        out[row] = f"{name},{' '.join(tokens[:-1])} 0"
+        return out, row + 1, "must be >= 1"
+    if kind == "negative":
+        out[row] = f"{name},{' '.join(tokens[:-1])} -4"
+        return out, row + 1, "negative"
+    if kind == "unsorted":
+        pairs = [tokens[i:i + 2] for i in range(0, len(tokens), 2)]
+        pairs[0], pairs[1] = pairs[1], pairs[0]
+        out[row] = f"{name},{' '.join(t for pair in pairs for t in pair)}"
+        return out, row + 1, "unsorted runs"
+    if kind == "overlap":
+        out[row] = f"{name},{tokens[0]} {int(tokens[1]) + int(tokens[2])} {' '.join(tokens[2:])}"
+        return out, row + 1, "overlapping runs"
+    if kind == "past-the-end":
+        out[row] = f"{name},{encoding} {1280 * 1918} 5"
+        return out, row + 1, "past the 1280x1918 image"
+    if kind == "no-comma":
+        out[row] = f"{name} {encoding}"
+        return out, row + 1, "expected 'img,rle_mask'"
+    if kind == "blank-line":
+        out.insert(row, "")
+        return out, row + 1, "blank line"
+    if kind == "column-major-garbage":
+        out[row] = f"{name},{encoding.replace(' ', ';')}"
+        return out, row + 1, "not a non-negative integer"
+    raise AssertionError(kind)
+
+
+CORRUPTIONS = ["header", "no-header", "missing-row", "duplicate", "extra", "odd-tokens",
+               "non-integer", "zero-length", "negative", "unsorted", "overlap", "past-the-end",
+               "no-comma", "blank-line", "column-major-garbage"]
+
+
+@pytest.mark.parametrize("kind", CORRUPTIONS)
+def test_check_catches_each_corruption_with_its_line(kind, valid_csv, real_masks, tmp_path):
+    lines, line_number, message = corrupt(csv_lines(valid_csv), kind)
+    broken = tmp_path / f"{kind}.csv"
+    broken.write_text("\n".join(lines) + "\n")
+    report = check_submission(broken, list(real_masks))
+    assert not report.ok
+    assert any(line == line_number and message in text for line, text in report.errors), \
+        report.errors
+
+
+def test_truncated_file_is_caught(valid_csv, real_masks, tmp_path):
+    data = valid_csv.read_bytes()
+    cut = tmp_path / "cut.csv"
+    cut.write_bytes(data[: len(data) // 2])
+    report = check_submission(cut, list(real_masks))
+    assert not report.ok
+    assert any("expected images have no row" in text for _, text in report.errors)
+
+
+def test_cli_check_ok_and_errors(valid_csv, real_masks, tmp_path):
+    sample = tmp_path / "sample.csv"
+    sample.write_text("img,rle_mask\n" + "".join(f"{n},1 1\n" for n in real_masks))
+    assert read_sample_names(sample) == list(real_masks)
+    ok = subprocess.run([sys.executable, "-m", "carmask", "submission", "check", str(valid_csv),
+                         "--sample", str(sample)], capture_output=True, text=True)
+    assert ok.returncode == 0 and f"OK {valid_csv}: 24 rows" in ok.stdout
+    lines, _, _ = corrupt(csv_lines(valid_csv), "overlap")
+    broken = tmp_path / "broken.csv"
+    broken.write_text("\n".join(lines) + "\n")
+    bad = subprocess.run([sys.executable, "-m", "carmask", "submission", "check", str(broken),
+                          "--sample", str(sample)], capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert f"{broken}:6: " in bad.stderr and "overlapping runs" in bad.stderr
+
+
+def test_real_sample_submission_names(carvana):
+    names = read_sample_names(carvana / "sample_submission.csv")
+    assert len(names) == 100064 and len(set(names)) == 100064
+    assert {p.name for p in (carvana / "test").glob("*.jpg")} <= set(names)
