@@ -29,8 +29,8 @@ app.add_typer(data_app, name="data")
 app.add_typer(rle_app, name="rle")
 app.add_typer(submission_app, name="submission")
 
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)  # never wrap paths and RLEs mid-line
+err = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("carmask")
 
 
@@ -57,8 +57,8 @@ def parse_size(text: str, order: str) -> tuple[int, int]:
 
 
 @app.callback()
-def main_options(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+def main_options(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each step (INFO).")] = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=err, show_path=False, show_time=False)])
 
 
@@ -69,7 +69,7 @@ DataDir = Annotated[Path, typer.Option("--data", help="Kaggle-layout folder (tra
 @data_app.command("index")
 def data_index(
     data: DataDir,
-    deep: Annotated[bool, typer.Option(help="Also decode every photo (finds corruption inside files, ~25% slower).")] = False,
+    deep: Annotated[bool, typer.Option(help="Also decode every photo (finds broken coding tables the header check misses; slower).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary and problems as JSON.")] = False,
 ) -> None:
     """Discover a Kaggle folder, join metadata.csv, check every file and print a summary.

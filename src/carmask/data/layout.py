@@ -127,7 +127,7 @@ def index_dataset(
     Every photo's header is read and its end checked for the end-of-image marker, which finds
     truncated files. With `check_pixels` every mask is decoded (binary? one frame? its image's
     size?); with `deep` every photo is decoded too (at 1/8 scale: libjpeg still reads all of the
-    compressed data), which also finds corruption in the middle of a file but costs ~25% more.
+    compressed data), which also finds broken coding tables that the header parse misses.
     `expected_size` (width, height) defaults to the most common photo size.
     """
     root = Path(root)

@@ -1,0 +1,81 @@
+"""The command line end to end, as a user runs it (a subprocess per command)."""
+
+import subprocess
+import sys
+
+import numpy as np
+
+from carmask import rle
+from carmask.data.io import read_mask
+
+
+def carmask(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "carmask", *args], capture_output=True, text=True)
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    result = carmask("demo", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "192 rows of true masks) OK" in result.stdout
+    html = (out / "eda" / "index.html").read_text()
+    assert "data:image/png;base64," in html and "<link" not in html
+    lines = (out / "truth_submission.csv").read_text().splitlines()
+    assert lines[0] == "img,rle_mask" and len(lines) == 193
+    name, encoding = lines[1].split(",")
+    truth = read_mask(out / "data" / "train_masks" / name.replace(".jpg", "_mask.gif"))
+    assert np.array_equal(rle.decode(encoding, truth.shape), truth)
+    # A second run replaces its own synthetic folder and passes again.
+    assert carmask("demo", "--out", str(out)).returncode == 0
+
+
+def test_demo_on_a_real_kaggle_folder(small_real_folder, tmp_path):
+    result = carmask("demo", "--data", str(small_real_folder), "--out", str(tmp_path / "d"))
+    assert result.returncode == 0, result.stderr
+    assert "(2 cars, 32 train and 2 test images, 0 problems)" in result.stdout
+    assert "32 rows of true masks) OK" in result.stdout
+
+
+def test_rle_encode_decode_round_trip(carvana, tmp_path):
+    source = carvana / "train_masks" / "00087a6bd4dc_03_mask.gif"
+    encoded = carmask("rle", "encode", str(source))
+    assert encoded.returncode == 0 and encoded.stdout.startswith("864300 9 866217 13")
+    out = tmp_path / "mask.png"
+    decoded = carmask("rle", "decode", encoded.stdout.strip(), "--out", str(out))
+    assert decoded.returncode == 0, decoded.stderr
+    assert np.array_equal(read_mask(out), read_mask(source))
+    gif = tmp_path / "mask.gif"
+    piped = subprocess.run([sys.executable, "-m", "carmask", "rle", "decode", "-", "--out", str(gif)],
+                           input=encoded.stdout, capture_output=True, text=True)
+    assert piped.returncode == 0 and np.array_equal(read_mask(gif), read_mask(source))
+
+
+def test_rle_errors_are_clear(tmp_path):
+    bad = carmask("rle", "decode", "5 0", "--out", str(tmp_path / "m.png"))
+    assert bad.returncode == 1 and "invalid RLE: pair 1: length 0 must be >= 1" in bad.stderr
+    missing = carmask("rle", "encode", str(tmp_path / "nope.gif"))
+    assert missing.returncode == 1 and "nope.gif: no such file" in missing.stderr
+    shape = carmask("rle", "decode", "1 1", "--shape", "big", "--out", str(tmp_path / "m.png"))
+    assert shape.returncode == 2 and "HEIGHTxWIDTH" in shape.stderr
+
+
+def test_synth_then_index_is_clean(tmp_path):
+    out = tmp_path / "synth"
+    made = carmask("data", "synth", "--out", str(out), "--cars", "2", "--test-cars", "1",
+                   "--size", "160x96", "--seed", "3")
+    assert made.returncode == 0, made.stderr
+    assert "wrote 48 images of 2 train and 1 test cars" in made.stdout
+    indexed = carmask("data", "index", "--data", str(out), "--deep")
+    assert indexed.returncode == 0 and "no problems found" in indexed.stdout
+    bad = carmask("data", "synth", "--out", str(tmp_path / "x"), "--size", "10x10")
+    assert bad.returncode == 1 and "below the minimum" in bad.stderr
+
+
+def test_help_explains_every_command():
+    top = carmask("--help")
+    for command in ("demo", "data", "rle", "submission", "eda"):
+        assert command in top.stdout
+    for group, commands in (("data", ("index", "synth", "download")), ("rle", ("encode", "decode")),
+                            ("submission", ("check",))):
+        listing = carmask(group, "--help").stdout
+        assert all(command in listing for command in commands)
