@@ -104,7 +104,7 @@ def cards(items: Iterable[tuple[str, object] | tuple[str, object, str]]) -> str:
 def img_tag(uri: str, alt: str = "", caption: str = "", attrs: Mapping[str, object] | None = None) -> str:
     extra = "".join(f' {esc(k)}="{esc(v)}"' for k, v in (attrs or {}).items())
     cap = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
-    return f'<figure{extra}><img src="{uri}" alt="{esc(alt)}" loading="lazy">{cap}</figure>'
+    return f'<figure{extra}><img src="{uri}" alt="{esc(alt)}">{cap}</figure>'
 
 
 def figure_to_data_uri(fig, dpi: int = 110) -> str:
