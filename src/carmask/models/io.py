@@ -1,0 +1,92 @@
+"""One `.safetensors` file per trained model, its config in the metadata: loadable offline."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from carmask.models import create_model, model_info
+
+log = logging.getLogger(__name__)
+METADATA_KEY = "carmask"
+
+
+class ModelFileError(ValueError):
+    pass
+
+
+def model_config(name: str, size: tuple[int, int], threshold: float = 0.5, **extra) -> dict:
+    """The config stored beside the weights: everything needed to predict with them."""
+    info = model_info(name)
+    return {"architecture": name, "input_size": list(size), "channels": info.channels,
+            "mean": list(info.mean), "std": list(info.std), "output": info.output,
+            "threshold": threshold, **extra}
+
+
+def save_model(model: nn.Module, path: str | Path, config: dict, half: bool = False) -> Path:
+    """Write weights (fp16 when `half`) and config atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {}
+    for key, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        state[key] = tensor.half() if half and tensor.is_floating_point() else tensor
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(config)})
+    os.replace(tmp, path)
+    return path
+
+
+def read_config(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model file not found")
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            metadata = file.metadata() or {}
+    except Exception as error:  # safetensors raises its own error types for a bad header
+        raise ModelFileError(f"{path}: not a safetensors file ({error})") from None
+    if METADATA_KEY not in metadata:
+        raise ModelFileError(f"{path}: no carmask config in the metadata (not a carmask model)")
+    return json.loads(metadata[METADATA_KEY])
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, dict]:
+    """Build the architecture named in the file, load its weights strictly, return (model, config)."""
+    config = read_config(path)
+    info = model_info(config["architecture"])
+    accepted = inspect.signature(info.builder).parameters
+    with _quiet_builders():  # "starting from scratch" warnings are moot: weights come next
+        model = create_model(info.name, **({"pretrained": False} if "pretrained" in accepted else {}))
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(path)).items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ModelFileError(f"{path}: weights do not fit {info.name}: {error}") from None
+    return model.eval(), config
+
+
+@contextmanager
+def _quiet_builders():
+    logger = logging.getLogger("carmask.models")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def state_checksum(model: nn.Module) -> float:
+    """A cheap fingerprint of the weights (used to check DDP ranks agree)."""
+    with torch.no_grad():
+        return float(sum(p.double().abs().sum() for p in model.parameters()))

