@@ -201,17 +201,13 @@ def submission_check(
 @app.command("models")
 def models() -> None:
     """List the registered architectures: parameters, input size, encoder, weights, origin."""
-    from carmask.models import create_model, list_models
-    from carmask.models.io import _quiet_builders
+    from carmask.models import create_bare_model, list_models
 
     table = Table(title="carmask models")
     for column in ("name", "params", "input HxW", "encoder", "pretrained weights", "output", "origin"):
         table.add_column(column, justify="right" if column == "params" else "left")
     for info in list_models():
-        with _quiet_builders():
-            model = create_model(info.name, **({"pretrained": False} if "pretrained" in
-                                               info.builder.__code__.co_varnames else {}))
-        params = sum(p.numel() for p in model.parameters())
+        params = sum(p.numel() for p in create_bare_model(info.name).parameters())
         size = f"{info.default_size[0]}x{info.default_size[1]}" + ("" if info.fixed_size else " (any)")
         table.add_row(info.name, f"{params / 1e6:.2f}M", size, info.encoder, info.pretrained,
                       info.output, info.origin)

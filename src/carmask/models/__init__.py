@@ -67,6 +67,23 @@ def create_model(name: str, **cfg) -> nn.Module:
     return model_info(name).builder(**cfg)
 
 
+def create_bare_model(name: str) -> nn.Module:
+    """Build without pretrained weights and without the builders' "from scratch" warnings:
+    for loading a trained file over it, counting parameters or timing."""
+    import inspect
+    import logging
+
+    info = model_info(name)
+    kwargs = {"pretrained": False} if "pretrained" in inspect.signature(info.builder).parameters else {}
+    logger = logging.getLogger("carmask.models")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return info.builder(**kwargs)
+    finally:
+        logger.setLevel(level)
+
+
 def list_models() -> list[ModelInfo]:
     _load_builders()
     return list(MODELS.values())

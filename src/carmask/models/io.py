@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -14,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from carmask.models import create_model, model_info
+from carmask.models import create_bare_model, model_info
 
 log = logging.getLogger(__name__)
 METADATA_KEY = "carmask"
@@ -64,26 +62,13 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
     """Build the architecture named in the file, load its weights strictly, return (model, config)."""
     config = read_config(path)
     info = model_info(config["architecture"])
-    accepted = inspect.signature(info.builder).parameters
-    with _quiet_builders():  # "starting from scratch" warnings are moot: weights come next
-        model = create_model(info.name, **({"pretrained": False} if "pretrained" in accepted else {}))
+    model = create_bare_model(info.name)
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(path)).items()}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise ModelFileError(f"{path}: weights do not fit {info.name}: {error}") from None
     return model.eval(), config
-
-
-@contextmanager
-def _quiet_builders():
-    logger = logging.getLogger("carmask.models")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def state_checksum(model: nn.Module) -> float:

@@ -1,0 +1,128 @@
+"""Training end to end on the synthetic set, model files, DDP on CPU, and clear errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from carmask.data.layout import index_dataset
+from carmask.data.synth import synthesize
+from carmask.models import UnknownModelError, create_model
+from carmask.models.io import ModelFileError, load_model, read_config
+from carmask.train import TrainConfig, dice_per_image, train
+
+SIZE = (64, 96)
+
+
+@pytest.fixture(scope="module")
+def synth_data(tmp_path_factory):
+    return synthesize(tmp_path_factory.mktemp("synth") / "data", cars=6, test_cars=1,
+                      size=(192, 128), seed=5).root
+
+
+def carmask(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "carmask", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def validation_dice(model, data) -> float:
+    """Dice of a model on the fold-0 validation cars at training size (independent of train.py)."""
+    from carmask.data.dataset import SegmentationDataset
+    from carmask.data.split import split_by_car
+    records = index_dataset(data, check_pixels=False).train
+    _, val = split_by_car(records, 0, 3, 0, stratify_by_make=True)
+    images, masks = zip(*[SegmentationDataset(val, SIZE)[i] for i in range(len(val))])
+    with torch.no_grad():
+        logits = model.eval()(torch.stack(images))
+    return float(dice_per_image(logits[:, 0] > 0, torch.stack(masks)[:, 0] > 0.5).mean())
+
+
+@pytest.fixture(scope="module")
+def trained_run(synth_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    config = TrainConfig(data=synth_data, model="unet-mnv2", out=out, size=SIZE, epochs=3, batch=8,
+                         lr=3e-3, folds=3, workers=0, seed=0)
+    summary = train(config, progress_bar=False)
+    return out, summary
+
+
+def test_training_drives_validation_dice_up(trained_run, synth_data):
+    out, summary = trained_run
+    torch.manual_seed(0)
+    untrained = validation_dice(create_model("unet-mnv2"), synth_data)
+    trained_model, _ = load_model(out / "model.safetensors")
+    trained = validation_dice(trained_model, synth_data)
+    assert trained > untrained + 0.2, (untrained, trained)
+    assert trained > 0.8
+    assert summary["best_val_dice_full"] > 0.8 and summary["val_cars"] == 2
+    for name in ("metrics.csv", "curves.png", "summary.json", "checkpoints/best.ckpt",
+                 "checkpoints/last.ckpt"):
+        assert (out / name).exists(), name
+
+
+def test_model_file_holds_its_config_and_reloads_identically(trained_run):
+    out, summary = trained_run
+    config = read_config(out / "model.safetensors")
+    assert config["architecture"] == "unet-mnv2" and config["input_size"] == list(SIZE)
+    assert config["output"] == "logit" and config["training"]["best_val_dice_full"] == \
+        summary["best_val_dice_full"]
+    from carmask.train import SegmentationTask
+    task = SegmentationTask.load_from_checkpoint(out / "checkpoints" / "best.ckpt",
+                                                 map_location="cpu", weights_only=False).eval()
+    model, _ = load_model(out / "model.safetensors")
+    x = torch.randn(2, 3, *SIZE)
+    with torch.no_grad():
+        assert torch.equal(task.model(x), model(x))
+
+
+def test_resume_continues_from_the_last_checkpoint(trained_run, synth_data):
+    out, summary = trained_run
+    config = TrainConfig(data=synth_data, model="unet-mnv2", out=out, size=SIZE, epochs=4, batch=8,
+                         lr=3e-3, folds=3, workers=0, seed=0, resume=True)
+    resumed = train(config, progress_bar=False)
+    assert resumed["epochs_run"] == 4  # one more epoch, not four from scratch
+    assert resumed["best_val_dice_full"] >= summary["best_val_dice_full"]
+
+
+def test_ddp_two_processes_on_cpu_agree(synth_data, tmp_path):
+    out = tmp_path / "ddp"
+    result = carmask("train", "--data", str(synth_data), "--out", str(out), "--size", "64x96",
+                     "--epochs", "1", "--batch", "4", "--folds", "3", "--workers", "0",
+                     "--devices", "2", "--accelerator", "cpu", "--limit-train-batches", "3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["devices"] == 2
+    first, second = summary["rank_checksums"]
+    assert first == second  # DDP keeps every rank's weights identical
+
+
+def test_clear_errors(tmp_path):
+    missing = carmask("train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r"))
+    assert missing.returncode == 1 and "nowhere: data folder does not exist" in missing.stderr
+    unknown = carmask("train", "--data", str(tmp_path), "--model", "resnet9000")
+    assert unknown.returncode == 1
+    assert "unknown model 'resnet9000'; choose one of:" in unknown.stderr
+    assert "unet-mnv2" in unknown.stderr and "mnv2-pix2pix" in unknown.stderr
+    with pytest.raises(UnknownModelError):
+        create_model("nope")
+    bogus = tmp_path / "bogus.safetensors"
+    bogus.write_bytes(b"not a model")
+    with pytest.raises(ModelFileError, match="bogus.safetensors: not a safetensors file"):
+        load_model(bogus)
+
+
+@pytest.mark.parametrize("name", ["unet-mnv2", "unet-r34"])
+def test_production_unets_take_any_multiple_of_32(name):
+    model = create_model(name, **({"pretrained": False} if name == "unet-mnv2" else {})).eval()
+    for size in [(64, 96), (96, 160)]:
+        with torch.no_grad():
+            assert model(torch.randn(1, 3, *size)).shape == (1, 1, *size)
+
+
+def test_unet_mnv2_starts_from_the_imagenet_weights():
+    from carmask.models.pretrained import mobilenet_v2_imagenet
+    model = create_model("unet-mnv2")
+    expected = mobilenet_v2_imagenet()["features.0.0.weight"]
+    assert torch.equal(model.encoder.state_dict()["features.0.0.weight"], expected)
