@@ -16,6 +16,7 @@ from carmask.models import create_bare_model, model_info
 
 log = logging.getLogger(__name__)
 METADATA_KEY = "carmask"
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "weights" / "carvana-unet-mnv2.safetensors"
 
 
 class ModelFileError(ValueError):
@@ -58,8 +59,26 @@ def read_config(path: str | Path) -> dict:
     return json.loads(metadata[METADATA_KEY])
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, dict]:
-    """Build the architecture named in the file, load its weights strictly, return (model, config)."""
+def resolve_model_path(spec: str | Path | None = None) -> Path:
+    """A model argument → its file: None for the shipped model, a run folder, or a file."""
+    if spec is None or str(spec) in ("", "default", "shipped"):
+        if not SHIPPED_MODEL.is_file():
+            raise ModelFileError(f"{SHIPPED_MODEL}: the shipped model is missing from this install")
+        return SHIPPED_MODEL
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if not path.is_file():
+        raise ModelFileError(f"{spec}: no such model file or run folder (a run folder holds "
+                             "model.safetensors)")
+    return path
+
+
+def load_model(path: str | Path | None = None) -> tuple[nn.Module, dict]:
+    """Build the architecture named in the file, load its weights strictly, return (model, config).
+
+    `path` may also be a run folder, or None for the shipped model."""
+    path = resolve_model_path(path)
     config = read_config(path)
     info = model_info(config["architecture"])
     model = create_bare_model(info.name)
