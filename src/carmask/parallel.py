@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,3 +30,27 @@ def imap_bounded(fn: Callable[[T], R], items: Iterable[T], workers: int | None =
             pending.append(pool.submit(fn, item))
         while pending:
             yield pending.popleft().result()
+
+
+class BoundedExecutor:
+    """A thread pool whose `submit` blocks while `max_pending` tasks are queued or running,
+    so producers of large items (full-size masks) cannot outrun the workers and fill memory."""
+
+    def __init__(self, workers: int | None = None, max_pending: int | None = None,
+                 name: str = "worker") -> None:
+        workers = workers or os.cpu_count() or 1
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+        self._slots = threading.BoundedSemaphore(max_pending or 2 * workers + 2)
+
+    def submit(self, fn: Callable[..., R], *args) -> Future[R]:
+        self._slots.acquire()
+        try:
+            future = self._pool.submit(fn, *args)
+        except BaseException:
+            self._slots.release()
+            raise
+        future.add_done_callback(lambda _: self._slots.release())
+        return future
+
+    def shutdown(self, wait: bool = True) -> None:
+        self._pool.shutdown(wait=wait)

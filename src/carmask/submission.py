@@ -13,13 +13,14 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from carmask import rle
+from carmask.parallel import BoundedExecutor
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,6 @@ class SubmissionWriter:
         self._offsets: dict[str, tuple[int, int]] = {}  # name -> (offset, length) in the spool
         self._lock = threading.Lock()
         self._error: BaseException | None = None
-        workers = workers or os.cpu_count() or 1
-        self._slots = threading.BoundedSemaphore(max_pending or 2 * workers + 2)
         self._claimed: set[str] = set()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume:
@@ -81,7 +80,7 @@ class SubmissionWriter:
                         self.spool_path)
         self._spool = open(self.spool_path, "ab" if resume else "wb")
         self._spool_size = self._spool.tell()
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rle")
+        self._pool = BoundedExecutor(workers, max_pending, name="rle")
 
     # -- what is left -------------------------------------------------------------------------
     @property
@@ -100,7 +99,6 @@ class SubmissionWriter:
     def add(self, name: str, mask: np.ndarray) -> None:
         """Queue a mask for encoding; blocks while `max_pending` masks are already queued."""
         self._claim(name)
-        self._slots.acquire()
         future = self._pool.submit(rle.encode, mask)
         future.add_done_callback(lambda done: self._encoded(name, done))
 
@@ -119,7 +117,6 @@ class SubmissionWriter:
             self._claimed.add(name)
 
     def _encoded(self, name: str, future: Future) -> None:
-        self._slots.release()
         if future.exception() is not None:
             self._error = future.exception()
             return

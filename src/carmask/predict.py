@@ -1,0 +1,174 @@
+"""One predictor for every consumer: submission, evaluation, cut-outs, the service and the demo.
+
+Photos are decoded (libjpeg-reduced where the model size allows), resized to the model's input,
+run in batches, and the RAW outputs (logits) are upsampled bilinearly to each photo's own size
+before thresholding; horizontal-flip TTA averages the raw outputs. The seeds thresholded at
+224x224 and resized the masks with nearest neighbour, which cost them most of their score.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from carmask.data.dataset import decode_reduction
+from carmask.data.io import DataError, read_image
+from carmask.models.io import load_model, resolve_model_path
+from carmask.models.outputs import car_mask, car_probability, upsample
+from carmask.parallel import imap_bounded
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prediction:
+    path: Path | None
+    mask: np.ndarray | None  # (H, W) bool at the photo's own size
+    error: str | None = None
+
+
+class Predictor:
+    """Load a model file (default: the shipped model) and turn photos into full-size masks."""
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        device: str = "cpu",
+        backend: str = "torch",
+        size: tuple[int, int] | None = None,
+        tta: bool = False,
+        batch: int = 4,
+        threshold: float | None = None,
+    ) -> None:
+        if backend not in ("torch", "onnx"):
+            raise ValueError(f"backend must be torch or onnx, got {backend!r}")
+        self.path = resolve_model_path(model)
+        network, self.config = load_model(self.path)
+        self.size = tuple(size or self.config["input_size"])
+        self.kind = self.config["output"]
+        self.threshold = self.config.get("threshold", 0.5) if threshold is None else threshold
+        self.mean = np.array(self.config["mean"], np.float32).reshape(1, 1, -1)
+        self.std = np.array(self.config["std"], np.float32).reshape(1, 1, -1)
+        self.channels = self.config["channels"]
+        self.tta, self.batch, self.backend = tta, batch, backend
+        self.device = torch.device(device)
+        if backend == "onnx":
+            if self.device.type != "cpu":
+                raise ValueError("the onnx backend runs on the CPU; use --backend torch on a GPU")
+            from carmask.onnx import OnnxModel
+            self._run = OnnxModel.from_torch(network, self.path, self.size, self.channels)
+        else:
+            network = network.to(self.device).eval()
+            self.half = self.device.type == "cuda"
+            if self.half:
+                network = network.half().to(memory_format=torch.channels_last)
+            self._network = network
+            self._run = self._run_torch
+
+    @property
+    def name(self) -> str:
+        return f"{self.config['architecture']} ({self.path.name})"
+
+    # -- the stages ---------------------------------------------------------------------------
+    def preprocess(self, photo: np.ndarray) -> np.ndarray:
+        """RGB uint8 (H, W, 3) → normalised float32 (C, h, w) at the model's size."""
+        height, width = self.size
+        if photo.shape[:2] != (height, width):
+            photo = cv2.resize(photo, (width, height), interpolation=cv2.INTER_AREA)
+        if self.channels == 1:
+            photo = cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY)[..., None]
+        return ((photo.astype(np.float32) / 255.0 - self.mean) / self.std).transpose(2, 0, 1)
+
+    def load(self, path: str | Path) -> tuple[np.ndarray, tuple[int, int]]:
+        """Decode a photo at the smallest size that still covers the model input; return it and
+        the photo's full (H, W)."""
+        from PIL import Image
+        try:
+            with Image.open(path) as header:
+                full = (header.size[1], header.size[0])
+        except (OSError, SyntaxError) as error:
+            raise DataError(path, f"not a readable image ({error})") from None
+        photo = read_image(path, reduce=decode_reduction(full, self.size)
+                           if Path(path).suffix.lower() in (".jpg", ".jpeg") else 1)
+        return photo, full
+
+    def raw_outputs(self, batch: np.ndarray) -> torch.Tensor:
+        """(N, C, h, w) normalised → raw outputs (N, K, h, w) float32 on the CPU, TTA averaged."""
+        outputs = self._run(batch)
+        if self.tta:
+            outputs = (outputs + self._run(np.ascontiguousarray(batch[..., ::-1])).flip(-1)) / 2
+        return outputs
+
+    def _run_torch(self, batch: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(batch).to(self.device, non_blocking=True)
+        if self.half:
+            tensor = tensor.half().contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            return self._network(tensor).float()
+
+    def to_masks(self, outputs: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        """Upsample each raw output to its photo's size, then threshold."""
+        masks = []
+        for output, size in zip(outputs, sizes):
+            full = upsample(output[None], size)
+            masks.append(car_mask(full, self.kind, self.threshold)[0].cpu().numpy())
+        return masks
+
+    def to_probabilities(self, outputs: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        """Like to_masks, but the car probability (float32 0..1) for soft edges in cut-outs."""
+        return [car_probability(upsample(o[None], s), self.kind)[0, 0].cpu().numpy()
+                for o, s in zip(outputs, sizes)]
+
+    # -- conveniences -------------------------------------------------------------------------
+    def predict(self, photos: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Masks for RGB uint8 photos, each at its own size."""
+        masks: list[np.ndarray] = []
+        for start in range(0, len(photos), self.batch):
+            chunk = photos[start:start + self.batch]
+            batch = np.stack([self.preprocess(p) for p in chunk])
+            masks.extend(self.to_masks(self.raw_outputs(batch), [p.shape[:2] for p in chunk]))
+        return masks
+
+    def predict_paths(self, paths: Iterable[str | Path], workers: int | None = None,
+                      on_error: Callable[[Path, str], None] | None = None) -> Iterator[Prediction]:
+        """Stream predictions for photo files, in input order, decoding in a bounded thread pool.
+
+        A photo that cannot be decoded yields a Prediction with `error` set; the stream goes on.
+        """
+        def decode(path):
+            try:
+                photo, full = self.load(path)
+                return Path(path), self.preprocess(photo), full, None
+            except DataError as error:
+                return Path(path), None, None, str(error)
+
+        workers = workers or min(4, os.cpu_count() or 1)
+        pending: list[tuple[Path, np.ndarray, tuple[int, int]]] = []
+        for path, tensor, full, error in imap_bounded(decode, paths, workers, ahead=2 * self.batch + workers):
+            if error is not None:
+                if pending:  # keep the output in input order
+                    yield from self._flush(pending)
+                    pending = []
+                if on_error:
+                    on_error(path, error)
+                yield Prediction(path, None, error)
+                continue
+            pending.append((path, tensor, full))
+            if len(pending) == self.batch:
+                yield from self._flush(pending)
+                pending = []
+        if pending:
+            yield from self._flush(pending)
+
+    def _flush(self, pending) -> Iterator[Prediction]:
+        outputs = self.raw_outputs(np.stack([tensor for _, tensor, _ in pending]))
+        for (path, _, _), mask in zip(pending, self.to_masks(outputs, [f for _, _, f in pending])):
+            yield Prediction(path, mask)
