@@ -273,6 +273,110 @@ def train(
                       f"curves: {out / 'curves.png'}")
 
 
+# -- prediction ---------------------------------------------------------------------------------
+ModelOption = Annotated[Optional[str], typer.Option("--model", help="Model file or run folder (default: the shipped model).")]
+INCOMPLETE = 3  # exit code of a prediction that finished with failed or missing images
+
+
+@app.command("predict")
+def predict(
+    data: Annotated[Optional[Path], typer.Option("--data", help="Kaggle folder: predicts test/ in sample_submission.csv order.")] = None,
+    images: Annotated[Optional[list[str]], typer.Option("--images", help="Photo files or globs (repeatable).")] = None,
+    model: ModelOption = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Submission CSV to write.")] = None,
+    masks_dir: Annotated[Optional[Path], typer.Option("--masks-dir", help="Also write one PNG mask per photo here.")] = None,
+    size: Annotated[Optional[str], typer.Option(help="Model input HEIGHTxWIDTH (default: the model's).")] = None,
+    tta: Annotated[bool, typer.Option(help="Average with the horizontally flipped photo.")] = False,
+    batch: Annotated[int, typer.Option(help="Photos per forward pass.")] = 4,
+    workers: Annotated[Optional[int], typer.Option(help="Decoding threads.")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    backend: Annotated[str, typer.Option(help="torch or onnx (CPU only).")] = "torch",
+    shard: Annotated[Optional[str], typer.Option(help="i/n: this job's share (0-based); join with `submission merge`.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue a killed run; nothing is predicted twice.")] = False,
+) -> None:
+    """Predict full-resolution masks into a Kaggle submission and/or mask files.
+
+    Exit code 0: everything predicted; 3: finished, but some photos failed or were missing
+    (listed in OUT.failures.csv, their rows left empty); 1: could not run.
+    """
+    from carmask.models.io import ModelFileError
+    from carmask.predict import Predictor, run_prediction, shard_of
+    from carmask.submission import SubmissionError, read_sample_names
+
+    if out is None and masks_dir is None:
+        raise fail("nothing to write: give --out submission.csv and/or --masks-dir DIR")
+    try:
+        photos, names = _photos_to_predict(data, images, read_sample_names)
+        if shard:
+            index, count = (int(v) for v in shard.split("/"))
+            names = shard_of(names, (index, count))
+        predictor = Predictor(model, device=device, backend=backend, tta=tta, batch=batch,
+                              size=parse_size(size, "HEIGHTxWIDTH") if size else None)
+    except (ModelFileError, SubmissionError, ValueError, FileNotFoundError) as error:
+        raise fail(str(error)) from None
+    err.print(f"predicting {len(names)} images with {predictor.name} at "
+              f"{predictor.size[0]}x{predictor.size[1]}{' + flip TTA' if tta else ''} "
+              f"({backend}, {device})", highlight=False)
+    summary = run_prediction(predictor, photos, names, submission=out, masks_dir=masks_dir,
+                             resume=resume, workers=workers, track=progress)
+    console.print(f"{summary.predicted} predicted ({summary.resumed} already done) in "
+                  f"{summary.seconds:.1f} s: {summary.images_per_second:.2f} images/s, "
+                  f"peak memory {summary.peak_rss_mb:.0f} MB")
+    if out:
+        console.print(f"submission: {out}")
+    if masks_dir:
+        console.print(f"masks: {masks_dir}")
+    if not summary.complete:
+        err.print(f"[yellow]incomplete:[/] {len(summary.failures)} failed, {len(summary.missing)} "
+                  f"without a photo; see {out.with_name(out.stem + '.failures.csv') if out else 'the log'}",
+                  highlight=False)
+        raise typer.Exit(INCOMPLETE)
+
+
+def _photos_to_predict(data, images, read_sample_names) -> tuple[dict[str, Path], list[str]]:
+    """The photos by name, and the names to predict in submission order."""
+    import glob
+
+    if (data is None) == (not images):
+        raise ValueError("give either --data DIR or --images FILES/GLOBS")
+    if data is not None:
+        folder = data / "test"
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: no test/ folder in the data folder")
+        photos = {p.name: p for p in sorted(folder.iterdir()) if p.suffix.lower() in (".jpg", ".jpeg", ".png")}
+        sample = data / "sample_submission.csv"
+        return photos, read_sample_names(sample) if sample.is_file() else sorted(photos)
+    paths = [Path(p) for pattern in images for p in (sorted(glob.glob(pattern)) or [pattern])]
+    photos = {p.name: p for p in paths}
+    return photos, list(photos)
+
+
+@submission_app.command("merge")
+def submission_merge(
+    shards: Annotated[list[Path], typer.Argument(help="Shard CSVs from `carmask predict --shard i/n`.")],
+    sample: Annotated[Path, typer.Option(help="sample_submission.csv giving the order and the expected images.")],
+    out: Annotated[Path, typer.Option("--out", help="The merged submission.")],
+    shape: Annotated[str, typer.Option(help="Mask size HEIGHTxWIDTH.")] = "1280x1918",
+) -> None:
+    """Join prediction shards into one submission in sample order, then check it."""
+    from carmask.submission import SubmissionError, check_submission, merge_submissions, read_sample_names
+
+    try:
+        expected = read_sample_names(sample)
+        missing = merge_submissions(shards, out, expected)
+    except (OSError, SubmissionError) as error:
+        raise fail(str(error)) from None
+    report = check_submission(out, expected, shape=parse_size(shape, "HEIGHTxWIDTH"))
+    for line, message in report.errors[:20]:
+        err.print(f"{out}:{line if line is not None else '-'}: {message}", highlight=False)
+    if not report.ok:
+        raise fail(f"the merged file has {len(report.errors)} problem(s)")
+    console.print(f"merged {len(shards)} shards into {out}: {report.rows} rows, "
+                  f"{len(missing)} without a mask")
+    if missing:
+        raise typer.Exit(INCOMPLETE)
+
+
 # -- eda and demo -------------------------------------------------------------------------------
 @app.command("eda")
 def eda(

@@ -172,3 +172,119 @@ class Predictor:
         outputs = self.raw_outputs(np.stack([tensor for _, tensor, _ in pending]))
         for (path, _, _), mask in zip(pending, self.to_masks(outputs, [f for _, _, f in pending])):
             yield Prediction(path, mask)
+
+
+# -- a whole prediction job: photos → submission CSV and/or mask files -------------------------
+@dataclass
+class JobSummary:
+    expected: int  # images this job (shard) should cover
+    predicted: int  # predicted in this run
+    resumed: int  # already done by an earlier run
+    failures: list[tuple[str, str]]  # (image name, error)
+    missing: list[str]  # expected names with no photo or no mask in the end
+    seconds: float
+    peak_rss_mb: float
+    submission: Path | None
+    masks_dir: Path | None
+
+    @property
+    def complete(self) -> bool:
+        return not self.failures and not self.missing
+
+    @property
+    def images_per_second(self) -> float:
+        return self.predicted / self.seconds if self.seconds else 0.0
+
+
+def shard_of(names: Sequence[str], shard: tuple[int, int] | None) -> list[str]:
+    """Every n-th name from the i-th (0-based): shards are balanced and disjoint."""
+    if shard is None:
+        return list(names)
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"shard must be i/n with 0 <= i < n, got {index}/{count}")
+    return list(names[index::count])
+
+
+def run_prediction(
+    predictor: Predictor,
+    photos: dict[str, Path],
+    names: Sequence[str],
+    *,
+    submission: Path | None = None,
+    masks_dir: Path | None = None,
+    resume: bool = False,
+    workers: int | None = None,
+    track=None,
+) -> JobSummary:
+    """Predict `names` (photo names, e.g. 0a0e3fb8f782_01.jpg) found in `photos` and stream them
+    into a submission (sample order, atomic, resumable) and/or mask files.
+
+    Names with no photo and photos that fail to decode are listed, the rest goes on; with any
+    of them the submission is written with empty rows for them and marked incomplete.
+    """
+    import resource
+    import time
+
+    from carmask.data.io import save_mask
+    from carmask.parallel import BoundedExecutor
+    from carmask.progress import silent_track
+    from carmask.submission import SubmissionWriter
+
+    track = track or silent_track
+    started = time.perf_counter()
+    writer = SubmissionWriter(submission, names, resume=resume) if submission else None
+    todo = writer.remaining if writer else list(names)
+    if masks_dir is not None:
+        masks_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            todo = [n for n in todo if not _mask_file(masks_dir, n).exists()]
+    resumed = len(names) - len(todo)
+    missing = [n for n in todo if n not in photos]
+    todo = [n for n in todo if n in photos]
+    failures: list[tuple[str, str]] = []
+    saver = BoundedExecutor(workers=2, name="mask-png") if masks_dir is not None else None
+    predicted = 0
+    try:
+        stream = predictor.predict_paths([photos[n] for n in todo], workers=workers)
+        for name, result in track(zip(todo, stream), total=len(todo), description="predicting"):
+            if result.error is not None:
+                failures.append((name, result.error))
+                log.warning("%s", result.error)
+                continue
+            if writer:
+                writer.add(name, result.mask)
+            if saver:
+                saver.submit(save_mask, result.mask, _mask_file(masks_dir, name))
+            predicted += 1
+    except BaseException:
+        if writer:
+            writer.close()  # keep the spool: --resume picks up from here
+        raise
+    finally:
+        if saver:
+            saver.shutdown()
+    if writer:
+        writer.finalize(allow_missing=True)
+    if (failures or missing) and submission:
+        _write_failures(submission.with_name(submission.stem + ".failures.csv"), failures, missing)
+    return JobSummary(
+        expected=len(names), predicted=predicted, resumed=resumed, failures=failures,
+        missing=missing, seconds=time.perf_counter() - started,
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        submission=submission, masks_dir=masks_dir)
+
+
+def _mask_file(masks_dir: Path, name: str) -> Path:
+    return masks_dir / (Path(name).stem + "_mask.png")
+
+
+def _write_failures(path: Path, failures: list[tuple[str, str]], missing: list[str]) -> None:
+    import csv
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as file:
+        out = csv.writer(file)
+        out.writerow(["img", "error"])
+        out.writerows(failures)
+        out.writerows((name, "no photo for this name") for name in missing)
+    os.replace(tmp, path)

@@ -302,3 +302,50 @@ def check_submission(
     if report.empty_masks:
         report.warnings.append(f"{report.empty_masks} rows have an empty mask")
     return report
+
+
+def merge_submissions(shards: Sequence[str | Path], out: str | Path,
+                      expected: Sequence[str]) -> list[str]:
+    """Join shard CSVs (from `predict --shard i/n`) into one submission in `expected` order.
+
+    Rows are located by offset and copied, so memory stays small whatever the file sizes.
+    Returns the expected names without a mask in any shard (their rows are left empty); a name
+    found in two shards, or one not expected, is an error.
+    """
+    out = Path(out)
+    expected_set = set(expected)
+    where: dict[str, tuple[int, int, int]] = {}  # name -> (shard, offset, length)
+    for number, shard in enumerate(map(Path, shards)):
+        with open(shard, "rb") as file:
+            header = file.readline()
+            if header.rstrip(b"\r\n") != HEADER.encode():
+                raise SubmissionError(f"{shard}: header is {header[:40]!r}, expected {HEADER!r}")
+            offset = len(header)
+            for line in file:
+                name = line.split(b",", 1)[0].decode("ascii", "replace")
+                if name not in expected_set:
+                    raise SubmissionError(f"{shard}: {name} is not an image of the sample")
+                if name in where:
+                    raise SubmissionError(f"{shard}: {name} is also in {shards[where[name][0]]}")
+                where[name] = (number, offset, len(line))
+                offset += len(line)
+    empty = {name for name, (_, _, length) in where.items() if length <= len(name) + 3}
+    missing = [name for name in expected if name not in where or name in empty]
+    tmp = out.with_name(out.name + ".tmp")
+    files = [open(shard, "rb") for shard in shards]
+    try:
+        with open(tmp, "wb") as target:
+            target.write(f"{HEADER}\n".encode())
+            for name in expected:
+                if name not in where:
+                    target.write(f"{name},\n".encode())
+                    continue
+                number, offset, length = where[name]
+                files[number].seek(offset)
+                line = files[number].read(length)
+                target.write(line if line.endswith(b"\n") else line + b"\n")
+    finally:
+        for file in files:
+            file.close()
+    tmp.replace(out)
+    return missing
