@@ -1,0 +1,52 @@
+"""The `carmask` command line: parses arguments, calls the library, prints the results.
+
+One module per group of commands; this one assembles them into the `carmask` app.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+from rich.logging import RichHandler
+
+from carmask.cli.common import err
+from carmask.cli.data import data_app, eda
+from carmask.cli.demo import demo
+from carmask.cli.models import export, models, train
+from carmask.cli.predict import evaluate, predict
+from carmask.cli.rle_submission import rle_app, submission_app
+
+app = typer.Typer(
+    help="Mask cars out of studio photos: data checks, training, prediction, Kaggle submissions, "
+    "evaluation and the demo.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("demo")(demo)
+app.add_typer(data_app, name="data")
+app.command("eda")(eda)
+app.command("models")(models)
+app.command("train")(train)
+app.command("predict")(predict)
+app.command("evaluate")(evaluate)
+app.command("export")(export)
+app.add_typer(rle_app, name="rle")
+app.add_typer(submission_app, name="submission")
+
+
+@app.callback()
+def main_options(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each step (INFO).")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=err, show_path=False, show_time=False)],
+    )
+
+
+def main() -> None:
+    app()

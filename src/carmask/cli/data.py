@@ -1,0 +1,120 @@
+"""`carmask data ...` and `carmask eda`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from carmask.cli.common import DataDir, console, fail, parse_size, progress
+
+data_app = typer.Typer(help="Index, validate, synthesise or download Carvana data.", no_args_is_help=True)
+
+
+@data_app.command("index")
+def data_index(
+    data: DataDir,
+    deep: Annotated[
+        bool,
+        typer.Option(
+            help="Also decode every photo (finds broken coding tables the header check misses; slower)."
+        ),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary and problems as JSON.")] = False,
+) -> None:
+    """Discover a Kaggle folder, join metadata.csv, check every file and print a summary.
+
+    Exits 1 when a fatal problem is found (missing or orphan masks, wrong sizes, masks that are
+    not binary or have several frames, unreadable or truncated files, bad names, duplicate ids).
+    """
+    from carmask.data.layout import index_dataset
+
+    try:
+        index = index_dataset(data, deep=deep, track=progress)
+    except FileNotFoundError as error:
+        raise fail(str(error)) from None
+    summary = index.summary()
+    if as_json:
+        summary["problem_list"] = [
+            {"path": str(p.path), "kind": p.kind, "message": p.message, "fatal": p.fatal}
+            for p in index.problems
+        ]
+        console.print_json(json.dumps(summary))
+    else:
+        table = Table(title=f"Carvana data in {data}", show_header=False)
+        for key, value in summary.items():
+            if key != "root":
+                table.add_row(
+                    key.replace("_", " "),
+                    ", ".join(f"{k}: {v}" for k, v in value.items())
+                    if isinstance(value, dict)
+                    else str(value),
+                )
+        console.print(table)
+        for problem in index.problems:
+            console.print(str(problem), style="red" if problem.fatal else "yellow", highlight=False)
+        if not index.problems:
+            console.print("[green]no problems found[/]")
+    if index.fatal:
+        raise typer.Exit(1)
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the data set into.")],
+    cars: Annotated[int, typer.Option(help="Training cars (16 views each).")] = 8,
+    test_cars: Annotated[int, typer.Option(help="Test cars (16 views each, true masks in test_masks/).")] = 2,
+    size: Annotated[str, typer.Option(help="Image size WIDTHxHEIGHT.")] = "480x320",
+    seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 0,
+) -> None:
+    """Write a synthetic studio data set in the exact Kaggle layout (deterministic per seed)."""
+    from carmask.data.synth import synthesize
+
+    try:
+        result = synthesize(
+            out,
+            cars=cars,
+            test_cars=test_cars,
+            size=parse_size(size, "WIDTHxHEIGHT"),
+            seed=seed,
+            track=progress,
+        )
+    except ValueError as error:
+        raise fail(str(error)) from None
+    console.print(
+        f"wrote {result.images} images of {len(result.train_cars)} train and "
+        f"{len(result.test_cars)} test cars to [bold]{result.root}[/]"
+    )
+
+
+@data_app.command("download")
+def data_download(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the Kaggle data (about 25 GB unzipped).")],
+    file: Annotated[
+        Optional[list[str]], typer.Option(help="Only these competition files, e.g. metadata.csv.zip.")
+    ] = None,
+) -> None:
+    """Download the competition with the Kaggle API (needs your credentials and the accepted rules)."""
+    from carmask.data.download import DownloadError, download_competition
+
+    try:
+        path = download_competition(out, files=file)
+    except DownloadError as error:
+        raise fail(str(error)) from None
+    console.print(f"downloaded to [bold]{path}[/]; next: carmask data index --data {path}")
+
+
+def eda(
+    data: DataDir,
+    out: Annotated[Path, typer.Option("--out", help="Folder for index.html.")] = Path("eda"),
+) -> None:
+    """Write a self-contained HTML report exploring a data folder."""
+    from carmask.eda import write_eda_report
+
+    if not data.is_dir():
+        raise fail(f"{data}: data folder does not exist")
+    path = write_eda_report(data, out, track=progress)
+    console.print(f"EDA report: [bold]{path}[/]")

@@ -1,0 +1,38 @@
+"""`carmask demo`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from carmask.cli.common import console, fail, progress
+
+
+def demo(
+    data: Annotated[
+        Optional[Path], typer.Option("--data", help="A real Kaggle folder; default: a synthetic one.")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Where everything is written.")] = Path("demo-output"),
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic data set.")] = 0,
+) -> None:
+    """Run the whole pipeline end to end and say where the results are."""
+    from carmask.demo import run_demo
+
+    if data is not None and not data.is_dir():
+        raise fail(f"{data}: data folder does not exist")
+    result = run_demo(out, data, seed=seed, track=progress)
+    summary = result.index.summary()
+    console.rule("carmask demo")
+    console.print(
+        f"data:        {result.data} ({summary['train_cars']} cars, "
+        f"{summary['train_images']} train and {summary['test_images']} test images, "
+        f"{summary['problems']} problems)"
+    )
+    console.print(f"EDA report:  {result.eda_report}")
+    status = "[green]OK[/]" if result.check.ok else f"[red]{len(result.check.errors)} problems[/]"
+    console.print(f"submission:  {result.submission} ({result.check.rows} rows of true masks) {status}")
+    console.print("timings:     " + ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items()))
+    if not result.check.ok or result.index.fatal:
+        raise typer.Exit(1)

@@ -1,0 +1,145 @@
+"""`carmask models`, `carmask train` and `carmask export`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from carmask.cli.common import DataDir, ModelOption, console, fail, parse_size
+
+
+def models() -> None:
+    """List the registered architectures: parameters, input size, encoder, weights, origin."""
+    from carmask.models import create_bare_model, list_models
+
+    table = Table(title="carmask models")
+    for column in ("name", "params", "input HxW", "encoder", "pretrained weights", "output", "origin"):
+        table.add_column(column, justify="right" if column == "params" else "left")
+    for info in list_models():
+        params = sum(p.numel() for p in create_bare_model(info.name).parameters())
+        size = f"{info.default_size[0]}x{info.default_size[1]}" + ("" if info.fixed_size else " (any)")
+        table.add_row(
+            info.name, f"{params / 1e6:.2f}M", size, info.encoder, info.pretrained, info.output, info.origin
+        )
+    console.print(table)
+
+
+def train(
+    data: DataDir,
+    model: Annotated[str, typer.Option(help="Architecture (see `carmask models`).")] = "unet-mnv2",
+    out: Annotated[
+        Path, typer.Option("--out", help="Run folder: checkpoints, metrics, curves, model.safetensors.")
+    ] = Path("runs/unet-mnv2"),
+    size: Annotated[
+        Optional[str], typer.Option(help="Training size HEIGHTxWIDTH (default: the model's).")
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 20,
+    batch: Annotated[int, typer.Option(help="Batch size per device.")] = 8,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warm-up then cosine).")] = 1e-3,
+    fold: Annotated[int, typer.Option(help="Validation fold (cars of this fold are held out).")] = 0,
+    folds: Annotated[int, typer.Option(help="Number of car-grouped folds.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the split, the initialisation and augmentation.")] = 0,
+    patience: Annotated[int, typer.Option(help="Early stopping: validations without improvement.")] = 5,
+    devices: Annotated[
+        str, typer.Option(help="Devices per node: auto, or a number (DDP when > 1).")
+    ] = "auto",
+    num_nodes: Annotated[int, typer.Option(help="Nodes for multi-node DDP (torchrun/SLURM).")] = 1,
+    accelerator: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
+    precision: Annotated[
+        Optional[str], typer.Option(help="16-mixed, bf16-mixed or 32 (default: mixed on GPU, 32 on CPU).")
+    ] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Data loader processes per device.")] = None,
+    max_time: Annotated[Optional[str], typer.Option(help="Stop cleanly after DD:HH:MM:SS.")] = None,
+    val_every: Annotated[float, typer.Option(help="Validate every this fraction of an epoch.")] = 1.0,
+    limit_train_batches: Annotated[
+        float, typer.Option(help="Fraction (<=1) or number of batches per epoch.")
+    ] = 1.0,
+    max_cars: Annotated[
+        Optional[int], typer.Option(help="Use only the first N cars (quick experiments).")
+    ] = None,
+    pretrained: Annotated[
+        bool, typer.Option(help="Start from ImageNet weights where the model has them.")
+    ] = True,
+    encoder_weights: Annotated[
+        Optional[Path], typer.Option(help="torchvision-format encoder weights file (vgg19, resnet34).")
+    ] = None,
+    vflip: Annotated[bool, typer.Option(help="Also flip up/down, as the seed did.")] = False,
+    half: Annotated[bool, typer.Option(help="Export the model in fp16 (half the size).")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint.")] = False,
+) -> None:
+    """Train a model with Lightning and export the best weights to OUT/model.safetensors."""
+    from carmask.data.transforms import AugmentConfig
+    from carmask.models import UnknownModelError, model_info
+    from carmask.train import TrainConfig
+    from carmask.train import train as run_training
+
+    if not data.is_dir():
+        raise fail(f"{data}: data folder does not exist")
+    try:
+        model_info(model)
+    except UnknownModelError as error:
+        raise fail(str(error)) from None
+    config = TrainConfig(
+        data=data,
+        model=model,
+        out=out,
+        size=parse_size(size, "HEIGHTxWIDTH") if size else None,
+        epochs=epochs,
+        batch=batch,
+        lr=lr,
+        fold=fold,
+        folds=folds,
+        seed=seed,
+        patience=patience,
+        devices=int(devices) if devices.isdigit() else devices,
+        num_nodes=num_nodes,
+        accelerator=accelerator,
+        precision=("32-true" if precision == "32" else precision),
+        workers=workers,
+        max_time=max_time,
+        val_every=val_every,
+        limit_train_batches=int(limit_train_batches) if limit_train_batches > 1 else limit_train_batches,
+        max_cars=max_cars,
+        pretrained=pretrained,
+        encoder_weights=str(encoder_weights) if encoder_weights else None,
+        augment=AugmentConfig(vflip=vflip),
+        export_half=half,
+        resume=resume,
+    )
+    try:
+        summary = run_training(config)
+    except ValueError as error:
+        raise fail(str(error)) from None
+    if summary:
+        console.print(
+            f"best full-resolution val Dice {summary['best_val_dice_full']} after "
+            f"{summary['epochs_run']} epochs; model: {out / 'model.safetensors'}, "
+            f"curves: {out / 'curves.png'}"
+        )
+
+
+def export(
+    out: Annotated[Path, typer.Option("--out", help="The .onnx file to write.")],
+    model: ModelOption = None,
+    size: Annotated[Optional[str], typer.Option(help="Input HEIGHTxWIDTH (default: the model's).")] = None,
+    fp16: Annotated[
+        bool, typer.Option(help="Store weights in fp16 (half the file; computed in fp32).")
+    ] = False,
+) -> None:
+    """Export a model to ONNX for onnxruntime (dynamic batch, fixed input size)."""
+    from carmask.models.io import ModelFileError, load_model
+    from carmask.onnx import export_onnx
+
+    try:
+        network, config = load_model(model)
+    except ModelFileError as error:
+        raise fail(str(error)) from None
+    input_size = parse_size(size, "HEIGHTxWIDTH") if size else tuple(config["input_size"])
+    path = export_onnx(network, out, input_size, config["channels"], fp16=fp16)
+    console.print(
+        f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB, input "
+        f"{input_size[0]}x{input_size[1]}, {'fp16' if fp16 else 'fp32'} weights)"
+    )

@@ -1,0 +1,197 @@
+"""`carmask predict` and `carmask evaluate`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from carmask.cli.common import (
+    INCOMPLETE,
+    DataDir,
+    ModelOption,
+    console,
+    err,
+    fail,
+    parse_size,
+    progress,
+)
+
+
+def predict(
+    data: Annotated[
+        Optional[Path],
+        typer.Option("--data", help="Kaggle folder: predicts test/ in sample_submission.csv order."),
+    ] = None,
+    images: Annotated[
+        Optional[list[str]], typer.Option("--images", help="Photo files or globs (repeatable).")
+    ] = None,
+    model: ModelOption = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Submission CSV to write.")] = None,
+    masks_dir: Annotated[
+        Optional[Path], typer.Option("--masks-dir", help="Also write one PNG mask per photo here.")
+    ] = None,
+    size: Annotated[
+        Optional[str], typer.Option(help="Model input HEIGHTxWIDTH (default: the model's).")
+    ] = None,
+    tta: Annotated[bool, typer.Option(help="Average with the horizontally flipped photo.")] = False,
+    batch: Annotated[int, typer.Option(help="Photos per forward pass.")] = 4,
+    workers: Annotated[Optional[int], typer.Option(help="Decoding threads.")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    backend: Annotated[str, typer.Option(help="torch or onnx (CPU only).")] = "torch",
+    shard: Annotated[
+        Optional[str], typer.Option(help="i/n: this job's share (0-based); join with `submission merge`.")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue a killed run; nothing is predicted twice.")] = False,
+) -> None:
+    """Predict full-resolution masks into a Kaggle submission and/or mask files.
+
+    Exit code 0: everything predicted; 3: finished, but some photos failed or were missing
+    (listed in OUT.failures.csv, their rows left empty); 1: could not run.
+    """
+    from carmask.models.io import ModelFileError
+    from carmask.predict import Predictor, run_prediction, shard_of
+    from carmask.submission import SubmissionError, read_sample_names
+
+    if out is None and masks_dir is None:
+        raise fail("nothing to write: give --out submission.csv and/or --masks-dir DIR")
+    try:
+        photos, names = _photos_to_predict(data, images, read_sample_names)
+        if shard:
+            index, count = (int(v) for v in shard.split("/"))
+            names = shard_of(names, (index, count))
+        predictor = Predictor(
+            model,
+            device=device,
+            backend=backend,
+            tta=tta,
+            batch=batch,
+            size=parse_size(size, "HEIGHTxWIDTH") if size else None,
+        )
+    except (ModelFileError, SubmissionError, ValueError, FileNotFoundError) as error:
+        raise fail(str(error)) from None
+    err.print(
+        f"predicting {len(names)} images with {predictor.name} at "
+        f"{predictor.size[0]}x{predictor.size[1]}{' + flip TTA' if tta else ''} "
+        f"({backend}, {device})",
+        highlight=False,
+    )
+    summary = run_prediction(
+        predictor,
+        photos,
+        names,
+        submission=out,
+        masks_dir=masks_dir,
+        resume=resume,
+        workers=workers,
+        track=progress,
+    )
+    console.print(
+        f"{summary.predicted} predicted ({summary.resumed} already done) in "
+        f"{summary.seconds:.1f} s: {summary.images_per_second:.2f} images/s, "
+        f"peak memory {summary.peak_rss_mb:.0f} MB"
+    )
+    if out:
+        console.print(f"submission: {out}")
+    if masks_dir:
+        console.print(f"masks: {masks_dir}")
+    if not summary.complete:
+        err.print(
+            f"[yellow]incomplete:[/] {len(summary.failures)} failed, {len(summary.missing)} "
+            f"without a photo; see {out.with_name(out.stem + '.failures.csv') if out else 'the log'}",
+            highlight=False,
+        )
+        raise typer.Exit(INCOMPLETE)
+
+
+def _photos_to_predict(data, images, read_sample_names) -> tuple[dict[str, Path], list[str]]:
+    """The photos by name, and the names to predict in submission order."""
+    import glob
+
+    if (data is None) == (not images):
+        raise ValueError("give either --data DIR or --images FILES/GLOBS")
+    if data is not None:
+        folder = data / "test"
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: no test/ folder in the data folder")
+        photos = {
+            p.name: p for p in sorted(folder.iterdir()) if p.suffix.lower() in (".jpg", ".jpeg", ".png")
+        }
+        sample = data / "sample_submission.csv"
+        return photos, read_sample_names(sample) if sample.is_file() else sorted(photos)
+    paths = [Path(p) for pattern in images for p in (sorted(glob.glob(pattern)) or [pattern])]
+    photos = {p.name: p for p in paths}
+    return photos, list(photos)
+
+
+def evaluate(
+    data: DataDir,
+    model: ModelOption = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", help="Folder for per_image.csv and index.html.")
+    ] = None,
+    tta: Annotated[bool, typer.Option(help="Average with the horizontally flipped photo.")] = False,
+    size: Annotated[
+        Optional[str], typer.Option(help="Model input HEIGHTxWIDTH (default: the model's).")
+    ] = None,
+    backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    cars: Annotated[
+        Optional[str],
+        typer.Option(help="Only these car ids (comma-separated), or 'val' for the model's validation cars."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print {dice, iou, images} as JSON on stdout.")
+    ] = False,
+) -> None:
+    """Score a model against true masks: Dice and IoU at full resolution, per view and make."""
+    from carmask.data.layout import index_dataset
+    from carmask.evaluate import evaluate as run_evaluation
+    from carmask.models.io import ModelFileError
+    from carmask.predict import Predictor
+
+    if not data.is_dir():
+        raise fail(f"{data}: data folder does not exist")
+    try:
+        predictor = Predictor(
+            model,
+            device=device,
+            backend=backend,
+            tta=tta,
+            size=parse_size(size, "HEIGHTxWIDTH") if size else None,
+        )
+    except (ModelFileError, ValueError) as error:
+        raise fail(str(error)) from None
+    records = [r for r in index_dataset(data, check_pixels=False).train if r.mask_path]
+    if cars == "val":
+        records = validation_records(records, predictor.config)
+    elif cars:
+        wanted = set(cars.split(","))
+        records = [r for r in records if r.car_id in wanted]
+    if not records:
+        raise fail(
+            f"{data}: no training photos with masks to evaluate" + (f" for cars {cars}" if cars else "")
+        )
+    evaluation = run_evaluation(predictor, records, out, track=progress)
+    if as_json:
+        print(json.dumps(evaluation.as_json()))
+        return
+    console.print(
+        f"mean Dice {evaluation.dice:.5f}, IoU {evaluation.iou:.5f} over {len(evaluation.per_image)} images"
+    )
+    if evaluation.report:
+        console.print(f"report: {evaluation.report}")
+
+
+def validation_records(records, config: dict):
+    """The cars a model file was validated on (its training summary names the split)."""
+    from carmask.data.split import split_by_car
+
+    training = config.get("training") or {}
+    if "fold" not in training:
+        raise fail("this model file does not record its validation split; pass --cars instead")
+    return split_by_car(
+        records, training["fold"], training["folds"], training.get("seed", 0), stratify_by_make=True
+    )[1]

@@ -1,0 +1,111 @@
+"""`carmask rle ...` and `carmask submission ...`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from carmask.cli.common import INCOMPLETE, console, err, fail, parse_size
+
+rle_app = typer.Typer(help="Kaggle run-length encoding (row-major, 1-based).", no_args_is_help=True)
+submission_app = typer.Typer(help="Check and merge Kaggle submission files.", no_args_is_help=True)
+
+
+@rle_app.command("encode")
+def rle_encode(
+    mask: Annotated[Path, typer.Argument(help="Mask image (GIF/PNG, values {0,1} or {0,255}).")],
+) -> None:
+    """Print the Kaggle RLE of a mask file."""
+    from carmask import rle
+    from carmask.data.io import DataError, read_mask
+
+    try:
+        print(rle.encode(read_mask(mask)))
+    except DataError as error:
+        raise fail(str(error)) from None
+
+
+@rle_app.command("decode")
+def rle_decode(
+    encoding: Annotated[str, typer.Argument(help="The RLE string, or - to read it from stdin.")],
+    out: Annotated[Path, typer.Option("--out", help="Output mask: .png (0/255) or .gif ({0,1}).")],
+    shape: Annotated[str, typer.Option(help="Mask size HEIGHTxWIDTH.")] = "1280x1918",
+) -> None:
+    """Decode a Kaggle RLE string into a mask image."""
+    from carmask import rle
+    from carmask.data.io import save_mask
+
+    text = sys.stdin.read().strip() if encoding == "-" else encoding.strip()
+    try:
+        mask = rle.decode(text, parse_size(shape, "HEIGHTxWIDTH"))
+    except rle.RLEError as error:
+        raise fail(f"invalid RLE: {error}") from None
+    save_mask(mask, out)
+    console.print(f"wrote {out} ({mask.shape[0]}x{mask.shape[1]}, {int(mask.sum())} car pixels)")
+
+
+# -- submission ---------------------------------------------------------------------------------
+@submission_app.command("check")
+def submission_check(
+    file: Annotated[Path, typer.Argument(help="The submission CSV.")],
+    sample: Annotated[
+        Optional[Path], typer.Option(help="sample_submission.csv listing the expected images.")
+    ] = None,
+    shape: Annotated[str, typer.Option(help="Mask size HEIGHTxWIDTH.")] = "1280x1918",
+) -> None:
+    """Validate a submission: header, every expected image exactly once, every RLE valid."""
+    from carmask.submission import SubmissionError, check_submission, read_sample_names
+
+    try:
+        expected = read_sample_names(sample) if sample else None
+    except (OSError, SubmissionError) as error:
+        raise fail(str(error)) from None
+    report = check_submission(file, expected, shape=parse_size(shape, "HEIGHTxWIDTH"))
+    for line, message in report.errors:
+        err.print(f"{file}:{line if line is not None else '-'}: {message}", highlight=False)
+    for warning in report.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    if not report.ok:
+        raise fail(f"{len(report.errors)} problem(s) in {file}")
+    against = f" against {sample}" if sample else ""
+    console.print(
+        f"[green]OK[/] {file}: {report.rows} rows{against}, "
+        f"{report.rows - report.empty_masks} non-empty masks"
+    )
+
+
+@submission_app.command("merge")
+def submission_merge(
+    shards: Annotated[list[Path], typer.Argument(help="Shard CSVs from `carmask predict --shard i/n`.")],
+    sample: Annotated[
+        Path, typer.Option(help="sample_submission.csv giving the order and the expected images.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="The merged submission.")],
+    shape: Annotated[str, typer.Option(help="Mask size HEIGHTxWIDTH.")] = "1280x1918",
+) -> None:
+    """Join prediction shards into one submission in sample order, then check it."""
+    from carmask.submission import (
+        SubmissionError,
+        check_submission,
+        merge_submissions,
+        read_sample_names,
+    )
+
+    try:
+        expected = read_sample_names(sample)
+        missing = merge_submissions(shards, out, expected)
+    except (OSError, SubmissionError) as error:
+        raise fail(str(error)) from None
+    report = check_submission(out, expected, shape=parse_size(shape, "HEIGHTxWIDTH"))
+    for line, message in report.errors[:20]:
+        err.print(f"{out}:{line if line is not None else '-'}: {message}", highlight=False)
+    if not report.ok:
+        raise fail(f"the merged file has {len(report.errors)} problem(s)")
+    console.print(
+        f"merged {len(shards)} shards into {out}: {report.rows} rows, {len(missing)} without a mask"
+    )
+    if missing:
+        raise typer.Exit(INCOMPLETE)
