@@ -44,3 +44,21 @@ def make_kaggle_folder(carvana: Path, root: Path, cars: int = 2, test_images: in
 @pytest.fixture
 def small_real_folder(carvana: Path, tmp_path: Path) -> Path:
     return make_kaggle_folder(carvana, tmp_path / "kaggle")
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory) -> Path:
+    """A small synthetic Kaggle folder: 6 train cars, 1 test car, 192x128 photos."""
+    from carmask.data.synth import synthesize
+    return synthesize(tmp_path_factory.mktemp("synth") / "data", cars=6, test_cars=1,
+                      size=(192, 128), seed=5).root
+
+
+@pytest.fixture(scope="session")
+def synth_run(synth_data, tmp_path_factory):
+    """A unet-mnv2 trained for 3 short epochs on `synth_data` at 64x96: (run folder, summary)."""
+    from carmask.train import TrainConfig, train
+    out = tmp_path_factory.mktemp("run")
+    config = TrainConfig(data=synth_data, model="unet-mnv2", out=out, size=(64, 96), epochs=3,
+                         batch=8, lr=3e-3, folds=3, workers=0, seed=0)
+    return out, train(config, progress_bar=False)

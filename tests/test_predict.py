@@ -1,0 +1,170 @@
+"""Prediction at scale: streaming submissions, kill + resume, shards + merge, bad photos, ONNX,
+and the evaluator's Dice against an independent computation."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from carmask.data.io import read_mask
+from carmask.data.layout import index_dataset
+from carmask.evaluate import evaluate
+from carmask.predict import Predictor
+from carmask.submission import check_submission, read_sample_names
+
+
+def carmask(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "carmask", *args], capture_output=True, text=True,
+                          **kwargs)
+
+
+@pytest.fixture(scope="module")
+def model(synth_run):
+    return synth_run[0] / "model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def test_folder(synth_data, tmp_path_factory):
+    """The synthetic folder's test photos, twice over under new names (64 photos), so a run
+    lasts long enough to be killed half-way."""
+    root = tmp_path_factory.mktemp("predict") / "data"
+    (root / "test").mkdir(parents=True)
+    photos = sorted((synth_data / "test").glob("*.jpg"))
+    names = []
+    for copy in range(4):
+        for photo in photos:
+            name = f"{copy:x}{photo.name[1:]}"
+            shutil.copy(photo, root / "test" / name)
+            names.append(name)
+    (root / "sample_submission.csv").write_text("img,rle_mask\n" + "".join(f"{n},1 1\n" for n in sorted(names)))
+    return root
+
+
+def test_submission_masks_match_the_predictor(model, test_folder, tmp_path):
+    out = tmp_path / "sub.csv"
+    result = carmask("predict", "--data", str(test_folder), "--model", str(model), "--out", str(out),
+                     "--masks-dir", str(tmp_path / "masks"))
+    assert result.returncode == 0, result.stderr
+    names = read_sample_names(test_folder / "sample_submission.csv")
+    assert check_submission(out, names, shape=(128, 192)).ok
+    predictor = Predictor(model)
+    photo = test_folder / "test" / names[3]
+    expected = predictor.predict_paths([photo]).__next__().mask
+    assert np.array_equal(read_mask(tmp_path / "masks" / names[3].replace(".jpg", "_mask.png")), expected)
+    from carmask import rle
+    row = out.read_text().splitlines()[4].split(",")
+    assert row[0] == names[3] and np.array_equal(rle.decode(row[1], (128, 192)), expected)
+
+
+def test_killed_run_resumes_without_predicting_twice(model, test_folder, tmp_path):
+    reference, killed = tmp_path / "reference.csv", tmp_path / "killed.csv"
+    args = ["--data", str(test_folder), "--model", str(model), "--batch", "1", "--workers", "1"]
+    assert carmask("predict", *args, "--out", str(reference)).returncode == 0
+    process = subprocess.Popen([sys.executable, "-m", "carmask", "predict", *args, "--out", str(killed)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    spool = tmp_path / "killed.csv.spool"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not spool.exists() or spool.read_bytes().count(b"\n") < 10):
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    done = spool.read_bytes().count(b"\n")
+    assert not killed.exists() and 10 <= done < 64
+    resumed = carmask("predict", *args, "--out", str(killed), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{64 - done} predicted ({done} already done)" in resumed.stdout
+    assert killed.read_bytes() == reference.read_bytes()
+
+
+def test_shards_merge_into_the_single_run(model, test_folder, tmp_path):
+    single = tmp_path / "single.csv"
+    assert carmask("predict", "--data", str(test_folder), "--model", str(model), "--out", str(single)).returncode == 0
+    shards = []
+    for index in range(3):
+        shard = tmp_path / f"shard{index}.csv"
+        result = carmask("predict", "--data", str(test_folder), "--model", str(model), "--out", str(shard),
+                         "--shard", f"{index}/3")
+        assert result.returncode == 0, result.stderr
+        shards.append(str(shard))
+    merged = tmp_path / "merged.csv"
+    result = carmask("submission", "merge", *shards, "--sample", str(test_folder / "sample_submission.csv"),
+                     "--out", str(merged), "--shape", "128x192")
+    assert result.returncode == 0, result.stderr
+    assert merged.read_bytes() == single.read_bytes()
+    overlap = carmask("submission", "merge", shards[0], shards[0], "--sample",
+                      str(test_folder / "sample_submission.csv"), "--out", str(tmp_path / "x.csv"))
+    assert overlap.returncode == 1 and "is also in" in overlap.stderr
+
+
+def test_a_corrupt_photo_is_listed_and_the_run_goes_on(model, test_folder, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(test_folder, data)
+    bad = sorted((data / "test").glob("*.jpg"))[5]
+    bad.write_bytes(b"\xff\xd8 definitely not the rest of a JPEG")
+    out = tmp_path / "sub.csv"
+    result = carmask("predict", "--data", str(data), "--model", str(model), "--out", str(out))
+    assert result.returncode == 3, result.stderr
+    assert "incomplete: 1 failed" in result.stderr
+    failures = (tmp_path / "sub.failures.csv").read_text().splitlines()
+    assert failures[0] == "img,error" and failures[1].startswith(f"{bad.name},") and bad.name in failures[1]
+    report = check_submission(out, read_sample_names(data / "sample_submission.csv"), shape=(128, 192))
+    assert report.ok and report.empty_masks == 1
+
+
+def test_onnx_masks_agree_with_torch(model, test_folder):
+    photos = sorted((test_folder / "test").glob("*.jpg"))[:16]
+    torch_masks = [p.mask for p in Predictor(model).predict_paths(photos)]
+    onnx_masks = [p.mask for p in Predictor(model, backend="onnx").predict_paths(photos)]
+    for a, b in zip(torch_masks, onnx_masks):
+        assert 2 * (a & b).sum() / (a.sum() + b.sum()) >= 0.999
+
+
+def test_flip_tta_changes_little_and_stays_binary(model, test_folder):
+    photos = sorted((test_folder / "test").glob("*.jpg"))[:4]
+    plain = [p.mask for p in Predictor(model).predict_paths(photos)]
+    tta = [p.mask for p in Predictor(model, tta=True).predict_paths(photos)]
+    for a, b in zip(plain, tta):
+        assert b.dtype == bool and 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.95
+
+
+def test_evaluate_dice_equals_an_independent_numpy_dice(model, synth_data, tmp_path):
+    records = index_dataset(synth_data, check_pixels=False).train[:12]
+    predictor = Predictor(model)
+    evaluation = evaluate(predictor, records, tmp_path / "eval")
+    independent = []
+    for record in records:
+        prediction = predictor.predict_paths([record.image_path]).__next__().mask
+        truth = np.asarray(read_mask(record.mask_path))
+        independent.append(2.0 * np.logical_and(prediction, truth).sum() / (prediction.sum() + truth.sum()))
+    assert evaluation.dice == pytest.approx(np.mean(independent), abs=1e-12)
+    html = (tmp_path / "eval" / "index.html").read_text()
+    assert "The 12 worst images" in html and html.count("data:image/jpeg") >= 12
+    assert len((tmp_path / "eval" / "per_image.csv").read_text().splitlines()) == 13
+
+
+def test_evaluate_cli_json(model, synth_data):
+    result = carmask("evaluate", "--data", str(synth_data), "--model", str(model), "--cars", "val", "--json")
+    assert result.returncode == 0, result.stderr
+    import json
+    scores = json.loads(result.stdout)
+    assert scores["images"] == 32 and 0.5 < scores["dice"] <= 1 and scores["iou"] < scores["dice"]
+
+
+def test_export_onnx_fp16_is_half_the_size(model, tmp_path):
+    full, half = tmp_path / "m.onnx", tmp_path / "m16.onnx"
+    assert carmask("export", "--model", str(model), "--out", str(full)).returncode == 0
+    assert carmask("export", "--model", str(model), "--out", str(half), "--fp16").returncode == 0
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+
+
+def test_predict_needs_an_input_and_an_output(tmp_path):
+    nothing = carmask("predict", "--data", str(tmp_path))
+    assert nothing.returncode == 1 and "nothing to write" in nothing.stderr
+    missing = carmask("predict", "--images", "x.jpg", "--model", str(tmp_path / "none.safetensors"),
+                      "--out", str(tmp_path / "s.csv"))
+    assert missing.returncode == 1 and "none.safetensors: no such model file" in missing.stderr
