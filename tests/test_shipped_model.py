@@ -1,0 +1,38 @@
+"""The model carmask ships: present, small, offline-loadable, and good on cars it never saw."""
+
+import numpy as np
+import pytest
+
+from carmask.data.io import read_mask
+from carmask.data.layout import index_dataset
+from carmask.data.split import split_by_car
+from carmask.evaluate import dice_and_iou
+from carmask.models.io import SHIPPED_MODEL, read_config
+from carmask.predict import Predictor
+
+
+def test_shipped_model_file():
+    assert SHIPPED_MODEL.is_file(), f"{SHIPPED_MODEL} is missing"
+    assert SHIPPED_MODEL.stat().st_size < 20 * 2**20
+    config = read_config(SHIPPED_MODEL)
+    assert config["architecture"] == "unet-mnv2" and config["output"] == "logit"
+    assert config["training"]["best_val_dice_full"] > 0.98
+
+
+def test_shipped_model_on_real_validation_cars(carvana):
+    """A few photos of the held-out cars recorded in the model file, scored at 1280x1918."""
+    training = read_config(SHIPPED_MODEL)["training"]
+    records = [r for r in index_dataset(carvana, check_pixels=False).train if r.mask_path]
+    _, validation = split_by_car(records, training["fold"], training["folds"], training["seed"],
+                                 stratify_by_make=True)
+    assert {r.car_id for r in validation}.isdisjoint(
+        {r.car_id for r in split_by_car(records, training["fold"], training["folds"], training["seed"],
+                                        stratify_by_make=True)[0]})
+    picks = validation[::max(1, len(validation) // 6)][:6]  # several cars and views
+    predictor = Predictor()  # the default model is the shipped one
+    scores = []
+    for record, prediction in zip(picks, predictor.predict_paths([r.image_path for r in picks])):
+        truth = read_mask(record.mask_path)
+        assert prediction.mask.shape == truth.shape == (1280, 1918)
+        scores.append(dice_and_iou(prediction.mask, truth)[0])
+    assert np.mean(scores) >= 0.98, scores
