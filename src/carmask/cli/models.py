@@ -17,7 +17,8 @@ def models() -> None:
 
     table = Table(title="carmask models")
     for column in ("name", "params", "input HxW", "encoder", "pretrained weights", "output", "origin"):
-        table.add_column(column, justify="right" if column == "params" else "left")
+        table.add_column(column, justify="right" if column == "params" else "left",
+                         no_wrap=column in ("name", "params", "output"))
     for info in list_models():
         params = sum(p.numel() for p in create_bare_model(info.name).parameters())
         size = f"{info.default_size[0]}x{info.default_size[1]}" + ("" if info.fixed_size else " (any)")
