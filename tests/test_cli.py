@@ -25,6 +25,11 @@ def test_demo_runs_end_to_end(tmp_path):
     name, encoding = lines[1].split(",")
     truth = read_mask(out / "data" / "train_masks" / name.replace(".jpg", "_mask.gif"))
     assert np.array_equal(rle.decode(encoding, truth.shape), truth)
+    # The shipped model predicts the synthetic test photos into a checked submission.
+    assert "predicted:   " in result.stdout and "32 test photos" in result.stdout
+    assert len((out / "submission.csv").read_text().splitlines()) == 33
+    assert len(list((out / "masks").glob("*_mask.png"))) == 32
+    assert (out / "evaluation" / "index.html").exists() and "mean Dice" in result.stdout
     # A second run replaces its own synthetic folder and passes again.
     assert carmask("demo", "--out", str(out)).returncode == 0
 
@@ -34,6 +39,7 @@ def test_demo_on_a_real_kaggle_folder(small_real_folder, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "(2 cars, 32 train and 2 test images, 0 problems)" in result.stdout
     assert "32 rows of true masks) OK" in result.stdout
+    assert "(2 test photos," in result.stdout  # predicted with the shipped model; no truth to score
 
 
 def test_rle_encode_decode_round_trip(carvana, tmp_path):

@@ -32,6 +32,9 @@ class DemoResult:
     eda_report: Path
     submission: Path
     check: CheckReport
+    prediction: object | None = None  # carmask.predict.JobSummary of the test photos
+    prediction_check: CheckReport | None = None
+    evaluation: object | None = None  # carmask.evaluate.Evaluation, where true test masks exist
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -83,4 +86,33 @@ def run_demo(out: str | Path, data: str | Path | None = None, *, seed: int = 0,
     check = check_submission(submission, [r.image_name for r in index.train if r.mask_path],
                              shape=(height, width))
     lap("check")
-    return DemoResult(data, index, report, submission, check, seconds)
+    result = DemoResult(data, index, report, submission, check, seconds=seconds)
+    if index.test:
+        _predict_test_photos(result, out, track)
+        lap("predict")
+    return result
+
+
+def _predict_test_photos(result: DemoResult, out: Path, track: Track) -> None:
+    """Predict the test photos with the shipped model into a submission and mask files, and
+    score them where true masks exist (the synthetic set keeps them in test_masks/)."""
+    from dataclasses import replace
+
+    from carmask.evaluate import evaluate
+    from carmask.predict import Predictor, run_prediction
+    from carmask.submission import read_sample_names
+
+    index = result.index
+    photos = {r.image_name: r.image_path for r in index.test}
+    sample = result.data / "sample_submission.csv"
+    names = [n for n in read_sample_names(sample) if n in photos] if sample.is_file() else sorted(photos)
+    predictor = Predictor()
+    result.prediction = run_prediction(predictor, photos, names, submission=out / "submission.csv",
+                                       masks_dir=out / "masks", track=track)
+    height, width = index.image_sizes.most_common(1)[0][0][::-1]
+    result.prediction_check = check_submission(out / "submission.csv", names, shape=(height, width))
+    truth = result.data / "test_masks"
+    scored = [replace(r, mask_path=truth / f"{r.image_id}_mask.gif") for r in index.test
+              if (truth / f"{r.image_id}_mask.gif").is_file()]
+    if scored:
+        result.evaluation = evaluate(predictor, scored, out / "evaluation", track=track)

@@ -33,6 +33,15 @@ def demo(
     console.print(f"EDA report:  {result.eda_report}")
     status = "[green]OK[/]" if result.check.ok else f"[red]{len(result.check.errors)} problems[/]"
     console.print(f"submission:  {result.submission} ({result.check.rows} rows of true masks) {status}")
+    if result.prediction is not None:
+        job, ok = result.prediction, result.prediction_check.ok
+        console.print(f"predicted:   {job.submission} and {job.masks_dir}/ ({job.predicted} test photos, "
+                      f"{job.images_per_second:.1f} images/s, shipped model) "
+                      + ("[green]OK[/]" if ok and job.complete else "[red]problems[/]"))
+    if result.evaluation is not None:
+        console.print(f"evaluation:  {result.evaluation.report} (mean Dice {result.evaluation.dice:.4f} "
+                      "on the test photos' true masks)")
     console.print("timings:     " + ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items()))
-    if not result.check.ok or result.index.fatal:
+    predicted_ok = result.prediction is None or (result.prediction_check.ok and result.prediction.complete)
+    if not result.check.ok or result.index.fatal or not predicted_ok:
         raise typer.Exit(1)

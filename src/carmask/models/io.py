@@ -41,6 +41,7 @@ def save_model(model: nn.Module, path: str | Path, config: dict, half: bool = Fa
         state[key] = tensor.half() if half and tensor.is_floating_point() else tensor
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(config)})
+    os.chmod(tmp, 0o644)  # safetensors creates its file owner-only; a model is meant to be shared
     os.replace(tmp, path)
     return path
 
