@@ -11,7 +11,6 @@ The budget is the same for all: `--cars` cars (car-grouped `--folds`, fold 0 hel
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 

@@ -1,7 +1,6 @@
 """The model carmask ships: present, small, offline-loadable, and good on cars it never saw."""
 
 import numpy as np
-import pytest
 
 from carmask.data.io import read_mask
 from carmask.data.layout import index_dataset

@@ -24,6 +24,7 @@ from segmentation_models_pytorch.losses import DiceLoss
 from torch.utils.data import DataLoader
 
 from carmask.data.dataset import SegmentationDataset
+from carmask.data.io import read_mask
 from carmask.data.layout import index_dataset
 from carmask.data.split import split_by_car
 from carmask.data.transforms import AugmentConfig, train_transforms
@@ -141,7 +142,6 @@ class _ValidationSet(SegmentationDataset):
     """Adds the full-resolution true mask, for the Dice Kaggle scores."""
 
     def __getitem__(self, index: int):
-        from carmask.data.io import read_mask
         image, target = super().__getitem__(index)
         return image, target, torch.from_numpy(read_mask(self.records[index].mask_path))
 

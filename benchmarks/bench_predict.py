@@ -1,0 +1,80 @@
+"""The full prediction pipeline (decode → model → upsample → threshold → RLE → CSV) with the
+shipped model on the 45 real test photos, for the torch and onnx backends and several input sizes.
+
+Target (CPU): >= 1 image/s with onnx at the model's default size. Also: peak RSS of a long run
+(2,000 photos: the real ones repeated) within 10% of a short one (200), in separate processes.
+
+    python benchmarks/bench_predict.py [--sizes 320x480 640x960] [--memory-size 160x240]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from common import OUTPUT, report, require_data
+
+RUN = """
+import json, resource, sys, time
+from pathlib import Path
+from carmask.predict import Predictor, run_prediction
+photos = json.loads(Path(sys.argv[1]).read_text()); backend = sys.argv[2]; size = tuple(json.loads(sys.argv[3]) or ()) or None
+device = sys.argv[5] if len(sys.argv) > 5 else "cpu"
+predictor = Predictor(None, backend=backend, size=size, batch=4, device=device)
+names = list(photos)
+start = time.perf_counter()
+summary = run_prediction(predictor, {n: Path(p) for n, p in photos.items()}, names, submission=Path(sys.argv[4]))
+print(json.dumps({"seconds": time.perf_counter() - start, "images": summary.predicted,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def run(photos: dict[str, str], backend: str, size, out: Path, device: str = "cpu") -> dict:
+    listing = out.with_suffix(".photos.json")  # 2,000 paths do not fit on a command line
+    listing.write_text(json.dumps(photos))
+    result = subprocess.run([sys.executable, "-c", RUN, str(listing), backend, json.dumps(size),
+                             str(out), device], capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def repeated(photos: list[Path], count: int) -> dict[str, str]:
+    """`count` distinct names cycling over the real photos (names must be unique in a submission)."""
+    return {f"{i:06d}_{p.name}": str(p) for i, p in zip(range(count), photos * (count // len(photos) + 1))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", nargs="*", default=["320x480", "640x960"])
+    parser.add_argument("--memory-size", default="160x240", help="input size for the 200 vs 2000 RSS runs")
+    parser.add_argument("--memory-counts", nargs=2, type=int, default=[200, 2000])
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    data = require_data()
+    photos = sorted((data / "test").glob("*.jpg"))
+    OUTPUT.mkdir(exist_ok=True)
+    real = {p.name: str(p) for p in photos}
+    backends = ["torch"] if args.device != "cpu" else ["torch", "onnx"]
+    for size_text in args.sizes:
+        size = [int(v) for v in size_text.split("x")]
+        for backend in backends:
+            run(dict(list(real.items())[:4]), backend, size, OUTPUT / "warm.csv", args.device)  # warm caches
+            figures = run(real, backend, size, OUTPUT / "predict.csv", args.device)
+            report("predict", device=args.device, backend=backend, size=size_text, images=figures["images"],
+                   images_per_s=round(figures["images"] / figures["seconds"], 2),
+                   peak_rss_mb=round(figures["peak_rss_mb"]),
+                   target_met=backend != "onnx" or size_text != "320x480" or figures["images"] / figures["seconds"] >= 1)
+    size = [int(v) for v in args.memory_size.split("x")]
+    short, long = (run(repeated(photos, n), "onnx" if args.device == "cpu" else "torch", size,
+                       OUTPUT / f"rss{n}.csv", args.device) for n in args.memory_counts)
+    growth = long["peak_rss_mb"] / short["peak_rss_mb"] - 1
+    report("predict_memory", size=args.memory_size, short_images=short["images"], long_images=long["images"],
+           short_peak_rss_mb=round(short["peak_rss_mb"]), long_peak_rss_mb=round(long["peak_rss_mb"]),
+           growth_percent=round(100 * growth, 1), long_images_per_s=round(long["images"] / long["seconds"], 2),
+           target_met=growth <= 0.10)
+
+
+if __name__ == "__main__":
+    main()
