@@ -174,7 +174,7 @@ def train(config: TrainConfig, progress_bar: bool = True) -> dict:
     train_loader = DataLoader(train_set, batch_size=config.batch, shuffle=True, drop_last=len(train_set) > config.batch, **loader)
     val_loader = DataLoader(val_set, batch_size=config.batch, **loader)
 
-    build = {"pretrained": config.pretrained} if "pretrained" in _builder_args(info) else {}
+    build = {"pretrained": config.pretrained} if info.takes_pretrained else {}
     if config.encoder_weights:
         build["encoder_weights"] = config.encoder_weights
     task = SegmentationTask(config.model, build, config.lr, config.weight_decay, full_size=source)
@@ -226,11 +226,6 @@ def train(config: TrainConfig, progress_bar: bool = True) -> dict:
     log.info("best full-resolution val Dice %.5f; model written to %s",
              summary["best_val_dice_full"] or float("nan"), out / "model.safetensors")
     return summary
-
-
-def _builder_args(info) -> set[str]:
-    import inspect
-    return set(inspect.signature(info.builder).parameters)
 
 
 def _score(value) -> float | None:

@@ -7,6 +7,8 @@ the model: its input size and channels, normalisation, and what its output means
 
 from __future__ import annotations
 
+import inspect
+
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -32,6 +34,11 @@ class ModelInfo:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     notes: str = field(default="", compare=False)
+
+    @property
+    def takes_pretrained(self) -> bool:
+        """Whether the builder loads packaged ImageNet weights (and so accepts `pretrained`)."""
+        return "pretrained" in inspect.signature(self.builder).parameters
 
 
 MODELS: dict[str, ModelInfo] = {}
@@ -70,11 +77,10 @@ def create_model(name: str, **cfg) -> nn.Module:
 def create_bare_model(name: str) -> nn.Module:
     """Build without pretrained weights and without the builders' "from scratch" warnings:
     for loading a trained file over it, counting parameters or timing."""
-    import inspect
     import logging
 
     info = model_info(name)
-    kwargs = {"pretrained": False} if "pretrained" in inspect.signature(info.builder).parameters else {}
+    kwargs = {"pretrained": False} if info.takes_pretrained else {}
     logger = logging.getLogger("carmask.models")
     level = logger.level
     logger.setLevel(logging.ERROR)
