@@ -14,11 +14,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
-from carmask.data.dataset import decode_reduction
+from carmask.data.dataset import decode_reduction, fit_photo
 from carmask.data.io import DataError, read_image
 from carmask.models.io import load_model, resolve_model_path
 from carmask.models.outputs import car_mask, car_probability, upsample
@@ -80,11 +79,7 @@ class Predictor:
     # -- the stages ---------------------------------------------------------------------------
     def preprocess(self, photo: np.ndarray) -> np.ndarray:
         """RGB uint8 (H, W, 3) → normalised float32 (C, h, w) at the model's size."""
-        height, width = self.size
-        if photo.shape[:2] != (height, width):
-            photo = cv2.resize(photo, (width, height), interpolation=cv2.INTER_AREA)
-        if self.channels == 1:
-            photo = cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY)[..., None]
+        photo = fit_photo(photo, self.size, self.channels)
         return ((photo.astype(np.float32) / 255.0 - self.mean) / self.std).transpose(2, 0, 1)
 
     def load(self, path: str | Path) -> tuple[np.ndarray, tuple[int, int]]:

@@ -31,16 +31,23 @@ def decode_reduction(source: tuple[int, int], target: tuple[int, int]) -> int:
     return 1
 
 
-def load_photo(path: Path, size: tuple[int, int] | None, source_size: tuple[int, int] | None = None,
-               channels: int = 3) -> np.ndarray:
-    """Decode a photo and resize it to `size` (h, w) with area averaging; (H, W, C) uint8."""
-    reduce = decode_reduction(source_size, size) if size and source_size else 1
-    image = read_image(path, reduce=reduce if path.suffix.lower() in (".jpg", ".jpeg") else 1)
+def fit_photo(image: np.ndarray, size: tuple[int, int] | None, channels: int = 3) -> np.ndarray:
+    """Resize an RGB photo to `size` (h, w) with area averaging, greyscale when `channels` is 1.
+
+    Training and prediction both go through here, so a model sees photos prepared one way."""
     if size and image.shape[:2] != tuple(size):
         image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
     if channels == 1:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None]
     return image
+
+
+def load_photo(path: Path, size: tuple[int, int] | None, source_size: tuple[int, int] | None = None,
+               channels: int = 3) -> np.ndarray:
+    """Decode a photo and resize it to `size` (h, w) with area averaging; (H, W, C) uint8."""
+    reduce = decode_reduction(source_size, size) if size and source_size else 1
+    image = read_image(path, reduce=reduce if path.suffix.lower() in (".jpg", ".jpeg") else 1)
+    return fit_photo(image, size, channels)
 
 
 def load_mask(path: Path, size: tuple[int, int] | None) -> np.ndarray:
