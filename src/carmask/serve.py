@@ -1,0 +1,360 @@
+"""`carmask serve`: the HTTP service and the web page, on one loaded model.
+
+Requests are admitted up to `workers + max_queue` at a time (503 beyond that) and run in a pool
+of `workers` threads, so concurrent clients neither crash it nor exhaust memory: at most
+`workers` photos are decoded at once, each within the pixel limit, and waiting requests hold
+only their upload (within the byte limit). Uploads are checked before decoding: empty, too many
+bytes, not an image, too many pixels (decompression bombs are refused from the header), truncated.
+Every refusal is a 4xx JSON `{"error": {"code", "message"}}` and the server stays up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import logging
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from contextlib import asynccontextmanager
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+from fastapi import FastAPI, File, Form, Query, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from PIL import Image, ImageOps, UnidentifiedImageError
+from starlette.exceptions import HTTPException
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
+
+from carmask.cutout import (
+    MEDIA_TYPES,
+    TRANSPARENT,
+    Background,
+    CutoutError,
+    composite,
+    encode_image,
+    parse_background,
+)
+from carmask.rle import encode
+
+log = logging.getLogger(__name__)
+WEB_DIR = Path(__file__).resolve().parent / "web"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    max_bytes: int = 25 * 2**20  # per uploaded file
+    max_pixels: int = 40_000_000  # per decoded image (a 1918x1280 photo is 2.5 MP)
+    workers: int = 2  # photos processed at once
+    max_queue: int = 16  # requests waiting beyond those; more get 503
+    cache: int = 16  # recent masks kept by upload hash, so re-composing a photo skips the model
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def error_body(code: str, message: str) -> dict:
+    return {"error": {"code": code, "message": message}}
+
+
+def decode_upload(data: bytes, field: str, config: ServeConfig) -> np.ndarray:
+    """Upload bytes → RGB uint8 array, or an ApiError that names the field and the problem."""
+    if not data:
+        raise ApiError(400, "empty_body", f"{field}: the upload is empty")
+    if len(data) > config.max_bytes:
+        raise ApiError(413, "too_large", f"{field}: more than the limit of {config.max_bytes:,} bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))  # reads the header only
+    except Image.DecompressionBombError as error:
+        raise ApiError(413, "too_many_pixels", f"{field}: {error}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise ApiError(415, "not_an_image",
+                       f"{field}: not an image (JPEG, PNG, WebP, GIF, BMP or TIFF)") from None
+    width, height = image.size
+    if width * height > config.max_pixels:
+        raise ApiError(413, "too_many_pixels",
+                       f"{field}: {width}x{height} is {width * height / 1e6:.1f} megapixels, over the "
+                       f"limit of {config.max_pixels / 1e6:.1f} (refused before decoding)")
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image).convert("RGB")
+    except OSError as error:
+        code = "truncated_image" if "truncated" in str(error).lower() else "corrupt_image"
+        raise ApiError(400, code, f"{field}: the image data is {code.split('_')[0]} ({error})") from None
+    except (ValueError, SyntaxError) as error:
+        raise ApiError(400, "corrupt_image", f"{field}: the image data is corrupt ({error})") from None
+    return np.asarray(image)
+
+
+class MaskService:
+    """The model behind the endpoints: one predictor, a bounded pool, a small mask cache."""
+
+    def __init__(self, predictor, config: ServeConfig) -> None:
+        self.predictor, self.config = predictor, config
+        self.pool = ThreadPoolExecutor(config.workers, thread_name_prefix="carmask-serve")
+        self.in_flight = 0
+        self.served = 0
+        self._cache: OrderedDict[str, tuple[np.ndarray, tuple[int, int]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def capacity(self) -> int:
+        return self.config.workers + self.config.max_queue
+
+    async def run(self, fn, *args):
+        """Run `fn` in the pool if there is room; 503 when the queue is full."""
+        if self.in_flight >= self.capacity:
+            raise ApiError(503, "busy", f"{self.in_flight} requests in progress; retry shortly")
+        self.in_flight += 1  # only touched on the event loop thread
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        finally:
+            self.in_flight -= 1
+            self.served += 1
+
+    def mask(self, data: bytes, photo: np.ndarray) -> np.ndarray:
+        key = hashlib.sha256(data).hexdigest()
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                packed, shape = self._cache[key]
+                return np.unpackbits(packed, count=shape[0] * shape[1]).reshape(shape).astype(bool)
+        mask = self.predictor.predict([photo])[0]
+        with self._lock:
+            self._cache[key] = (np.packbits(mask), mask.shape)
+            while len(self._cache) > self.config.cache:
+                self._cache.popitem(last=False)
+        return mask
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def create_app(predictor=None, *, model: str | None = None, backend: str = "onnx",
+               config: ServeConfig | None = None):
+    """The FastAPI app; loads the model once (the shipped one by default) unless given a
+    `carmask.predict.Predictor`."""
+    from carmask import __version__
+    from carmask.models import list_models
+
+    if predictor is None:
+        from carmask.predict import Predictor
+        predictor = Predictor(model, backend=backend)
+    config = config or ServeConfig()
+    service = MaskService(predictor, config)
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        service.close()
+
+    app = FastAPI(
+        lifespan=lifespan,
+        title="carmask",
+        version=__version__,
+        description="Masks and cut-outs of cars in studio photos. The web page is at `/`.",
+    )
+    app.state.service = service
+    body_limit = 2 * config.max_bytes + 2**20  # a photo, a background image and the form
+    app.add_middleware(RequestBodyLimitMiddleware, max_body_size=body_limit)  # chunked bodies
+    app.add_middleware(RefuseLargeBodies, limit=body_limit)  # outermost: JSON from the header
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request, error: ApiError):
+        return JSONResponse(error_body(error.code, error.message), status_code=error.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request, error: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'request'}: {e['msg']}"
+                             for e in error.errors())
+        return JSONResponse(error_body("invalid_request", problems), status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request, error: HTTPException):
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
+            error.status_code, "http_error")
+        return JSONResponse(error_body(code, str(error.detail)), status_code=error.status_code)
+
+    @app.exception_handler(Exception)
+    async def internal_error(_request, error: Exception):
+        log.exception("unexpected error")
+        return JSONResponse(error_body("internal", f"{type(error).__name__}: {error}"), status_code=500)
+
+    async def read_upload(upload: UploadFile, field: str) -> bytes:
+        data = await upload.read(config.max_bytes + 1)
+        if len(data) > config.max_bytes:
+            raise ApiError(413, "too_large", f"{field}: more than the limit of {config.max_bytes:,} bytes")
+        return data
+
+    def headers(started: float, shape: tuple[int, int]) -> dict[str, str]:
+        return {"X-Carmask-Model": predictor.config["architecture"],
+                "X-Carmask-Seconds": f"{time.perf_counter() - started:.3f}",
+                "X-Image-Size": f"{shape[1]}x{shape[0]}"}
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(WEB_DIR / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+
+    @app.get("/healthz", summary="Liveness and load")
+    async def healthz():
+        return {"status": "ok", "model": predictor.config["architecture"], "in_flight": service.in_flight,
+                "capacity": service.capacity, "served": service.served}
+
+    @app.get("/v1/models", summary="The loaded model and the architectures carmask knows")
+    async def models():
+        loaded = {k: predictor.config.get(k) for k in ("architecture", "input_size", "threshold")}
+        loaded.update(file=predictor.path.name, backend=getattr(predictor, "backend", None),
+                      training=predictor.config.get("training"))
+        registry = [{"name": info.name, "origin": info.origin, "default_size": list(info.default_size)}
+                    for info in list_models()]
+        return {"loaded": loaded, "registry": registry,
+                "limits": asdict(config) | {"formats": list(MEDIA_TYPES)}}
+
+    @app.post("/v1/mask", summary="The car's mask at the photo's size: a PNG, or Kaggle RLE JSON",
+              responses={200: {"content": {"image/png": {}}}})
+    async def mask_endpoint(
+        image: Annotated[UploadFile, File(description="A car photo (JPEG, PNG, WebP, ...).")],
+        format: Annotated[Literal["png", "rle"], Query(description="png or rle")] = "png",
+    ):
+        started = time.perf_counter()
+        data = await read_upload(image, "image")
+
+        def work():
+            photo = decode_upload(data, "image", config)
+            mask = service.mask(data, photo)
+            if format == "rle":
+                return mask, None
+            buffer = io.BytesIO()
+            Image.fromarray(mask.astype(np.uint8) * 255).save(buffer, format="PNG", compress_level=3)
+            return mask, buffer.getvalue()
+
+        mask, png = await service.run(work)
+        if format == "rle":
+            height, width = mask.shape
+            return JSONResponse({"width": width, "height": height, "rle": encode(mask),
+                                 "car_fraction": round(float(mask.mean()), 6)},
+                                headers=headers(started, mask.shape))
+        return Response(png, media_type="image/png", headers=headers(started, mask.shape))
+
+    @app.post("/v1/cutout", summary="The car cut out: RGBA when transparent, else a composite",
+              responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}}})
+    async def cutout_endpoint(
+        image: Annotated[UploadFile, File(description="A car photo.")],
+        background: Annotated[str, Form(description="transparent, a colour (white, #RRGGBB) or "
+                                        "'image' with background_image")] = "transparent",
+        background_image: Annotated[UploadFile | None, File(description="Image to put behind the "
+                                                            "car, scaled to cover.")] = None,
+        feather: Annotated[float, Form(ge=0, le=64, description="Soft edge width in pixels.")] = 0.0,
+        shadow: Annotated[bool, Form(description="Keep the floor shadow.")] = False,
+        format: Annotated[Literal["png", "webp", "jpg"], Form(description="png, webp or jpg")] = "png",
+    ):
+        started = time.perf_counter()
+        data = await read_upload(image, "image")
+        backdrop_data = None
+        if background_image is not None and background_image.filename:
+            backdrop_data = await read_upload(background_image, "background_image")
+        choice = _background_choice(background, backdrop_data is not None)
+        if format == "jpg" and choice is TRANSPARENT:
+            raise ApiError(422, "bad_format", "format: jpg has no alpha channel; use png or webp, or "
+                           "give a background colour or image")
+
+        def work():
+            photo = decode_upload(data, "image", config)
+            chosen = choice
+            if chosen is None:
+                chosen = Background.from_image(decode_upload(backdrop_data, "background_image", config))
+            mask = service.mask(data, photo)
+            return mask.shape, encode_image(composite(photo, mask, chosen, feather=feather,
+                                                      shadow=shadow), format)
+
+        shape, body = await service.run(work)
+        stem = Path(image.filename or "photo").stem
+        return Response(body, media_type=MEDIA_TYPES[format], headers=headers(started, shape) | {
+            "Content-Disposition": f'inline; filename="{stem}-cutout.{format}"'})
+
+    return app
+
+
+class RefuseLargeBodies:
+    """A JSON 413 from the Content-Length header, before any of the body is read. Bodies without
+    one (chunked) are cut off as they stream by Starlette's RequestBodyLimitMiddleware."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.limit:
+                response = JSONResponse(error_body(
+                    "too_large", f"request body of {int(length):,} bytes is over the limit of "
+                    f"{self.limit:,}"), status_code=413)
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def _background_choice(spec: str, has_image: bool) -> Background | None:
+    """The parsed background, or None when it is the uploaded background image."""
+    if has_image and spec.strip().lower() in ("image", "transparent", ""):
+        return None
+    if spec.strip().lower() == "image":
+        raise ApiError(422, "bad_background", "background: 'image' needs a background_image upload")
+    try:
+        return parse_background(spec, allow_files=False)
+    except CutoutError as error:
+        raise ApiError(422, "bad_background", str(error)) from None
+
+
+class BackgroundServer:
+    """Run the app with uvicorn in a thread (tests, benchmarks, the demo); port 0 picks a free one.
+
+        with BackgroundServer(create_app()) as server:
+            httpx.get(server.url + "/healthz")
+    """
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0) -> None:
+        import uvicorn
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                                    lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, name="carmask-server", daemon=True)
+        self.host = host
+
+    @property
+    def url(self) -> str:
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        return f"http://{self.host}:{port}"
+
+    def __enter__(self) -> BackgroundServer:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, *, model: str | None = None,
+          backend: str = "onnx", config: ServeConfig | None = None) -> None:
+    """Serve until interrupted (the `carmask serve` command)."""
+    import uvicorn
+    uvicorn.run(create_app(model=model, backend=backend, config=config), host=host, port=port,
+                log_level="info")
