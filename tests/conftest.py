@@ -62,3 +62,21 @@ def synth_run(synth_data, tmp_path_factory):
     config = TrainConfig(data=synth_data, model="unet-mnv2", out=out, size=(64, 96), epochs=3,
                          batch=8, lr=3e-3, folds=3, workers=0, seed=0)
     return out, train(config, progress_bar=False)
+
+
+# A photo of a car the shipped model never trained on (one of its validation cars).
+HELD_OUT_PHOTO = "0495dcf27283_06"
+
+
+@pytest.fixture(scope="session")
+def held_out(carvana: Path) -> tuple[Path, Path]:
+    """(photo, true mask) of a car the shipped model was validated on, not trained on."""
+    return (carvana / "train" / f"{HELD_OUT_PHOTO}.jpg",
+            carvana / "train_masks" / f"{HELD_OUT_PHOTO}_mask.gif")
+
+
+@pytest.fixture(scope="session")
+def shipped_predictor():
+    """The shipped model on onnxruntime, loaded once for the session."""
+    from carmask.predict import Predictor
+    return Predictor(backend="onnx")

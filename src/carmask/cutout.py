@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageColor
 
-from carmask.data.io import DataError, read_image
+from carmask.data.io import DataError, read_image, truncation_problem
 from carmask.parallel import imap_bounded
 from carmask.progress import Track, silent_track
 
@@ -244,6 +244,8 @@ def cutout_files(predictor, inputs: Iterable[str | Path], out_dir: str | Path,
     for source, target in zip(inputs, output_names(inputs, out_dir, fmt)):
         if target.exists() and not overwrite:
             summary.skipped.append(target)
+        elif problem := truncation_problem(source):  # decoders would fill the rest with grey
+            summary.failed.append((source, f"{source}: {problem}"))
         else:
             todo.append((source, target))
     targets = dict(todo)
@@ -264,7 +266,7 @@ def cutout_files(predictor, inputs: Iterable[str | Path], out_dir: str | Path,
     for source, target, error in track(imap_bounded(finish, predictions, workers=2), total=len(todo),
                                        description="cutting out"):
         if error:
-            log.warning("%s", error)
+            log.info("%s", error)
             summary.failed.append((source, error))
         else:
             summary.written.append(target)

@@ -12,6 +12,7 @@ import typer
 from rich.logging import RichHandler
 
 from carmask.cli.common import err
+from carmask.cli.cutout import cutout, serve
 from carmask.cli.data import data_app, eda
 from carmask.cli.demo import demo
 from carmask.cli.models import export, models, train
@@ -20,7 +21,7 @@ from carmask.cli.rle_submission import rle_app, submission_app
 
 app = typer.Typer(
     help="Mask cars out of studio photos: data checks, training, prediction, Kaggle submissions, "
-    "evaluation and the demo.",
+    "evaluation, cut-outs, an HTTP service with a web page, and the demo.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -33,6 +34,8 @@ app.command("train")(train)
 app.command("predict")(predict)
 app.command("evaluate")(evaluate)
 app.command("export")(export)
+app.command("cutout")(cutout)
+app.command("serve")(serve)
 app.add_typer(rle_app, name="rle")
 app.add_typer(submission_app, name="submission")
 

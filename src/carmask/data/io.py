@@ -48,6 +48,22 @@ def read_image(path: str | Path, reduce: int = 1) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+_END_MARKERS = {".jpg": b"\xff\xd9", ".jpeg": b"\xff\xd9", ".png": b"IEND"}
+
+
+def truncation_problem(path: str | Path, tail: int = 1024) -> str | None:
+    """Why a JPEG or PNG file is cut short (its end marker is missing), or None. Decoders fill a
+    truncated photo with grey rather than fail, so this is checked where it matters."""
+    marker = _END_MARKERS.get(Path(path).suffix.lower())
+    if marker is None:
+        return None
+    with open(path, "rb") as file:
+        file.seek(max(0, Path(path).stat().st_size - tail))
+        if marker not in file.read():
+            return "file ends before its end-of-image marker (truncated)"
+    return None
+
+
 def read_mask(path: str | Path) -> np.ndarray:
     """Decode a mask file as a bool array (H, W). Accepts values {0,1} or {0,255} only."""
     path = Path(path)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from carmask.data.io import binary_problem
+from carmask.data.io import binary_problem, truncation_problem
 from carmask.progress import Track, silent_track
 
 log = logging.getLogger(__name__)
@@ -266,9 +266,6 @@ class _PairCheck:
     problems: list[Problem] = field(default_factory=list)
 
 
-_END_MARKERS = {".jpg": b"\xff\xd9", ".jpeg": b"\xff\xd9", ".png": b"IEND"}
-
-
 def _check_pair(image_path: Path, mask_path: Path | None, check_pixels: bool,
                 deep: bool) -> _PairCheck:
     result = _PairCheck()
@@ -278,10 +275,8 @@ def _check_pair(image_path: Path, mask_path: Path | None, check_pixels: bool,
             if deep:
                 image.draft("RGB", (image.size[0] // 8, image.size[1] // 8))
                 image.load()
-        marker = _END_MARKERS.get(image_path.suffix.lower())
-        if marker and marker not in _tail(image_path):
-            result.problems.append(Problem(image_path, "truncated",
-                                           "file ends before its end-of-image marker"))
+        if problem := truncation_problem(image_path):
+            result.problems.append(Problem(image_path, "truncated", problem))
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         kind = "truncated" if "truncated" in str(error) else "unreadable"
         result.problems.append(Problem(image_path, kind, f"cannot decode image ({error})"))
@@ -309,8 +304,3 @@ def _check_pair(image_path: Path, mask_path: Path | None, check_pixels: bool,
         result.problems.append(Problem(mask_path, kind, f"cannot decode mask ({error})"))
     return result
 
-
-def _tail(path: Path, size: int = 1024) -> bytes:
-    with open(path, "rb") as file:
-        file.seek(max(0, path.stat().st_size - size))
-        return file.read()

@@ -1,0 +1,77 @@
+"""`carmask cutout` and `carmask serve`: the commands for people who want the car, not the mask."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from carmask.cli.common import INCOMPLETE, ModelOption, console, err, fail, progress
+
+
+def cutout(
+    inputs: Annotated[list[str], typer.Argument(help="Photos, folders of photos, or globs.",
+                                                show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the cut-outs (named after the photos).")],
+    background: Annotated[str, typer.Option(
+        help="transparent, a colour (white, '#RRGGBB', any CSS name) or an image file, scaled to cover."
+    )] = "transparent",
+    feather: Annotated[float, typer.Option(min=0, max=64, help="Soft edge, in pixels inside the car's outline.")] = 0.0,
+    shadow: Annotated[bool, typer.Option(help="Keep the photo's soft floor shadow under the car.")] = False,
+    model: ModelOption = None,
+    fmt: Annotated[str, typer.Option("--format", help="png or webp (keep alpha), or jpg.")] = "png",
+    overwrite: Annotated[bool, typer.Option(help="Replace cut-outs that already exist.")] = False,
+    backend: Annotated[str, typer.Option(help="onnx (faster on a CPU) or torch.")] = "onnx",
+    device: Annotated[str, typer.Option(help="cpu, or cuda with --backend torch.")] = "cpu",
+    batch: Annotated[int, typer.Option(help="Photos per forward pass.")] = 4,
+) -> None:
+    """Cut the car out of each photo: transparent, or composited over a colour or an image, at the
+    photo's full resolution. Any photo size works.
+
+    Exit code 0: all written (or already there); 3: some photos could not be read; 1: bad options.
+    """
+    from carmask.cutout import CutoutError, cutout_files, expand_inputs, parse_background
+    from carmask.models.io import ModelFileError
+    from carmask.predict import Predictor
+
+    try:
+        photos = expand_inputs(inputs)
+        chosen = parse_background(background)
+        predictor = Predictor(model, backend=backend, device=device, batch=batch)
+        summary = cutout_files(predictor, photos, out, chosen, feather=feather, shadow=shadow,
+                               fmt=fmt, overwrite=overwrite, track=progress)
+    except (CutoutError, ModelFileError, ValueError) as error:
+        raise fail(str(error)) from None
+    console.print(f"{len(summary.written)} cut-outs written to {out}/"
+                  + (f", {len(summary.skipped)} already there (--overwrite replaces them)"
+                     if summary.skipped else ""))
+    if summary.failed:
+        for path, problem in summary.failed:
+            err.print(f"[yellow]skipped[/] {problem}", highlight=False)
+        raise typer.Exit(INCOMPLETE)
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes it to the network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    model: ModelOption = None,
+    backend: Annotated[str, typer.Option(help="onnx (faster on a CPU) or torch.")] = "onnx",
+    workers: Annotated[int, typer.Option(min=1, help="Photos processed at once.")] = 2,
+    max_queue: Annotated[int, typer.Option(min=0, help="Requests waiting beyond those; more get 503.")] = 16,
+    max_megabytes: Annotated[float, typer.Option(min=0.001, help="Largest upload per file.")] = 25.0,
+    max_megapixels: Annotated[float, typer.Option(min=0.001, help="Largest image, checked before decoding.")] = 40.0,
+) -> None:
+    """Serve the web page (/), the HTTP API (/v1/mask, /v1/cutout, /v1/models, /healthz) and its
+    OpenAPI docs (/docs) on one loaded model."""
+    from carmask.models.io import ModelFileError
+    from carmask.serve import ServeConfig, serve as run_server
+
+    config = ServeConfig(max_bytes=int(max_megabytes * 2**20), max_pixels=int(max_megapixels * 1e6),
+                         workers=workers, max_queue=max_queue)
+    err.print(f"carmask: web page at http://{host}:{port}/ , API docs at http://{host}:{port}/docs",
+              highlight=False)
+    try:
+        run_server(host, port, model=model, backend=backend, config=config)
+    except (ModelFileError, ValueError) as error:
+        raise fail(str(error)) from None
