@@ -1,0 +1,188 @@
+"""The HTTP service on a real socket: masks and cut-outs of a real photo, every refusal as a JSON
+4xx with the server still up afterwards, and admission control under concurrent clients."""
+
+from __future__ import annotations
+
+import io
+import struct
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from carmask.data.io import read_mask
+from carmask.evaluate import dice_and_iou
+from carmask.rle import decode
+from carmask.serve import BackgroundServer, ServeConfig, create_app
+
+LIMITS = ServeConfig(max_bytes=4 * 2**20, max_pixels=12_000_000)
+
+
+@pytest.fixture(scope="module")
+def server(shipped_predictor):
+    with BackgroundServer(create_app(shipped_predictor, config=LIMITS)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=120) as http:
+        yield http
+
+
+@pytest.fixture(scope="module")
+def photo(held_out):
+    return held_out[0].read_bytes(), read_mask(held_out[1])
+
+
+def png_mask(response: httpx.Response) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(response.content))) > 127
+
+
+def test_health_models_and_docs(client):
+    health = client.get("/healthz").json()
+    assert health["status"] == "ok" and health["model"] == "unet-mnv2"
+    models = client.get("/v1/models").json()
+    assert models["loaded"]["architecture"] == "unet-mnv2"
+    assert {"unet-mnv2", "seed-cnn", "vgg19-pix2pix"} <= {m["name"] for m in models["registry"]}
+    assert models["limits"]["max_pixels"] == LIMITS.max_pixels
+    assert "swagger" in client.get("/docs").text.lower()
+    assert {"/v1/mask", "/v1/cutout"} <= set(client.get("/openapi.json").json()["paths"])
+
+
+def test_mask_png_and_rle_agree_with_the_truth(client, photo):
+    data, truth = photo
+    png = client.post("/v1/mask", files={"image": ("car.jpg", data, "image/jpeg")})
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert png.headers["x-image-size"] == "1918x1280"
+    mask = png_mask(png)
+    assert mask.shape == truth.shape and dice_and_iou(mask, truth)[0] >= 0.98
+    rle = client.post("/v1/mask", params={"format": "rle"}, files={"image": ("car.jpg", data)}).json()
+    assert (rle["width"], rle["height"]) == (1918, 1280)
+    assert np.array_equal(decode(rle["rle"], (1280, 1918)), mask)
+
+
+def test_cutouts_transparent_colour_and_image(client, photo):
+    data, truth = photo
+    transparent = client.post("/v1/cutout", files={"image": ("car.jpg", data)})
+    image = Image.open(io.BytesIO(transparent.content))
+    assert image.mode == "RGBA" and image.size == (1918, 1280)
+    assert dice_and_iou(np.asarray(image)[..., 3] > 127, truth)[0] >= 0.98
+    assert 'filename="car-cutout.png"' in transparent.headers["content-disposition"]
+
+    white = client.post("/v1/cutout", files={"image": ("car.jpg", data)},
+                        data={"background": "white", "format": "jpg", "shadow": "true", "feather": "2"})
+    assert white.headers["content-type"] == "image/jpeg"
+    assert np.asarray(Image.open(io.BytesIO(white.content)))[:50].min() > 235
+
+    backdrop = io.BytesIO()
+    Image.new("RGB", (300, 200), (0, 0, 255)).save(backdrop, "PNG")
+    onto = client.post("/v1/cutout", files={"image": ("car.jpg", data),
+                                            "background_image": ("sky.png", backdrop.getvalue())},
+                       data={"format": "webp"})
+    pixels = np.asarray(Image.open(io.BytesIO(onto.content)).convert("RGB"))
+    assert pixels.shape == (1280, 1918, 3)
+    assert pixels[:50, :50, 2].min() > 230 and pixels[:50, :50, :2].max() < 25
+
+
+def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A tiny PNG whose header claims 10 gigapixels: the classic decompression bomb."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+def big_but_valid_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (4000, 4000)).save(buffer, "PNG")  # 16 MP: over the limit, 60 KB on the wire
+    return buffer.getvalue()
+
+
+BAD_UPLOADS = {
+    "empty": (lambda photo: b"", 400, "empty_body"),
+    "text": (lambda photo: b"this is not a photo", 415, "not_an_image"),
+    "truncated": (lambda photo: photo[: len(photo) // 2], 400, "truncated_image"),
+    "bomb": (lambda photo: bomb_png(), 413, "too_many_pixels"),
+    "many pixels": (lambda photo: big_but_valid_png(), 413, "too_many_pixels"),
+    "many bytes": (lambda photo: photo + bytes(LIMITS.max_bytes), 413, "too_large"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_UPLOADS)
+@pytest.mark.parametrize("endpoint", ["/v1/mask", "/v1/cutout"])
+def test_bad_uploads_get_their_4xx_and_the_server_stays_up(client, photo, case, endpoint):
+    make, status, code = BAD_UPLOADS[case]
+    response = client.post(endpoint, files={"image": ("upload.jpg", make(photo[0]))})
+    assert response.status_code == status, response.headers
+    error = response.json()["error"]
+    assert error["code"] == code and error["message"]
+    assert client.get("/healthz").json()["status"] == "ok"
+
+
+@pytest.mark.parametrize("form, code", [({"background": "plaid"}, "bad_background"),
+                                        ({"background": "image"}, "bad_background"),
+                                        ({"format": "jpg"}, "bad_format"),
+                                        ({"format": "gif"}, "invalid_request"),
+                                        ({"feather": "-3"}, "invalid_request")])
+def test_bad_cutout_options_are_422(client, photo, form, code):
+    response = client.post("/v1/cutout", files={"image": ("car.jpg", photo[0])}, data=form)
+    assert response.status_code == 422 and response.json()["error"]["code"] == code
+
+
+def test_a_missing_field_and_a_whole_body_over_the_limit(client, photo):
+    missing = client.post("/v1/mask", files={"photo": ("car.jpg", photo[0])})
+    assert missing.status_code == 422 and "image" in missing.json()["error"]["message"]
+    huge = client.post("/v1/mask", content=b"0" * (10 * 2**20),
+                       headers={"content-type": "multipart/form-data; boundary=x"})
+    assert huge.status_code == 413 and huge.json()["error"]["code"] == "too_large"
+    assert client.get("/nowhere").json()["error"]["code"] == "not_found"
+
+
+def test_concurrent_clients_get_identical_masks(client, photo):
+    data = photo[0]
+    reference = png_mask(client.post("/v1/mask", files={"image": ("car.jpg", data)}))
+
+    def one(_):
+        return client.post("/v1/mask", files={"image": ("car.jpg", data)})
+
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(one, range(16)))
+    assert all(r.status_code == 200 for r in responses)
+    assert all(np.array_equal(png_mask(r), reference) for r in responses)
+
+
+class SlowPredictor:
+    """The real predictor, made slow, so that requests pile up deterministically."""
+
+    def __init__(self, predictor, seconds: float) -> None:
+        self._predictor, self.seconds = predictor, seconds
+        self.config, self.path, self.backend = predictor.config, predictor.path, predictor.backend
+
+    def predict(self, photos):
+        time.sleep(self.seconds)
+        return self._predictor.predict(photos)
+
+
+def test_a_full_queue_answers_503_and_recovers(shipped_predictor):
+    small = io.BytesIO()
+    Image.new("RGB", (96, 64), (200, 200, 200)).save(small, "PNG")
+    config = ServeConfig(workers=1, max_queue=1, cache=0)
+    app = create_app(SlowPredictor(shipped_predictor, 1.0), config=config)
+    with BackgroundServer(app) as running, httpx.Client(base_url=running.url, timeout=60) as http:
+        def one(i):  # distinct bytes per request, so no answer comes from the cache
+            image = Image.new("RGB", (96, 64), (i, 0, 0))
+            buffer = io.BytesIO()
+            image.save(buffer, "PNG")
+            return http.post("/v1/mask", files={"image": (f"{i}.png", buffer.getvalue())})
+
+        with ThreadPoolExecutor(6) as pool:
+            statuses = sorted(r.status_code for r in pool.map(one, range(6)))
+        assert statuses.count(200) >= 2 and 503 in statuses and set(statuses) <= {200, 503}
+        assert http.get("/healthz").json()["in_flight"] == 0
+        assert one(99).status_code == 200
