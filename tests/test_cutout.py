@@ -117,6 +117,16 @@ def test_colour_and_image_composites_replace_only_the_backdrop():
     assert blue.shape == (60, 80, 3) and np.all(blue[~mask] == (0, 0, 255))
 
 
+def test_transparent_cutout_over_a_colour_is_the_colour_composite(carvana, held_out):
+    photo, truth = read_image(held_out[0]), read_mask(held_out[1])
+    options = {"feather": 4, "shadow": True}
+    layered = Image.new("RGBA", (1918, 1280), (30, 60, 90, 255))
+    layered.alpha_composite(composite(photo, truth, TRANSPARENT, **options))
+    direct = composite(photo, truth, parse_background("#1e3c5a"), **options)
+    difference = np.abs(np.asarray(layered.convert("RGB"), np.int16) - np.asarray(direct, np.int16))
+    assert difference.max() <= 2  # rounding only: the page and the service agree
+
+
 def test_jpg_cannot_hold_a_transparent_cutout():
     image = composite(np.zeros((60, 80, 3), np.uint8), disc())
     with pytest.raises(CutoutError, match="no alpha channel"):

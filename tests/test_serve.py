@@ -50,7 +50,9 @@ def test_health_models_and_docs(client):
     assert models["loaded"]["architecture"] == "unet-mnv2"
     assert {"unet-mnv2", "seed-cnn", "vgg19-pix2pix"} <= {m["name"] for m in models["registry"]}
     assert models["limits"]["max_pixels"] == LIMITS.max_pixels
-    assert "swagger" in client.get("/docs").text.lower()
+    docs = client.get("/docs").text
+    assert "swagger" in docs.lower() and "cdn" not in docs  # the docs page works offline
+    assert client.get("/static-offline-docs/swagger-ui-bundle.js").status_code == 200
     assert {"/v1/mask", "/v1/cutout"} <= set(client.get("/openapi.json").json()["paths"])
 
 
@@ -73,6 +75,9 @@ def test_cutouts_transparent_colour_and_image(client, photo):
     assert image.mode == "RGBA" and image.size == (1918, 1280)
     assert dice_and_iou(np.asarray(image)[..., 3] > 127, truth)[0] >= 0.98
     assert 'filename="car-cutout.png"' in transparent.headers["content-disposition"]
+    named = client.post("/v1/cutout", files={"image": ("車 été.jpg", data)}, data={"format": "webp"})
+    assert named.status_code == 200  # headers are Latin-1: the name travels RFC 6266-encoded
+    assert "filename*=UTF-8''%E8%BB%8A%20%C3%A9t%C3%A9-cutout.webp" in named.headers["content-disposition"]
 
     white = client.post("/v1/cutout", files={"image": ("car.jpg", data)},
                         data={"background": "white", "format": "jpg", "shadow": "true", "feather": "2"})

@@ -141,9 +141,11 @@ def composite(photo: np.ndarray, mask: np.ndarray, background: Background = TRAN
     if photo.shape[:2] != mask.shape:
         raise CutoutError(f"mask {mask.shape} does not match photo {photo.shape[:2]}")
     alpha = feathered_alpha(mask, feather)
-    shade = floor_shadow(photo, mask) * (1.0 - alpha) if shadow else None
+    shade = floor_shadow(photo, mask) if shadow else None
     if background.transparent:
-        total = alpha if shade is None else alpha + shade
+        # the car over its black shadow: opacity a + s(1 - a), so this RGBA laid over a colour
+        # gives exactly the colour composite below
+        total = alpha if shade is None else alpha + shade * (1.0 - alpha)
         # premultiplied: the shadow is black, so the colour is the photo's share of the opacity
         with np.errstate(invalid="ignore", divide="ignore"):
             share = np.where(total > 0, alpha / total, 0.0)[..., None]

@@ -72,11 +72,11 @@ class OnnxModel:
 
     @classmethod
     def from_torch(cls, model: nn.Module, model_file: Path, size: tuple[int, int],
-                   channels: int) -> OnnxModel:
+                   channels: int, threads: int | None = None) -> OnnxModel:
         """Export once per (model file, size) into the cache, then load the cached file."""
         digest = hashlib.sha256(model_file.read_bytes()).hexdigest()[:16]
         path = CACHE / "onnx" / f"{model_file.stem}-{digest}-{size[0]}x{size[1]}.onnx"
         if not path.exists():
             log.info("exporting %s to ONNX at %dx%d (cached in %s)", model_file.name, *size, path)
             export_onnx(model, path, size, channels)
-        return cls(path)
+        return cls(path, threads)

@@ -46,6 +46,7 @@ class Predictor:
         tta: bool = False,
         batch: int = 4,
         threshold: float | None = None,
+        threads: int | None = None,
     ) -> None:
         if backend not in ("torch", "onnx"):
             raise ValueError(f"backend must be torch or onnx, got {backend!r}")
@@ -63,8 +64,10 @@ class Predictor:
             if self.device.type != "cpu":
                 raise ValueError("the onnx backend runs on the CPU; use --backend torch on a GPU")
             from carmask.onnx import OnnxModel
-            self._run = OnnxModel.from_torch(network, self.path, self.size, self.channels)
+            self._run = OnnxModel.from_torch(network, self.path, self.size, self.channels, threads)
         else:
+            if threads:
+                torch.set_num_threads(threads)  # process-wide: torch has one intra-op pool
             network = network.to(self.device).eval()
             self.half = self.device.type == "cuda"
             if self.half:

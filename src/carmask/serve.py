@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import io
 import logging
+import os
 import threading
 import time
 import warnings
@@ -23,12 +24,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import quote
 
 import numpy as np
-from fastapi import FastAPI, File, Form, Query, UploadFile
+from fastapi import File, Form, Query, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from PIL import Image, ImageOps, UnidentifiedImageError
 from starlette.exceptions import HTTPException
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
@@ -105,7 +108,7 @@ class MaskService:
         self.predictor, self.config = predictor, config
         self.pool = ThreadPoolExecutor(config.workers, thread_name_prefix="carmask-serve")
         self.in_flight = 0
-        self.served = 0
+        self.handled = 0  # requests that reached the pool, answered or refused
         self._cache: OrderedDict[str, tuple[np.ndarray, tuple[int, int]]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -122,7 +125,7 @@ class MaskService:
             return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
         finally:
             self.in_flight -= 1
-            self.served += 1
+            self.handled += 1
 
     def mask(self, data: bytes, photo: np.ndarray) -> np.ndarray:
         key = hashlib.sha256(data).hexdigest()
@@ -149,10 +152,12 @@ def create_app(predictor=None, *, model: str | None = None, backend: str = "onnx
     from carmask import __version__
     from carmask.models import list_models
 
+    config = config or ServeConfig()
     if predictor is None:
         from carmask.predict import Predictor
-        predictor = Predictor(model, backend=backend)
-    config = config or ServeConfig()
+        # each worker gets its share of the cores: oversubscribed model threads thrash
+        threads = max(1, (os.cpu_count() or 1) // config.workers)
+        predictor = Predictor(model, backend=backend, threads=threads)
     service = MaskService(predictor, config)
 
     @asynccontextmanager
@@ -160,7 +165,7 @@ def create_app(predictor=None, *, model: str | None = None, backend: str = "onnx
         yield
         service.close()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # FastAPI whose /docs page needs no CDN
         lifespan=lifespan,
         title="carmask",
         version=__version__,
@@ -212,7 +217,7 @@ def create_app(predictor=None, *, model: str | None = None, backend: str = "onnx
     @app.get("/healthz", summary="Liveness and load")
     async def healthz():
         return {"status": "ok", "model": predictor.config["architecture"], "in_flight": service.in_flight,
-                "capacity": service.capacity, "served": service.served}
+                "capacity": service.capacity, "handled": service.handled}
 
     @app.get("/v1/models", summary="The loaded model and the architectures carmask knows")
     async def models():
@@ -282,9 +287,9 @@ def create_app(predictor=None, *, model: str | None = None, backend: str = "onnx
                                                       shadow=shadow), format)
 
         shape, body = await service.run(work)
-        stem = Path(image.filename or "photo").stem
-        return Response(body, media_type=MEDIA_TYPES[format], headers=headers(started, shape) | {
-            "Content-Disposition": f'inline; filename="{stem}-cutout.{format}"'})
+        name = f"{Path(image.filename or 'photo').stem}-cutout.{format}"
+        return Response(body, media_type=MEDIA_TYPES[format],
+                        headers=headers(started, shape) | {"Content-Disposition": disposition(name)})
 
     return app
 
@@ -305,6 +310,13 @@ class RefuseLargeBodies:
                     f"{self.limit:,}"), status_code=413)
                 return await response(scope, receive, send)
         await self.app(scope, receive, send)
+
+
+def disposition(filename: str) -> str:
+    """An inline Content-Disposition for any file name: headers are Latin-1, so an ASCII
+    fallback plus the RFC 6266 UTF-8 form."""
+    ascii_name = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in filename)
+    return f"inline; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"
 
 
 def _background_choice(spec: str, has_image: bool) -> Background | None:
