@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+from PIL import Image
 
 from carmask import rle
 from carmask.data.io import read_mask
@@ -30,6 +31,14 @@ def test_demo_runs_end_to_end(tmp_path):
     assert len((out / "submission.csv").read_text().splitlines()) == 33
     assert len(list((out / "masks").glob("*_mask.png"))) == 32
     assert (out / "evaluation" / "index.html").exists() and "mean Dice" in result.stdout
+    # ... and cuts the cars out onto three backgrounds, shown side by side in a page.
+    assert "cut-outs:    " in result.stdout and "transparent 32, white 32, scene 32" in result.stdout
+    test_photo = (out / "submission.csv").read_text().splitlines()[1].split(",")[0]
+    transparent = Image.open(out / "cutouts" / "transparent" / test_photo.replace(".jpg", ".png"))
+    scene = Image.open(out / "cutouts" / "scene" / test_photo.replace(".jpg", ".png"))
+    assert transparent.mode == "RGBA" and scene.mode == "RGB" and scene.size == transparent.size
+    gallery = (out / "cutouts" / "index.html").read_text()
+    assert gallery.count("<img") == 24 and "white/" in gallery and str(out) not in gallery.split("<main>")[1]
     # A second run replaces its own synthetic folder and passes again.
     assert carmask("demo", "--out", str(out)).returncode == 0
 
@@ -79,7 +88,7 @@ def test_synth_then_index_is_clean(tmp_path):
 
 def test_help_explains_every_command():
     top = carmask("--help")
-    for command in ("demo", "data", "rle", "submission", "eda"):
+    for command in ("demo", "data", "rle", "submission", "eda", "cutout", "serve"):
         assert command in top.stdout
     for group, commands in (("data", ("index", "synth", "download")), ("rle", ("encode", "decode")),
                             ("submission", ("check",))):

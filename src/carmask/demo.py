@@ -1,16 +1,20 @@
 """`carmask demo`: the whole pipeline, end to end, on an embedded default or a real folder.
 
-Today: synthesise a studio data set (unless given a Kaggle folder), index and validate it, write
-the EDA report, write a submission of the true training masks through the streaming writer and
-check it. Each later capability adds its step here.
+Synthesise a studio data set (unless given a Kaggle folder), index and validate it, write the EDA
+report, write a submission of the true training masks through the streaming writer and check it,
+predict the test photos with the shipped model, score them, and cut the cars out onto a
+transparent, a white and an image background (with a page showing them side by side).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from carmask.data.io import read_mask
 from carmask.data.layout import DataIndex, index_dataset
@@ -35,6 +39,8 @@ class DemoResult:
     prediction: object | None = None  # carmask.predict.JobSummary of the test photos
     prediction_check: CheckReport | None = None
     evaluation: object | None = None  # carmask.evaluate.Evaluation, where true test masks exist
+    cutouts: dict[str, object] = field(default_factory=dict)  # background → CutoutSummary
+    gallery: Path | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -88,12 +94,14 @@ def run_demo(out: str | Path, data: str | Path | None = None, *, seed: int = 0,
     lap("check")
     result = DemoResult(data, index, report, submission, check, seconds=seconds)
     if index.test:
-        _predict_test_photos(result, out, track)
+        predictor = _predict_test_photos(result, out, track)
         lap("predict")
+        _cut_out_test_photos(result, predictor, out / "cutouts", track)
+        lap("cutouts")
     return result
 
 
-def _predict_test_photos(result: DemoResult, out: Path, track: Track) -> None:
+def _predict_test_photos(result: DemoResult, out: Path, track: Track):
     """Predict the test photos with the shipped model into a submission and mask files, and
     score them where true masks exist (the synthetic set keeps them in test_masks/)."""
     from dataclasses import replace
@@ -116,3 +124,47 @@ def _predict_test_photos(result: DemoResult, out: Path, track: Track) -> None:
               if (truth / f"{r.image_id}_mask.gif").is_file()]
     if scored:
         result.evaluation = evaluate(predictor, scored, out / "evaluation", track=track)
+    return predictor
+
+
+def backdrop_scene(size: tuple[int, int]) -> np.ndarray:
+    """A generated outdoor backdrop (sky, hills, road) as RGB (h, w, 3): an image background
+    that needs no download."""
+    height, width = size
+    y = np.linspace(0.0, 1.0, height)[:, None, None]
+    sky = (1 - y) * np.array([70, 130, 200]) + y * np.array([200, 225, 245])
+    scene = np.broadcast_to(sky, (height, width, 3)).copy()
+    x = np.linspace(0.0, 2 * np.pi, width)
+    horizon = (0.55 + 0.05 * np.sin(1.5 * x) + 0.02 * np.sin(5 * x)) * height
+    rows = np.arange(height)[:, None]
+    scene[rows > horizon] = (96, 140, 84)  # hills
+    road = rows > 0.72 * height
+    scene[np.broadcast_to(road, (height, width))] = (88, 90, 96)
+    return scene.astype(np.uint8)
+
+
+def _cut_out_test_photos(result: DemoResult, predictor, out: Path, track: Track) -> None:
+    """Cut-outs of the test photos on a transparent, a white and a generated scene background,
+    and a page that shows a few of them side by side."""
+    from carmask.cutout import TRANSPARENT, Background, cutout_files, parse_background
+    from carmask.report import esc, page, section, write_html
+
+    photos = sorted(r.image_path for r in result.index.test)
+    height, width = result.index.image_sizes.most_common(1)[0][0][::-1]
+    backgrounds = {"transparent": TRANSPARENT, "white": parse_background("white"),
+                   "scene": Background.from_image(backdrop_scene((height, width)))}
+    for name, background in backgrounds.items():
+        result.cutouts[name] = cutout_files(predictor, photos, out / name, background, feather=1.5,
+                                            overwrite=True, track=track)
+    rows = []
+    for photo in photos[:: max(1, len(photos) // 6)][:6]:
+        cells = [f'<figure><img src="{esc(os.path.relpath(photo, out))}" alt="photo">'
+                 f"<figcaption>{esc(photo.name)}</figcaption></figure>"]
+        cells += [f'<figure class="checker"><img src="{name}/{esc(photo.stem)}.png" alt="{name}">'
+                  f"<figcaption>{name}</figcaption></figure>" for name in backgrounds]
+        rows.append(f'<div class="grid">{"".join(cells)}</div>')
+    checker = ("<style>.checker img{background:repeating-conic-gradient(#ddd 0 25%,#fff 0 50%) "
+               "0 0/16px 16px}</style>")
+    result.gallery = write_html(out / "index.html", page(
+        "carmask demo: cut-outs", checker + section("Test photos, cut out", "".join(rows)),
+        subtitle=f"{len(photos)} photos on each background, in {out}"))

@@ -41,7 +41,11 @@ def demo(
     if result.evaluation is not None:
         console.print(f"evaluation:  {result.evaluation.report} (mean Dice {result.evaluation.dice:.4f} "
                       "on the test photos' true masks)")
+    if result.cutouts:
+        counts = ", ".join(f"{name} {len(job.written)}" for name, job in result.cutouts.items())
+        console.print(f"cut-outs:    {result.gallery.parent}/ ({counts}); side by side in {result.gallery}")
     console.print("timings:     " + ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items()))
     predicted_ok = result.prediction is None or (result.prediction_check.ok and result.prediction.complete)
-    if not result.check.ok or result.index.fatal or not predicted_ok:
+    cut_ok = all(not job.failed for job in result.cutouts.values())
+    if not result.check.ok or result.index.fatal or not predicted_ok or not cut_ok:
         raise typer.Exit(1)
