@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.carmask-installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench venv browser clean
 
 venv: $(STAMP)
 
@@ -21,8 +21,15 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/carmask demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q
+
+# The web page test drives Debian's chromium: install it where we may (root with apt-get);
+# elsewhere that one test is skipped with its reason.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	  echo "note: no chromium here, so the web page test will be skipped (apt-get install chromium)"; }
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

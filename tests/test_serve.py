@@ -191,3 +191,41 @@ def test_a_full_queue_answers_503_and_recovers(shipped_predictor):
         assert statuses.count(200) >= 2 and 503 in statuses and set(statuses) <= {200, 503}
         assert http.get("/healthz").json()["in_flight"] == 0
         assert one(99).status_code == 200
+
+
+def test_the_serve_command_starts_answers_and_stops(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "carmask", "serve", "--port", str(port), "--workers", "1"]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json()
+                break
+            except httpx.TransportError:
+                assert server.poll() is None, server.stdout.read()
+                assert time.monotonic() < deadline, "carmask serve did not start in 120 s"
+                time.sleep(0.3)
+        assert health["status"] == "ok" and health["capacity"] == 1 + 16
+        assert "<title>carmask" in httpx.get(f"http://127.0.0.1:{port}/").text
+    finally:
+        server.terminate()
+        output, _ = server.communicate(timeout=30)
+    assert f"http://127.0.0.1:{port}/" in output  # it says where the page is
+
+
+def test_serve_refuses_a_missing_model_file(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "carmask", "serve", "--model",
+                             str(tmp_path / "nope.safetensors")], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1 and "nope.safetensors" in result.stderr
