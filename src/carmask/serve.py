@@ -19,8 +19,8 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
-from contextlib import asynccontextmanager
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -61,9 +61,10 @@ class ServeConfig:
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.headers = status, code, message, headers
 
 
 def error_body(code: str, message: str) -> dict:
@@ -108,7 +109,7 @@ class MaskService:
         self.predictor, self.config = predictor, config
         self.pool = ThreadPoolExecutor(config.workers, thread_name_prefix="carmask-serve")
         self.in_flight = 0
-        self.handled = 0  # requests that reached the pool, answered or refused
+        self.handled = 0  # requests admitted, answered or refused
         self._cache: OrderedDict[str, tuple[np.ndarray, tuple[int, int]]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -116,16 +117,23 @@ class MaskService:
     def capacity(self) -> int:
         return self.config.workers + self.config.max_queue
 
-    async def run(self, fn, *args):
-        """Run `fn` in the pool if there is room; 503 when the queue is full."""
+    @asynccontextmanager
+    async def admitted(self):
+        """Hold one of `capacity` places for a whole request, from before its upload is read;
+        503 when none is free, so a crowd of clients cannot pile uploads up in memory."""
         if self.in_flight >= self.capacity:
-            raise ApiError(503, "busy", f"{self.in_flight} requests in progress; retry shortly")
+            raise ApiError(503, "busy", f"{self.in_flight} requests in progress; retry shortly",
+                           headers={"Retry-After": "1"})
         self.in_flight += 1  # only touched on the event loop thread
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+            yield
         finally:
             self.in_flight -= 1
             self.handled += 1
+
+    async def run(self, fn, *args):
+        """Run `fn` on one of the `workers` threads."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     def mask(self, data: bytes, photo: np.ndarray) -> np.ndarray:
         key = hashlib.sha256(data).hexdigest()
@@ -178,7 +186,8 @@ def create_app(predictor=None, *, model: str | None = None, backend: str = "onnx
 
     @app.exception_handler(ApiError)
     async def api_error(_request, error: ApiError):
-        return JSONResponse(error_body(error.code, error.message), status_code=error.status)
+        return JSONResponse(error_body(error.code, error.message), status_code=error.status,
+                            headers=error.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request, error: RequestValidationError):
@@ -235,25 +244,23 @@ def create_app(predictor=None, *, model: str | None = None, backend: str = "onnx
         image: Annotated[UploadFile, File(description="A car photo (JPEG, PNG, WebP, ...).")],
         format: Annotated[Literal["png", "rle"], Query(description="png or rle")] = "png",
     ):
-        started = time.perf_counter()
-        data = await read_upload(image, "image")
+        async with service.admitted():
+            started = time.perf_counter()
+            data = await read_upload(image, "image")
 
-        def work():
-            photo = decode_upload(data, "image", config)
-            mask = service.mask(data, photo)
-            if format == "rle":
-                return mask, None
-            buffer = io.BytesIO()
-            Image.fromarray(mask.astype(np.uint8) * 255).save(buffer, format="PNG", compress_level=3)
-            return mask, buffer.getvalue()
+            def work():
+                mask = service.mask(data, decode_upload(data, "image", config))
+                if format == "rle":
+                    return mask.shape, {"width": mask.shape[1], "height": mask.shape[0],
+                                        "rle": encode(mask), "car_fraction": round(float(mask.mean()), 6)}
+                buffer = io.BytesIO()
+                Image.fromarray(mask.astype(np.uint8) * 255).save(buffer, format="PNG", compress_level=3)
+                return mask.shape, buffer.getvalue()
 
-        mask, png = await service.run(work)
+            shape, body = await service.run(work)
         if format == "rle":
-            height, width = mask.shape
-            return JSONResponse({"width": width, "height": height, "rle": encode(mask),
-                                 "car_fraction": round(float(mask.mean()), 6)},
-                                headers=headers(started, mask.shape))
-        return Response(png, media_type="image/png", headers=headers(started, mask.shape))
+            return JSONResponse(body, headers=headers(started, shape))
+        return Response(body, media_type="image/png", headers=headers(started, shape))
 
     @app.post("/v1/cutout", summary="The car cut out: RGBA when transparent, else a composite",
               responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}}})
@@ -267,26 +274,27 @@ def create_app(predictor=None, *, model: str | None = None, backend: str = "onnx
         shadow: Annotated[bool, Form(description="Keep the floor shadow.")] = False,
         format: Annotated[Literal["png", "webp", "jpg"], Form(description="png, webp or jpg")] = "png",
     ):
-        started = time.perf_counter()
-        data = await read_upload(image, "image")
-        backdrop_data = None
-        if background_image is not None and background_image.filename:
-            backdrop_data = await read_upload(background_image, "background_image")
-        choice = _background_choice(background, backdrop_data is not None)
-        if format == "jpg" and choice is TRANSPARENT:
-            raise ApiError(422, "bad_format", "format: jpg has no alpha channel; use png or webp, or "
-                           "give a background colour or image")
+        async with service.admitted():
+            started = time.perf_counter()
+            data = await read_upload(image, "image")
+            backdrop_data = None
+            if background_image is not None and background_image.filename:
+                backdrop_data = await read_upload(background_image, "background_image")
+            choice = _background_choice(background, backdrop_data is not None)
+            if format == "jpg" and choice is TRANSPARENT:
+                raise ApiError(422, "bad_format", "format: jpg has no alpha channel; use png or webp, or "
+                               "give a background colour or image")
 
-        def work():
-            photo = decode_upload(data, "image", config)
-            chosen = choice
-            if chosen is None:
-                chosen = Background.from_image(decode_upload(backdrop_data, "background_image", config))
-            mask = service.mask(data, photo)
-            return mask.shape, encode_image(composite(photo, mask, chosen, feather=feather,
-                                                      shadow=shadow), format)
+            def work():
+                photo = decode_upload(data, "image", config)
+                chosen = choice
+                if chosen is None:
+                    chosen = Background.from_image(decode_upload(backdrop_data, "background_image", config))
+                mask = service.mask(data, photo)
+                return mask.shape, encode_image(composite(photo, mask, chosen, feather=feather,
+                                                          shadow=shadow), format)
 
-        shape, body = await service.run(work)
+            shape, body = await service.run(work)
         name = f"{Path(image.filename or 'photo').stem}-cutout.{format}"
         return Response(body, media_type=MEDIA_TYPES[format],
                         headers=headers(started, shape) | {"Content-Disposition": disposition(name)})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -17,7 +17,8 @@ def cutout(
     background: Annotated[str, typer.Option(
         help="transparent, a colour (white, '#RRGGBB', any CSS name) or an image file, scaled to cover."
     )] = "transparent",
-    feather: Annotated[float, typer.Option(min=0, max=64, help="Soft edge, in pixels inside the car's outline.")] = 0.0,
+    feather: Annotated[float, typer.Option(
+        min=0, max=64, help="Soft edge, in pixels inside the car's outline.")] = 0.0,
     shadow: Annotated[bool, typer.Option(help="Keep the photo's soft floor shadow under the car.")] = False,
     model: ModelOption = None,
     fmt: Annotated[str, typer.Option("--format", help="png or webp (keep alpha), or jpg.")] = "png",
@@ -47,25 +48,28 @@ def cutout(
                   + (f", {len(summary.skipped)} already there (--overwrite replaces them)"
                      if summary.skipped else ""))
     if summary.failed:
-        for path, problem in summary.failed:
+        for _, problem in summary.failed:
             err.print(f"[yellow]skipped[/] {problem}", highlight=False)
         raise typer.Exit(INCOMPLETE)
 
 
 def serve(
-    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes it to the network.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(
+        help="Address to bind; 0.0.0.0 exposes it to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     model: ModelOption = None,
     backend: Annotated[str, typer.Option(help="onnx (faster on a CPU) or torch.")] = "onnx",
     workers: Annotated[int, typer.Option(min=1, help="Photos processed at once.")] = 2,
     max_queue: Annotated[int, typer.Option(min=0, help="Requests waiting beyond those; more get 503.")] = 16,
     max_megabytes: Annotated[float, typer.Option(min=0.001, help="Largest upload per file.")] = 25.0,
-    max_megapixels: Annotated[float, typer.Option(min=0.001, help="Largest image, checked before decoding.")] = 40.0,
+    max_megapixels: Annotated[float, typer.Option(
+        min=0.001, help="Largest image, checked before decoding.")] = 40.0,
 ) -> None:
     """Serve the web page (/), the HTTP API (/v1/mask, /v1/cutout, /v1/models, /healthz) and its
     OpenAPI docs (/docs) on one loaded model."""
     from carmask.models.io import ModelFileError
-    from carmask.serve import ServeConfig, serve as run_server
+    from carmask.serve import ServeConfig
+    from carmask.serve import serve as run_server
 
     config = ServeConfig(max_bytes=int(max_megabytes * 2**20), max_pixels=int(max_megapixels * 1e6),
                          workers=workers, max_queue=max_queue)
