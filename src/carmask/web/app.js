@@ -180,9 +180,7 @@
     state.request = controller;
     const sequence = ++state.sequence;
     const form = new FormData();
-    // an ASCII name: the server puts it in a Content-Disposition header, which must be latin-1
-    const uploadName = (state.file.name || "photo").replace(/[^\w.-]+/g, "_");
-    form.append("image", state.file, uploadName);
+    form.append("image", state.file, state.file.name || "photo");
     form.append("background", "transparent");
     form.append("feather", el.feather.value);
     form.append("shadow", el.shadow.checked ? "true" : "false");
