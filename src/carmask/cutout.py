@@ -247,7 +247,7 @@ def cutout_files(predictor, inputs: Iterable[str | Path], out_dir: str | Path,
         if target.exists() and not overwrite:
             summary.skipped.append(target)
         elif problem := truncation_problem(source):  # decoders would fill the rest with grey
-            summary.failed.append((source, f"{source}: {problem}"))
+            summary.failed.append((source, f"{source}: truncated: {problem}"))
         else:
             todo.append((source, target))
     targets = dict(todo)

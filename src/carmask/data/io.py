@@ -60,7 +60,7 @@ def truncation_problem(path: str | Path, tail: int = 1024) -> str | None:
     with open(path, "rb") as file:
         file.seek(max(0, Path(path).stat().st_size - tail))
         if marker not in file.read():
-            return "file ends before its end-of-image marker (truncated)"
+            return "file ends before its end-of-image marker"
     return None
 
 
