@@ -63,6 +63,7 @@ class TrainConfig:
     max_cars: int | None = None  # train on the first N cars only (quick experiments)
     pretrained: bool = True
     encoder_weights: str | None = None
+    init: str | None = None  # start from this carmask model's weights (file, run folder, "shipped")
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     export_half: bool = False
 
@@ -170,6 +171,9 @@ def train(config: TrainConfig, progress_bar: bool = True) -> dict:
     train_set = SegmentationDataset(train_records, transform=train_transforms(config.augment), **common)
     val_set = _ValidationSet(val_records, **common)
     workers = config.workers if config.workers is not None else min(4, os.cpu_count() or 1)
+    if workers > 0:
+        import cv2
+        cv2.setNumThreads(1)  # inherited by the loader processes: N of them x N threads would thrash
     loader = dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
     train_loader = DataLoader(train_set, batch_size=config.batch, shuffle=True, drop_last=len(train_set) > config.batch, **loader)
     val_loader = DataLoader(val_set, batch_size=config.batch, **loader)
@@ -178,6 +182,8 @@ def train(config: TrainConfig, progress_bar: bool = True) -> dict:
     if config.encoder_weights:
         build["encoder_weights"] = config.encoder_weights
     task = SegmentationTask(config.model, build, config.lr, config.weight_decay, full_size=source)
+    if config.init:
+        _start_from(task.model, config)
     gpu = torch.cuda.is_available() and config.accelerator in ("auto", "gpu", "cuda")
     if gpu:
         task = task.to(memory_format=torch.channels_last)
@@ -216,6 +222,7 @@ def train(config: TrainConfig, progress_bar: bool = True) -> dict:
         "folds": config.folds, "train_cars": len({r.car_id for r in train_records}),
         "val_cars": len({r.car_id for r in val_records}), "seconds": round(time.time() - started),
         "precision": precision, "devices": trainer.world_size, "seed": config.seed,
+        "init": _init_name(config.init),
         "rank_checksums": [float(c) for c in checksums.flatten().tolist()],
     }
     config_out = model_config(config.model, size, training=summary)
@@ -226,6 +233,33 @@ def train(config: TrainConfig, progress_bar: bool = True) -> dict:
     log.info("best full-resolution val Dice %.5f; model written to %s",
              summary["best_val_dice_full"] or float("nan"), out / "model.safetensors")
     return summary
+
+
+def _start_from(model: torch.nn.Module, config: TrainConfig) -> None:
+    """Fine-tune: load a trained carmask model's weights. Its split must be this run's, or the
+    validation cars would include cars it was trained on."""
+    from carmask.models.io import load_model
+
+    trained, trained_config = load_model(config.init)
+    if trained_config["architecture"] != config.model:
+        raise ValueError(f"--init {config.init} is a {trained_config['architecture']} model, "
+                         f"not {config.model}")
+    history = trained_config.get("training") or {}
+    split = tuple(history.get(k) for k in ("fold", "folds", "seed"))
+    if split != (config.fold, config.folds, config.seed):
+        log.warning("--init %s was trained on split fold/folds/seed = %s, this run uses %s: its "
+                    "validation cars may include cars that model was trained on",
+                    config.init, "/".join(map(str, split)),
+                    f"{config.fold}/{config.folds}/{config.seed}")
+    model.load_state_dict(trained.state_dict(), strict=True)
+    log.info("starting from the weights of %s", config.init)
+
+
+def _init_name(init: str | None) -> str | None:
+    if init is None:
+        return None
+    from carmask.models.io import resolve_model_path
+    return resolve_model_path(init).name
 
 
 def _score(value) -> float | None:

@@ -67,6 +67,10 @@ def train(
     encoder_weights: Annotated[
         Optional[Path], typer.Option(help="torchvision-format encoder weights file (vgg19, resnet34).")
     ] = None,
+    init: Annotated[
+        Optional[str], typer.Option(help="Fine-tune: start from a carmask model's weights (a file, "
+                                         "a run folder, or 'shipped'); its split should be this run's.")
+    ] = None,
     vflip: Annotated[bool, typer.Option(help="Also flip up/down, as the seed did.")] = False,
     half: Annotated[bool, typer.Option(help="Export the model in fp16 (half the size).")] = False,
     resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint.")] = False,
@@ -106,6 +110,7 @@ def train(
         max_cars=max_cars,
         pretrained=pretrained,
         encoder_weights=str(encoder_weights) if encoder_weights else None,
+        init=init,
         augment=AugmentConfig(vflip=vflip),
         export_half=half,
         resume=resume,
