@@ -79,6 +79,24 @@ def test_resume_continues_from_the_last_checkpoint(trained_run, synth_data, tmp_
     assert resumed["best_val_dice_full"] > summary["best_val_dice_full"] - 0.05
 
 
+def test_init_fine_tunes_from_a_trained_model(trained_run, synth_data, tmp_path, caplog):
+    source, summary = trained_run
+    start, _ = load_model(source / "model.safetensors")
+    config = TrainConfig(data=synth_data, model="unet-mnv2", out=tmp_path / "tuned", size=SIZE,
+                         epochs=1, batch=8, lr=1e-5, folds=3, workers=0, seed=0, pretrained=False,
+                         init=str(source), limit_train_batches=1)
+    tuned = train(config, progress_bar=False)
+    assert tuned["init"] == "model.safetensors"
+    # one step at a tiny learning rate: it starts from the trained weights, not from scratch
+    assert abs(validation_dice(load_model(tmp_path / "tuned")[0], synth_data)
+               - validation_dice(start, synth_data)) < 0.02
+    assert not [r for r in caplog.records if "split" in r.getMessage()]  # same split: no warning
+    other = TrainConfig(data=synth_data, model="unet-r34", out=tmp_path / "r34", size=SIZE, folds=3,
+                        workers=0, init=str(source))
+    with pytest.raises(ValueError, match="is a unet-mnv2 model, not unet-r34"):
+        train(other, progress_bar=False)
+
+
 def test_ddp_two_processes_on_cpu_agree(synth_data, tmp_path):
     out = tmp_path / "ddp"
     result = carmask("train", "--data", str(synth_data), "--out", str(out), "--size", "64x96",

@@ -149,6 +149,7 @@ class _ValidationSet(SegmentationDataset):
 
 def train(config: TrainConfig, progress_bar: bool = True) -> dict:
     """Train, export the best weights to `out/model.safetensors`, return the summary."""
+    _log_lightning_once()
     info = model_info(config.model)
     size = tuple(config.size or info.default_size)
     if info.fixed_size and size != info.default_size:
@@ -233,6 +234,17 @@ def train(config: TrainConfig, progress_bar: bool = True) -> dict:
     log.info("best full-resolution val Dice %.5f; model written to %s",
              summary["best_val_dice_full"] or float("nan"), out / "model.safetensors")
     return summary
+
+
+def _log_lightning_once() -> None:
+    """Lightning adds its own stderr handlers; where the caller has set logging up (the CLI
+    does), its records go only there instead of being printed twice."""
+    if not logging.getLogger().handlers:
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
 
 
 def _start_from(model: torch.nn.Module, config: TrainConfig) -> None:
