@@ -13,11 +13,20 @@ def records(carvana):
     return index_dataset(carvana, check_pixels=False).train[:16]
 
 
-def test_decode_reduction_never_goes_below_the_target():
-    assert decode_reduction((1280, 1918), (160, 239)) == 8
-    assert decode_reduction((1280, 1918), (160, 240)) == 4  # 1918 // 8 = 239 < 240
-    assert decode_reduction((1280, 1918), (320, 480)) == 2  # 1918 // 4 = 479 < 480
-    assert decode_reduction((1280, 1918), (1024, 1024)) == 1
+def test_decode_reduction_covers_the_target_within_a_pixel():
+    assert decode_reduction((1280, 1918), (160, 240)) == 8  # libjpeg gives 240 (rounds up)
+    assert decode_reduction((1280, 1918), (320, 480)) == 4
+    assert decode_reduction((1280, 1918), (640, 960)) == 2  # 959 wide: one pixel short is fine
+    assert decode_reduction((1280, 1918), (320, 482)) == 2  # two pixels short is not
+    assert decode_reduction((1280, 1918), (1024, 1536)) == 1
+
+
+def test_libjpeg_reduced_sizes_round_up(tmp_path):
+    from PIL import Image
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (1918, 1280), "gray").save(photo)
+    sizes = {reduce: read_image(photo, reduce=reduce).shape[:2] for reduce in (2, 4, 8)}
+    assert sizes == {2: (640, 959), 4: (320, 480), 8: (160, 240)}
 
 
 @pytest.mark.parametrize("size", [(320, 480), (224, 224), (1280, 1920)])
