@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One GPU session (H100/H200): the prediction throughput benchmark, then training unet-mnv2 at
-# 640x960 from the shipped model's weights, then the throughput of the new model.
+# 640x960 from the shipped model's weights, then the throughput of the new model. As run on
+# 2026-11-27 it made today's shipped model from the 320x480 one (docs/models.md); run again, it
+# fine-tunes the shipped model further.
 # Needs the packed data (benchmarks/gpu_data.py pack .gpu/carvana-packed) and, where
 # segmentation_models_pytorch is missing, its wheel in .whl/. Results go to $OUT.
 #
