@@ -148,7 +148,8 @@ class Predictor:
             except DataError as error:
                 return Path(path), None, None, str(error)
 
-        # On a GPU decoding is the bottleneck, so every core decodes; on a CPU the model needs them.
+        # A GPU runs the model in a fraction of the time a photo takes to decode, so every core
+        # decodes; on a CPU the model needs the cores.
         workers = workers or min(4 if self.device.type == "cpu" else 16, os.cpu_count() or 1)
         pending: list[tuple[Path, np.ndarray, tuple[int, int]]] = []
         for path, tensor, full, error in imap_bounded(decode, paths, workers, ahead=2 * self.batch + workers):

@@ -223,7 +223,7 @@ def train(config: TrainConfig, progress_bar: bool = True) -> dict:
         "folds": config.folds, "train_cars": len({r.car_id for r in train_records}),
         "val_cars": len({r.car_id for r in val_records}), "seconds": round(time.time() - started),
         "precision": precision, "devices": trainer.world_size, "seed": config.seed,
-        "init": _init_name(config.init),
+        "init": config.init,
         "rank_checksums": [float(c) for c in checksums.flatten().tolist()],
     }
     config_out = model_config(config.model, size, training=summary)
@@ -265,13 +265,6 @@ def _start_from(model: torch.nn.Module, config: TrainConfig) -> None:
                     f"{config.fold}/{config.folds}/{config.seed}")
     model.load_state_dict(trained.state_dict(), strict=True)
     log.info("starting from the weights of %s", config.init)
-
-
-def _init_name(init: str | None) -> str | None:
-    if init is None:
-        return None
-    from carmask.models.io import resolve_model_path
-    return resolve_model_path(init).name
 
 
 def _score(value) -> float | None:
