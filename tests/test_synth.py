@@ -255,3 +255,18 @@ def test_rerun_replaces_its_own_folder_and_refuses_others(tmp_path):
     with pytest.raises(ValueError, match="not empty and was not written by carmask"):
         synthesize(precious, cars=1, size=(96, 64))
     assert (precious / "metadata.csv").read_text() == "id\n"
+
+
+def test_the_wall_sign_can_be_left_out(synth: SynthSummary, tmp_path: Path) -> None:
+    bare = make(tmp_path / "bare", sign=False)
+    assert bare.train_cars == synth.train_cars  # same cars, same views: only the wall differs
+    for car in synth.train_cars:
+        name = f"{car}_01"
+        mask = mask_of(synth.root, "train", name).astype(bool)
+        assert np.array_equal(mask, mask_of(bare.root, "train", name).astype(bool))
+        signed, plain = (np.asarray(Image.open(root / "train" / f"{name}.jpg").convert("L"), dtype=float)
+                         for root in (synth.root, bare.root))
+        wall = ~mask
+        wall[SIZE[1] // 2:] = False  # the upper half, where the sign hangs
+        assert np.abs(signed - plain)[wall].max() > 60  # dark lettering on the signed wall
+        assert plain[wall].std() < signed[wall].std()  # and a smooth wall without it

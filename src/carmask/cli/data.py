@@ -69,6 +69,7 @@ def data_synth(
     test_cars: Annotated[int, typer.Option(help="Test cars (16 views each, true masks in test_masks/).")] = 2,
     size: Annotated[str, typer.Option(help="Image size WIDTHxHEIGHT.")] = "480x320",
     seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 0,
+    sign: Annotated[bool, typer.Option(help="Bold lettering on the studio wall, a distractor.")] = True,
 ) -> None:
     """Write a synthetic studio data set in the exact Kaggle layout (deterministic per seed)."""
     from carmask.data.synth import synthesize
@@ -80,6 +81,7 @@ def data_synth(
             test_cars=test_cars,
             size=parse_size(size, "WIDTHxHEIGHT"),
             seed=seed,
+            sign=sign,
             track=progress,
         )
     except ValueError as error:

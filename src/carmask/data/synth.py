@@ -92,12 +92,13 @@ class _Car:
 
 
 def synthesize(out: str | Path, cars: int = 8, size: tuple[int, int] = (480, 320), seed: int = 0,
-               test_cars: int = 2, track: Track = silent_track) -> SynthSummary:
+               test_cars: int = 2, sign: bool = True, track: Track = silent_track) -> SynthSummary:
     """Write `cars` training and `test_cars` test cars, 16 views each, in the Kaggle layout under `out`.
 
     Same arguments give byte-identical files. Test masks go to `test_masks/` (not part of Kaggle's
     layout) so that a demo can score its predictions. A folder written by an earlier call is
     replaced whole; any other non-empty folder is refused, so real data is never overwritten.
+    `sign=False` leaves the studio wall bare (no lettering).
     """
     def whole(x: object) -> bool:
         return isinstance(x, Integral) and not isinstance(x, bool)
@@ -119,7 +120,7 @@ def synthesize(out: str | Path, cars: int = 8, size: tuple[int, int] = (480, 320
     rows: list[tuple[str, str]] = []
     jobs = [(i, car, "train" if i < cars else "test") for i, car in enumerate(fleet)]
     for index, car, split in track(jobs, total=len(jobs), description="synthesizing cars"):
-        stage = _place(car, size), _studio(car, size)  # shared by the car's 16 views
+        stage = _place(car, size), _studio(car, size, sign)  # shared by the car's 16 views
         for view in range(1, VIEWS + 1):
             # A generator per image: its noise does not depend on what was drawn before it.
             image, mask = _render(car, view, size, stage, np.random.default_rng([seed, index, view]))
@@ -320,13 +321,15 @@ def _near_wheel(labels: np.ndarray, v: _View, face: tuple[float, float, float], 
     v.fill(labels, _ring(face, 0.18 * r), HUB)
 
 
-def _studio(car: _Car, size: tuple[int, int]) -> np.ndarray:
-    """The empty studio in grey levels: a wall with a logo, a soft cove, a floor."""
+def _studio(car: _Car, size: tuple[int, int], sign: bool = True) -> np.ndarray:
+    """The empty studio in grey levels: a wall (with a logo when `sign`), a soft cove, a floor."""
     w, h = size
     rows = np.arange(h, dtype=np.float32)[:, None] / h
     blend = np.clip((rows - car.horizon) / 0.04 + 0.5, 0, 1)  # a soft cove, no hard horizon
     wall, floor = car.wall - 18 * rows, car.wall - 38 - 25 * (rows - car.horizon)
     tone = (wall * (1 - blend) + floor * blend) * np.ones((1, w), np.float32)
+    if not sign:
+        return cv2.GaussianBlur(tone, (0, 0), max(0.6, h / 400))
     # Dark lettering on the wall behind the car: a distractor, like the real studio's sign.
     font = cv2.FONT_HERSHEY_DUPLEX
     fs = 0.8 * w / cv2.getTextSize("CARMASK", font, 1.0, 2)[0][0]
