@@ -46,7 +46,7 @@ def run(photos: dict[str, str], backend: str, size, out: Path) -> dict:
     listing.write_text(json.dumps(photos))
     result = subprocess.run([sys.executable, "-c", RUN, str(listing), backend, json.dumps(size),
                              str(out), OPTIONS.device, OPTIONS.model, str(OPTIONS.batch),
-                             str(OPTIONS.workers)], capture_output=True, text=True)
+                             str(OPTIONS.workers)], capture_output=True, text=True, check=False)
     if result.returncode:
         raise SystemExit(f"prediction failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])

@@ -17,16 +17,14 @@ from __future__ import annotations
 import argparse
 import lzma
 import shutil
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from carmask import rle  # noqa: E402
-from carmask.data.io import read_mask  # noqa: E402
+from carmask import rle
+from carmask.data.io import read_mask
 
 FULL = (1918, 1280)  # (width, height)
 HALF = (959, 640)

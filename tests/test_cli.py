@@ -32,8 +32,8 @@ def test_demo_runs_end_to_end(tmp_path):
     assert len((out / "submission.csv").read_text().splitlines()) == 33
     assert len(list((out / "masks").glob("*_mask.png"))) == 32
     assert (out / "evaluation" / "index.html").exists() and "mean Dice" in result.stdout
-    # The model trained on real photos still finds the toy cars (0.968 measured): small photos are
-    # not blown up to the model's input size, and the studio wall has no made-up sign.
+    # The model trained on real photos still finds the toy cars (0.968 measured): they are
+    # predicted at their own size, and the studio wall has no made-up sign.
     dice = float(re.search(r"mean Dice ([0-9.]+)", result.stdout).group(1))
     assert dice > 0.93, result.stdout
     # ... and cuts the cars out onto three backgrounds, shown side by side in a page.
