@@ -179,7 +179,8 @@ def train(config: TrainConfig, progress_bar: bool = True) -> dict:
     train_loader = DataLoader(train_set, batch_size=config.batch, shuffle=True, drop_last=len(train_set) > config.batch, **loader)
     val_loader = DataLoader(val_set, batch_size=config.batch, **loader)
 
-    build = {"pretrained": config.pretrained} if info.takes_pretrained else {}
+    # With --init the ImageNet encoder would be overwritten at once: do not load it.
+    build = {"pretrained": config.pretrained and not config.init} if info.takes_pretrained else {}
     if config.encoder_weights:
         build["encoder_weights"] = config.encoder_weights
     task = SegmentationTask(config.model, build, config.lr, config.weight_decay, full_size=source)
@@ -248,8 +249,8 @@ def _log_lightning_once() -> None:
 
 
 def _start_from(model: torch.nn.Module, config: TrainConfig) -> None:
-    """Fine-tune: load a trained carmask model's weights. Its split must be this run's, or the
-    validation cars would include cars it was trained on."""
+    """Fine-tune: load a trained carmask model's weights. Its split should be this run's, or the
+    validation cars may include cars it was trained on: warn when it is not."""
     from carmask.models.io import load_model
 
     trained, trained_config = load_model(config.init)
