@@ -4,7 +4,7 @@ import numpy as np
 
 from carmask.data.io import read_mask
 from carmask.data.layout import index_dataset
-from carmask.data.split import split_by_car
+from carmask.data.split import recorded_validation
 from carmask.evaluate import dice_and_iou
 from carmask.models.io import SHIPPED_MODEL, read_config
 from carmask.predict import Predictor
@@ -22,11 +22,9 @@ def test_shipped_model_on_real_validation_cars(carvana):
     """A few photos of the held-out cars recorded in the model file, scored at 1280x1918."""
     training = read_config(SHIPPED_MODEL)["training"]
     records = [r for r in index_dataset(carvana, check_pixels=False).train if r.mask_path]
-    _, validation = split_by_car(records, training["fold"], training["folds"], training["seed"],
-                                 stratify_by_make=True)
-    assert {r.car_id for r in validation}.isdisjoint(
-        {r.car_id for r in split_by_car(records, training["fold"], training["folds"], training["seed"],
-                                        stratify_by_make=True)[0]})
+    validation = recorded_validation(records, training)
+    assert {r.car_id for r in validation} == set(training["val_car_ids"])
+    assert len(training["val_car_ids"]) == training["val_cars"]
     picks = validation[::max(1, len(validation) // 6)][:6]  # several cars and views
     predictor = Predictor()  # the default model is the shipped one
     scores = []

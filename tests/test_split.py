@@ -56,3 +56,35 @@ def test_bad_arguments(records):
     two = [Record("a_01", "a", 1, Path("a_01.jpg"), None, "train")]
     with pytest.raises(ValueError, match="cannot split 1 cars into 2 folds"):
         assign_folds(two, folds=2)
+
+
+def test_recorded_validation_cars_are_used_exactly(records):
+    from carmask.data.split import SplitError, recorded_validation
+    cars = sorted({r.car_id for r in records})
+    wanted = cars[3:7]
+    chosen = recorded_validation(records, {"val_car_ids": wanted, "fold": 0, "folds": 10})
+    assert sorted({r.car_id for r in chosen}) == wanted  # the list wins over fold/folds
+    assert len(chosen) == sum(r.car_id in wanted for r in records)
+    with pytest.raises(SplitError, match="1 of the model's 5 validation cars are not in this folder"):
+        recorded_validation(records, {"val_car_ids": wanted + ["f" * 12]})
+
+
+def test_a_split_recorded_over_another_number_of_cars_is_refused(records):
+    """Re-creating fold 0 over a grown folder deals its cars out differently: training cars
+    would be scored as if held out."""
+    from carmask.data.split import SplitError, recorded_validation
+    cars = len({r.car_id for r in records})
+    old = {"fold": 0, "folds": 10, "seed": 0, "train_cars": cars - 70, "val_cars": 10}
+    with pytest.raises(SplitError, match=f"made over {cars - 60} cars; this folder has {cars}"):
+        recorded_validation(records, old)
+    same = dict(old, train_cars=cars - 10)
+    assert recorded_validation(records, same) == split_by_car(records, 0, 10, 0, True)[1]
+
+
+def test_evaluate_cars_val_refuses_a_folder_without_the_models_cars(small_real_folder):
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-m", "carmask", "evaluate", "--data", str(small_real_folder),
+                             "--cars", "val"], capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "--cars val: 10 of the model's 10 validation cars are not in this folder" in result.stderr

@@ -20,16 +20,21 @@ def carmask(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
-def validation_dice(model, data) -> float:
-    """Dice of a model on the fold-0 validation cars at training size (independent of train.py)."""
+def validation_set(data) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fold-0 validation photos and masks at training size (independent of train.py)."""
     from carmask.data.dataset import SegmentationDataset
     from carmask.data.split import split_by_car
     records = index_dataset(data, check_pixels=False).train
     _, val = split_by_car(records, 0, 3, 0, stratify_by_make=True)
     images, masks = zip(*[SegmentationDataset(val, SIZE)[i] for i in range(len(val))])
+    return torch.stack(images), torch.stack(masks)[:, 0] > 0.5
+
+
+def validation_dice(model, data) -> float:
+    images, masks = validation_set(data)
     with torch.no_grad():
-        logits = model.eval()(torch.stack(images))
-    return float(dice_per_image(logits[:, 0] > 0, torch.stack(masks)[:, 0] > 0.5).mean())
+        logits = model.eval()(images)
+    return float(dice_per_image(logits[:, 0] > 0, masks).mean())
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +43,18 @@ def trained_run(synth_run):
 
 
 def test_training_drives_validation_dice_up(trained_run, synth_data):
+    """Learning, asserted against baselines measured in the same run, never against where a
+    short seeded run lands: that differs between CPUs (0.76 on an Intel Xeon, 0.85 on AMD EPYC)."""
     out, summary = trained_run
     torch.manual_seed(0)
     untrained = validation_dice(create_model("unet-mnv2"), synth_data)
+    _, masks = validation_set(synth_data)
+    all_car = float(dice_per_image(torch.ones_like(masks), masks).mean())  # the trivial answer
     trained_model, _ = load_model(out / "model.safetensors")
     trained = validation_dice(trained_model, synth_data)
-    assert trained > untrained + 0.2, (untrained, trained)
-    assert trained > 0.8
-    assert summary["best_val_dice_full"] > 0.8 and summary["val_cars"] == 2
+    floor = max(untrained, all_car)
+    assert trained > floor + 0.2, (untrained, all_car, trained)
+    assert summary["best_val_dice_full"] > floor + 0.2 and summary["val_cars"] == 2
     for name in ("metrics.csv", "curves.png", "summary.json", "checkpoints/best.ckpt",
                  "checkpoints/last.ckpt"):
         assert (out / name).exists(), name
@@ -137,3 +146,13 @@ def test_unet_mnv2_starts_from_the_imagenet_weights():
     model = create_model("unet-mnv2")
     expected = mobilenet_v2_imagenet()["features.0.0.weight"]
     assert torch.equal(model.encoder.state_dict()["features.0.0.weight"], expected)
+
+
+def test_val_cars_hold_out_exactly_the_cars_named(synth_data, trained_run):
+    from carmask.train import held_out_cars
+    records = index_dataset(synth_data, check_pixels=False).train
+    cars = sorted({r.car_id for r in records})
+    assert {r.car_id for r in held_out_cars(records, ",".join(cars[:2]))} == set(cars[:2])
+    out, summary = trained_run  # a model file names its own validation cars
+    assert summary["val_car_ids"] == sorted(summary["val_car_ids"]) and len(summary["val_car_ids"]) == 2
+    assert {r.car_id for r in held_out_cars(records, str(out))} == set(summary["val_car_ids"])

@@ -64,6 +64,9 @@ class TrainConfig:
     pretrained: bool = True
     encoder_weights: str | None = None
     init: str | None = None  # start from this carmask model's weights (file, run folder, "shipped")
+    # Hold out exactly these cars instead of a fold: comma-separated ids, or a model (file, run
+    # folder, "shipped") whose recorded validation cars to keep held out.
+    val_cars: str | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     export_half: bool = False
 
@@ -164,8 +167,13 @@ def train(config: TrainConfig, progress_bar: bool = True) -> dict:
     if config.max_cars:
         keep = sorted({r.car_id for r in records})[: config.max_cars]
         records = [r for r in records if r.car_id in keep]
-    train_records, val_records = split_by_car(records, config.fold, config.folds, config.seed,
-                                              stratify_by_make=True)
+    if config.val_cars:
+        held_out = {r.car_id for r in held_out_cars(records, config.val_cars)}
+        train_records = [r for r in records if r.car_id not in held_out]
+        val_records = [r for r in records if r.car_id in held_out]
+    else:
+        train_records, val_records = split_by_car(records, config.fold, config.folds, config.seed,
+                                                  stratify_by_make=True)
     source = index.image_sizes.most_common(1)[0][0][::-1] if index.image_sizes else CARVANA_SHAPE
     common = dict(size=size, mean=info.mean, std=info.std, channels=info.channels,
                   source_size=source)
@@ -222,7 +230,8 @@ def train(config: TrainConfig, progress_bar: bool = True) -> dict:
         "model": config.model, "size": list(size), "epochs_run": trainer.current_epoch,
         "best_val_dice_full": _score(best.best_model_score), "fold": config.fold,
         "folds": config.folds, "train_cars": len({r.car_id for r in train_records}),
-        "val_cars": len({r.car_id for r in val_records}), "seconds": round(time.time() - started),
+        "val_cars": len({r.car_id for r in val_records}),
+        "val_car_ids": sorted({r.car_id for r in val_records}), "seconds": round(time.time() - started),
         "precision": precision, "devices": trainer.world_size, "seed": config.seed,
         "init": config.init,
         "rank_checksums": [float(c) for c in checksums.flatten().tolist()],
@@ -248,6 +257,18 @@ def _log_lightning_once() -> None:
         logger.propagate = True
 
 
+def held_out_cars(records: list, spec: str) -> list:
+    """The records of the cars `spec` names: comma-separated car ids, or a model whose recorded
+    validation cars they are (so a fine-tune keeps the cars its start was never trained on)."""
+    from carmask.data.split import recorded_validation
+    from carmask.models.io import load_model_config
+
+    ids = [part.strip() for part in spec.split(",") if part.strip()]
+    if ids and all(len(car) == 12 and all(c in "0123456789abcdef" for c in car) for car in ids):
+        return recorded_validation(records, {"val_car_ids": ids})
+    return recorded_validation(records, load_model_config(spec).get("training") or {})
+
+
 def _start_from(model: torch.nn.Module, config: TrainConfig) -> None:
     """Fine-tune: load a trained carmask model's weights. Its split should be this run's, or the
     validation cars may include cars it was trained on: warn when it is not."""
@@ -259,7 +280,8 @@ def _start_from(model: torch.nn.Module, config: TrainConfig) -> None:
                          f"not {config.model}")
     history = trained_config.get("training") or {}
     split = tuple(history.get(k) for k in ("fold", "folds", "seed"))
-    if split != (config.fold, config.folds, config.seed):
+    # With --val-cars the held-out cars were chosen by hand (often the start's own); else warn.
+    if not config.val_cars and split != (config.fold, config.folds, config.seed):
         log.warning("--init %s was trained on split fold/folds/seed = %s, this run uses %s: its "
                     "validation cars may include cars that model was trained on",
                     config.init, "/".join(map(str, split)),

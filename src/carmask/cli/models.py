@@ -71,6 +71,11 @@ def train(
         Optional[str], typer.Option(help="Fine-tune: start from a carmask model's weights (a file, "
                                          "a run folder, or 'shipped'); its split should be this run's.")
     ] = None,
+    val_cars: Annotated[
+        Optional[str], typer.Option(help="Hold out exactly these cars instead of a fold: car ids "
+                                         "(comma-separated), or a model whose recorded validation "
+                                         "cars to keep held out (e.g. 'shipped').")
+    ] = None,
     vflip: Annotated[bool, typer.Option(help="Also flip up/down, as the seed did.")] = False,
     half: Annotated[bool, typer.Option(help="Export the model in fp16 (half the size).")] = False,
     resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint.")] = False,
@@ -111,6 +116,7 @@ def train(
         pretrained=pretrained,
         encoder_weights=str(encoder_weights) if encoder_weights else None,
         init=init,
+        val_cars=val_cars,
         augment=AugmentConfig(vflip=vflip),
         export_half=half,
         resume=resume,

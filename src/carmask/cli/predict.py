@@ -186,12 +186,10 @@ def evaluate(
 
 
 def validation_records(records, config: dict):
-    """The cars a model file was validated on (its training summary names the split)."""
-    from carmask.data.split import split_by_car
+    """The cars a model file was validated on (its training summary lists them)."""
+    from carmask.data.split import SplitError, recorded_validation
 
-    training = config.get("training") or {}
-    if "fold" not in training:
-        raise fail("this model file does not record its validation split; pass --cars instead")
-    return split_by_car(
-        records, training["fold"], training["folds"], training.get("seed", 0), stratify_by_make=True
-    )[1]
+    try:
+        return recorded_validation(records, config.get("training") or {})
+    except SplitError as error:
+        raise fail(f"--cars val: {error}") from None

@@ -57,3 +57,34 @@ def split_by_car(
     train = [r for r in records if fold_of[r.car_id] != fold]
     validation = [r for r in records if fold_of[r.car_id] == fold]
     return train, validation
+
+
+class SplitError(ValueError):
+    """A model's recorded validation split cannot be applied to this data folder."""
+
+
+def recorded_validation(records: Sequence[Record], training: dict) -> list[Record]:
+    """The records of the cars a model was validated on, as its training summary records them.
+
+    Newer model files list the validation car ids; every one of them must be in `records`, or
+    the evaluation would quietly cover fewer cars. Older files record only fold/folds/seed: the
+    split is re-created from them, but only when the folder still holds exactly as many cars
+    as the model saw, since the same seed deals a grown folder's cars out differently.
+    """
+    cars = {r.car_id for r in records}
+    if training.get("val_car_ids"):
+        wanted = list(training["val_car_ids"])
+        missing = [car for car in wanted if car not in cars]
+        if missing:
+            raise SplitError(f"{len(missing)} of the model's {len(wanted)} validation cars are not in "
+                             f"this folder ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})")
+        return [r for r in records if r.car_id in set(wanted)]
+    if "fold" not in training:
+        raise SplitError("this model file does not record its validation cars; pass --cars instead")
+    seen = training.get("train_cars", 0) + training.get("val_cars", 0)
+    if len(cars) != seen:
+        raise SplitError(f"this model file records only its split (fold {training['fold']} of "
+                         f"{training['folds']}), made over {seen} cars; this folder has {len(cars)}, so "
+                         "re-creating the split would mix training cars into validation; pass --cars")
+    return split_by_car(records, training["fold"], training["folds"], training.get("seed", 0),
+                        stratify_by_make=True)[1]

@@ -75,6 +75,11 @@ def resolve_model_path(spec: str | Path | None = None) -> Path:
     return path
 
 
+def load_model_config(spec: str | Path | None = None) -> dict:
+    """The config of a model given as a file, a run folder, or None/"shipped"."""
+    return read_config(resolve_model_path(spec))
+
+
 def load_model(path: str | Path | None = None) -> tuple[nn.Module, dict]:
     """Build the architecture named in the file, load its weights strictly, return (model, config).
 
