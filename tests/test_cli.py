@@ -79,6 +79,16 @@ def test_rle_errors_are_clear(tmp_path):
     assert shape.returncode == 2 and "HEIGHTxWIDTH" in shape.stderr
 
 
+def test_log_messages_are_shown_as_written(tmp_path):
+    """The CLI's log handler reads no markup and shows control characters as escapes."""
+    script = ("import logging, sys; from carmask.cli import main_options; main_options(False); "
+              "logging.getLogger('carmask').warning('%s: kept', sys.argv[1])")
+    name = "car[bold]_01.jpg\x1b[2J"
+    result = subprocess.run([sys.executable, "-c", script, name], capture_output=True, text=True)
+    assert "car[bold]_01.jpg\\x1b[2J: kept" in result.stderr
+    assert "\x1b" not in result.stderr
+
+
 def test_synth_then_index_is_clean(tmp_path):
     out = tmp_path / "synth"
     made = carmask("data", "synth", "--out", str(out), "--cars", "2", "--test-cars", "1",

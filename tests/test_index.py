@@ -145,6 +145,20 @@ def test_missing_folder_is_a_clear_error(tmp_path):
     assert "nowhere: data folder does not exist" in result.stderr
 
 
+def test_cli_prints_paths_and_kind_tags_as_they_are(small_real_folder):
+    """Paths are printed as written: no rich markup read in them, control characters escaped."""
+    photo = sorted((small_real_folder / "train").glob("*.jpg"))[0]
+    shutil.copy(photo, small_real_folder / "train" / "photo[bold]_01.jpg")
+    shutil.copy(photo, small_real_folder / "train" / "car\x1b[2J_01.jpg")
+    result = carmask("data", "index", "--data", str(small_real_folder))
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert any(line.endswith("photo[bold]_01.jpg: name does not match <12 hex>_<NN> with NN in "
+                             "01..16 [bad-name]") for line in lines), result.stdout
+    assert any("car\\x1b[2J_01.jpg: name does not match" in line for line in lines)
+    assert "\x1b" not in result.stdout + result.stderr
+
+
 def test_deep_check_decodes_photos(small_real_folder):
     photo = sorted((small_real_folder / "train").glob("*.jpg"))[3]
     data = bytearray(photo.read_bytes())

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.logging import RichHandler
 
-from carmask.cli.common import err
+from carmask.cli.common import err, printable
 from carmask.cli.cutout import cutout, serve
 from carmask.cli.data import data_app, eda
 from carmask.cli.demo import demo
@@ -44,11 +44,17 @@ app.add_typer(submission_app, name="submission")
 def main_options(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each step (INFO).")] = False,
 ) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=err, show_path=False, show_time=False)],
-    )
+    # Log messages hold paths and names from the user's files: never markup, never raw controls.
+    handler = RichHandler(console=err, show_path=False, show_time=False, markup=False)
+    handler.setFormatter(PrintableFormatter("%(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
+
+
+class PrintableFormatter(logging.Formatter):
+    """Shows control characters in a log message as escapes (the traceback, if any, is kept)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
 
 
 def main() -> None:

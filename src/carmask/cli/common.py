@@ -1,5 +1,11 @@
 """Shared pieces of the command line: consoles, the progress bar handed to the library, errors,
-size parsing and the option types several commands use."""
+size parsing and the option types several commands use.
+
+Everything printed comes from the user's files at some point (paths, image names, CSV rows), so
+the consoles never read markup in a string and show control characters as escapes: a photo named
+`car[bold]_01.jpg` prints as itself and a name holding `\x1b[2J` cannot clear the terminal.
+Colour comes only from `styled` parts, which are escaped the same way.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +18,53 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may download weights at 
 import typer
 from rich.console import Console
 from rich.progress import track as rich_track
+from rich.text import Text
 
-console = Console(soft_wrap=True)  # never wrap paths and RLEs mid-line
-err = Console(stderr=True, soft_wrap=True)
+
+def printable(text: object) -> str:
+    """`text` with every unprintable character (controls, line breaks, bidi overrides) written as
+    its Python escape, e.g. ESC as `\\x1b`: what is shown is what the file holds."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+class PlainConsole(Console):
+    """A console that prints every string as plain, printable text: no markup, no :emoji: codes.
+
+    rich turns every str it prints (arguments, table cells, titles) into Text here, so no caller
+    can forget to escape.
+    """
+
+    def render_str(self, text: str, **options) -> Text:
+        options.update(markup=False, emoji=False)
+        return super().render_str(printable(text), **options)
+
+
+console = PlainConsole(soft_wrap=True)  # never wrap paths and RLEs mid-line
+err = PlainConsole(stderr=True, soft_wrap=True)
+
+
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """One line of text from plain parts and (text, style) parts, each made printable."""
+    line = Text()
+    for part in parts:
+        text, style = part if isinstance(part, tuple) else (part, "")
+        line.append(printable(text), style=style)
+    return line
+
+
+def say(*parts: str | tuple[str, str], stderr: bool = False) -> None:
+    """Print one line of `styled` parts on stdout (or stderr)."""
+    (err if stderr else console).print(styled(*parts))
+
+
+def warn(message: str, label: str = "warning:") -> None:
+    """Print `label message` on stderr, the label in yellow."""
+    err.print(styled((label, "yellow"), " ", message))
+
+
 INCOMPLETE = 3  # exit code of a prediction that finished with failed or missing images
 
 DataDir = Annotated[
@@ -33,7 +83,8 @@ def progress(iterable, total=None, description=""):
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    """Print `error: message` on stderr and return the Exit to raise."""
+    err.print(styled(("error:", "bold red"), " ", message))
     return typer.Exit(code)
 
 

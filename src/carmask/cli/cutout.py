@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from carmask.cli.common import INCOMPLETE, ModelOption, console, err, fail, progress
+from carmask.cli.common import INCOMPLETE, ModelOption, console, err, fail, progress, warn
 
 
 def cutout(
@@ -49,7 +49,7 @@ def cutout(
                      if summary.skipped else ""))
     if summary.failed:
         for _, problem in summary.failed:
-            err.print(f"[yellow]skipped[/] {problem}", highlight=False)
+            warn(str(problem), label="skipped")
         raise typer.Exit(INCOMPLETE)
 
 

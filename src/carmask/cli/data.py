@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from carmask.cli.common import DataDir, console, fail, parse_size, progress
+from carmask.cli.common import DataDir, console, fail, parse_size, progress, say
 
 data_app = typer.Typer(help="Index, validate, synthesise or download Carvana data.", no_args_is_help=True)
 
@@ -57,7 +57,7 @@ def data_index(
         for problem in index.problems:
             console.print(str(problem), style="red" if problem.fatal else "yellow", highlight=False)
         if not index.problems:
-            console.print("[green]no problems found[/]")
+            say(("no problems found", "green"))
     if index.fatal:
         raise typer.Exit(1)
 
@@ -86,10 +86,8 @@ def data_synth(
         )
     except ValueError as error:
         raise fail(str(error)) from None
-    console.print(
-        f"wrote {result.images} images of {len(result.train_cars)} train and "
-        f"{len(result.test_cars)} test cars to [bold]{result.root}[/]"
-    )
+    say(f"wrote {result.images} images of {len(result.train_cars)} train and "
+        f"{len(result.test_cars)} test cars to ", (str(result.root), "bold"))
 
 
 @data_app.command("download")
@@ -106,7 +104,7 @@ def data_download(
         path = download_competition(out, files=file)
     except DownloadError as error:
         raise fail(str(error)) from None
-    console.print(f"downloaded to [bold]{path}[/]; next: carmask data index --data {path}")
+    say("downloaded to ", (str(path), "bold"), f"; next: carmask data index --data {path}")
 
 
 def eda(
@@ -119,4 +117,4 @@ def eda(
     if not data.is_dir():
         raise fail(f"{data}: data folder does not exist")
     path = write_eda_report(data, out, track=progress)
-    console.print(f"EDA report: [bold]{path}[/]")
+    say("EDA report: ", (str(path), "bold"))

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from carmask.cli.common import console, fail, progress
+from carmask.cli.common import console, fail, progress, say
 
 
 def demo(
@@ -31,13 +31,13 @@ def demo(
         f"{summary['problems']} problems)"
     )
     console.print(f"EDA report:  {result.eda_report}")
-    status = "[green]OK[/]" if result.check.ok else f"[red]{len(result.check.errors)} problems[/]"
-    console.print(f"submission:  {result.submission} ({result.check.rows} rows of true masks) {status}")
+    status = ("OK", "green") if result.check.ok else (f"{len(result.check.errors)} problems", "red")
+    say(f"submission:  {result.submission} ({result.check.rows} rows of true masks) ", status)
     if result.prediction is not None:
         job, ok = result.prediction, result.prediction_check.ok
-        console.print(f"predicted:   {job.submission} and {job.masks_dir}/ ({job.predicted} test photos, "
-                      f"{job.images_per_second:.1f} images/s, shipped model) "
-                      + ("[green]OK[/]" if ok and job.complete else "[red]problems[/]"))
+        say(f"predicted:   {job.submission} and {job.masks_dir}/ ({job.predicted} test photos, "
+            f"{job.images_per_second:.1f} images/s, shipped model) ",
+            ("OK", "green") if ok and job.complete else ("problems", "red"))
     if result.evaluation is not None:
         console.print(f"evaluation:  {result.evaluation.report} (mean Dice {result.evaluation.dice:.4f} "
                       "on the test photos' true masks)")

@@ -17,6 +17,7 @@ from carmask.cli.common import (
     fail,
     parse_size,
     progress,
+    warn,
 )
 
 
@@ -98,10 +99,10 @@ def predict(
     if masks_dir:
         console.print(f"masks: {masks_dir}")
     if not summary.complete:
-        err.print(
-            f"[yellow]incomplete:[/] {len(summary.failures)} failed, {len(summary.missing)} "
-            f"without a photo; see {out.with_name(out.stem + '.failures.csv') if out else 'the log'}",
-            highlight=False,
+        warn(
+            f"{len(summary.failures)} failed, {len(summary.missing)} without a photo; see "
+            f"{out.with_name(out.stem + '.failures.csv') if out else 'the log'}",
+            label="incomplete:",
         )
         raise typer.Exit(INCOMPLETE)
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from carmask.cli.common import INCOMPLETE, console, err, fail, parse_size
+from carmask.cli.common import INCOMPLETE, console, err, fail, parse_size, say, warn
 
 rle_app = typer.Typer(help="Kaggle run-length encoding (row-major, 1-based).", no_args_is_help=True)
 submission_app = typer.Typer(help="Check and merge Kaggle submission files.", no_args_is_help=True)
@@ -67,14 +67,12 @@ def submission_check(
     for line, message in report.errors:
         err.print(f"{file}:{line if line is not None else '-'}: {message}", highlight=False)
     for warning in report.warnings:
-        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        warn(warning)
     if not report.ok:
         raise fail(f"{len(report.errors)} problem(s) in {file}")
     against = f" against {sample}" if sample else ""
-    console.print(
-        f"[green]OK[/] {file}: {report.rows} rows{against}, "
-        f"{report.rows - report.empty_masks} non-empty masks"
-    )
+    say(("OK", "green"), f" {file}: {report.rows} rows{against}, "
+        f"{report.rows - report.empty_masks} non-empty masks")
 
 
 @submission_app.command("merge")
