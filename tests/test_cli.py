@@ -79,6 +79,19 @@ def test_rle_errors_are_clear(tmp_path):
     assert shape.returncode == 2 and "HEIGHTxWIDTH" in shape.stderr
 
 
+def test_rle_decode_refuses_overflowing_numbers_and_huge_shapes(tmp_path):
+    out = tmp_path / "m.png"
+    huge = carmask("rle", "decode", "99999999999999999999 1", "--out", str(out))
+    assert huge.returncode == 1 and "Traceback" not in huge.stderr
+    assert huge.stderr.strip() == ("error: invalid RLE: token 1 (99999999999999999999) is too "
+                                   "large: the 1280x1918 image has 2455040 pixels")
+    big = carmask("rle", "decode", "1 1", "--shape", "11000x10000", "--out", str(out))
+    assert big.returncode == 1 and "Traceback" not in big.stderr
+    assert big.stderr.strip() == ("error: --shape 11000x10000: mask shape 11000x10000 is "
+                                  "110,000,000 pixels, more than the limit of 100 megapixels")
+    assert not out.exists()
+
+
 def test_log_messages_are_shown_as_written(tmp_path):
     """The CLI's log handler reads no markup and shows control characters as escapes."""
     script = ("import logging, sys; from carmask.cli import main_options; main_options(False); "

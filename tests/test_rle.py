@@ -95,11 +95,28 @@ def test_single_pixel_at_each_corner(row, col):
     ("1  2", "single spaces"),
     (" 1 2", "single spaces"),
     ("1 2\n", "single spaces"),
+    ("99999999999999999999 1", "too large: the 1280x1918 image has 2455040 pixels"),  # > int64
+    ("1 2 5 " + "9" * 40, "too large"),
 ])
 def test_parse_rejects_invalid_rle_with_a_named_problem(encoding, problem):
     with pytest.raises(rle.RLEError, match=problem):
         rle.parse(encoding)
     assert problem in rle.validate(encoding)
+
+
+def test_numbers_too_large_for_64_bits_are_named():
+    assert rle.validate("1 2 5 " + "9" * 40).startswith("token 4 (99999999999999999999...) is")
+    assert rle.validate("7 99999999999999999999").startswith("token 2 (99999999999999999999) is")
+
+
+def test_leading_zeros_do_not_make_a_number_too_large():
+    assert rle.decode("0" * 30 + "2 3", (1, 5)).tolist() == [[False, True, True, True, False]]
+
+
+def test_decode_refuses_a_shape_over_the_pixel_limit():
+    with pytest.raises(ValueError, match="11000x10000 is 110,000,000 pixels, more than the limit"):
+        rle.decode("1 1", (11000, 10000))  # 110 MB: a typo like 100000x100000 would be 10 GB
+    assert rle.decode("1 1", (10000, 10000)).sum() == 1  # exactly at the limit is fine
 
 
 def test_touching_runs_are_valid_though_encode_never_writes_them():

@@ -14,6 +14,10 @@ import re
 import numpy as np
 
 CARVANA_SHAPE: tuple[int, int] = (1280, 1918)  # (height, width)
+# Largest mask decode() will allocate (one byte a pixel): 40x a Carvana mask, far below a typo's
+# 100000x100000 (9 GiB).
+MAX_PIXELS = 100_000_000
+_MAX_DIGITS = 18  # every number of this many digits fits int64, and so does the sum of two
 
 _DIGITS_AND_SPACES = re.compile(r"[0-9]+(?: [0-9]+)*")
 
@@ -51,6 +55,16 @@ def encode(mask: np.ndarray) -> str:
     return " ".join(map(str, pairs.ravel().tolist()))
 
 
+def check_shape(shape: tuple[int, int]) -> None:
+    """Raise ValueError unless `shape` (height, width) is positive and at most MAX_PIXELS."""
+    height, width = shape
+    if height < 1 or width < 1:
+        raise ValueError(f"mask shape {height}x{width}: both sides must be positive")
+    if height * width > MAX_PIXELS:
+        raise ValueError(f"mask shape {height}x{width} is {height * width:,} pixels, more than the "
+                         f"limit of {MAX_PIXELS // 1_000_000} megapixels")
+
+
 def parse(rle: str, shape: tuple[int, int] = CARVANA_SHAPE) -> np.ndarray:
     """Parse and strictly validate an RLE string; return (k, 2) int64 (start, length) pairs.
 
@@ -63,7 +77,10 @@ def parse(rle: str, shape: tuple[int, int] = CARVANA_SHAPE) -> np.ndarray:
         return np.empty((0, 2), dtype=np.int64)
     if not _DIGITS_AND_SPACES.fullmatch(rle):
         raise RLEError(_describe_bad_tokens(rle))
-    tokens = np.array(rle.split(" "), dtype=np.int64)
+    texts = rle.split(" ")
+    if max(map(len, texts)) > _MAX_DIGITS:  # int64 would overflow; no image is that large anyway
+        _refuse_huge_tokens(texts, shape)
+    tokens = np.array(texts, dtype=np.int64)
     if tokens.size % 2:
         raise RLEError(f"odd number of tokens ({tokens.size}): RLE needs 'start length' pairs")
     pairs = tokens.reshape(-1, 2)
@@ -99,7 +116,11 @@ def validate(rle: str, shape: tuple[int, int] = CARVANA_SHAPE) -> str | None:
 
 
 def decode(rle: str, shape: tuple[int, int] = CARVANA_SHAPE) -> np.ndarray:
-    """Decode a Kaggle RLE string into a bool mask of the given (height, width)."""
+    """Decode a Kaggle RLE string into a bool mask of the given (height, width).
+
+    Raises ValueError for a shape over MAX_PIXELS, RLEError (a ValueError) for an invalid RLE.
+    """
+    check_shape(shape)
     pairs = parse(rle, shape)
     total = shape[0] * shape[1]
     if pairs.size == 0:
@@ -116,6 +137,14 @@ def decode(rle: str, shape: tuple[int, int] = CARVANA_SHAPE) -> np.ndarray:
     values = np.zeros(counts.size, dtype=bool)
     values[1::2] = True
     return np.repeat(values, counts).reshape(shape)
+
+
+def _refuse_huge_tokens(texts: list[str], shape: tuple[int, int]) -> None:
+    for position, text in enumerate(texts, start=1):
+        if len(text.lstrip("0")) > _MAX_DIGITS:
+            shown = text if len(text) <= 24 else text[:20] + "..."
+            raise RLEError(f"token {position} ({shown}) is too large: the {shape[0]}x{shape[1]} "
+                           f"image has {shape[0] * shape[1]} pixels")
 
 
 def _describe_bad_tokens(rle: str) -> str:

@@ -38,13 +38,26 @@ def rle_decode(
     from carmask import rle
     from carmask.data.io import save_mask
 
+    size = mask_shape(shape)
     text = sys.stdin.read().strip() if encoding == "-" else encoding.strip()
     try:
-        mask = rle.decode(text, parse_size(shape, "HEIGHTxWIDTH"))
+        mask = rle.decode(text, size)
     except rle.RLEError as error:
         raise fail(f"invalid RLE: {error}") from None
     save_mask(mask, out)
     console.print(f"wrote {out} ({mask.shape[0]}x{mask.shape[1]}, {int(mask.sum())} car pixels)")
+
+
+def mask_shape(text: str) -> tuple[int, int]:
+    """--shape HEIGHTxWIDTH, refused before any work when it is larger than a mask can be."""
+    from carmask import rle
+
+    size = parse_size(text, "HEIGHTxWIDTH")
+    try:
+        rle.check_shape(size)
+    except ValueError as error:
+        raise fail(f"--shape {text}: {error}") from None
+    return size
 
 
 # -- submission ---------------------------------------------------------------------------------
@@ -63,7 +76,7 @@ def submission_check(
         expected = read_sample_names(sample) if sample else None
     except (OSError, SubmissionError) as error:
         raise fail(str(error)) from None
-    report = check_submission(file, expected, shape=parse_size(shape, "HEIGHTxWIDTH"))
+    report = check_submission(file, expected, shape=mask_shape(shape))
     for line, message in report.errors:
         err.print(f"{file}:{line if line is not None else '-'}: {message}", highlight=False)
     for warning in report.warnings:
@@ -97,7 +110,7 @@ def submission_merge(
         missing = merge_submissions(shards, out, expected)
     except (OSError, SubmissionError) as error:
         raise fail(str(error)) from None
-    report = check_submission(out, expected, shape=parse_size(shape, "HEIGHTxWIDTH"))
+    report = check_submission(out, expected, shape=mask_shape(shape))
     for line, message in report.errors[:20]:
         err.print(f"{out}:{line if line is not None else '-'}: {message}", highlight=False)
     if not report.ok:
