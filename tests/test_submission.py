@@ -1,3 +1,4 @@
+import csv
 import os
 import random
 import signal
@@ -14,7 +15,7 @@ import pytest
 from carmask import rle, submission
 from carmask.data.io import read_mask
 from carmask.submission import (SubmissionError, SubmissionWriter, check_submission,
-                                read_sample_names, write_submission)
+                                merge_submissions, read_sample_names, write_submission)
 
 SHAPE = (1280, 1918)
 
@@ -208,6 +209,15 @@ def corrupt(lines: list[str], kind: str) -> tuple[list[str], int | None, str]:
     if kind == "blank-line":
         out.insert(row, "")
         return out, row + 1, "blank line"
+    if kind == "huge-number":  # more than 64 bits
+        out[row] = f"{name},99999999999999999999 1"
+        return out, row + 1, "token 1 (99999999999999999999) is too large"
+    if kind == "three-fields":
+        out[row] = f"{name},{encoding},{encoding}"
+        return out, row + 1, "expected 'img,rle_mask', got 3 field(s)"
+    if kind == "unclosed-quote":
+        out[row] = f'{name},"{encoding}'
+        return out, row + 1, "not a CSV row"
     if kind == "column-major-garbage":
         out[row] = f"{name},{encoding.replace(' ', ';')}"
         return out, row + 1, "not a non-negative integer"
@@ -216,7 +226,8 @@ def corrupt(lines: list[str], kind: str) -> tuple[list[str], int | None, str]:
 
 CORRUPTIONS = ["header", "no-header", "missing-row", "duplicate", "extra", "odd-tokens",
                "non-integer", "zero-length", "negative", "unsorted", "overlap", "past-the-end",
-               "no-comma", "blank-line", "column-major-garbage"]
+               "no-comma", "blank-line", "column-major-garbage", "huge-number", "three-fields",
+               "unclosed-quote"]
 
 
 @pytest.mark.parametrize("kind", CORRUPTIONS)
@@ -259,3 +270,73 @@ def test_real_sample_submission_names(carvana):
     names = read_sample_names(carvana / "sample_submission.csv")
     assert len(names) == 100064 and len(set(names)) == 100064
     assert {p.name for p in (carvana / "test").glob("*.jpg")} <= set(names)
+
+
+def quoted_copy(source: Path, target: Path, blank_lines: int = 1) -> Path:
+    """The same CSV as a spreadsheet would save it: every field quoted, CRLF, blank line(s) last."""
+    with open(source, newline="") as file, open(target, "w", newline="") as out:
+        csv.writer(out, quoting=csv.QUOTE_ALL).writerows(csv.reader(file))
+        out.write("\r\n" * blank_lines)
+    return target
+
+
+def test_quoted_fields_and_blank_lines_at_the_end_are_accepted(valid_csv, real_masks, tmp_path):
+    """Kaggle reads CSV as the csv module does: check, sample names and merge all agree."""
+    quoted = quoted_copy(valid_csv, tmp_path / "quoted.csv", blank_lines=2)
+    assert quoted.read_text().startswith('"img","rle_mask"\n')
+    report = check_submission(quoted, list(real_masks))
+    assert report.ok and report.rows == len(real_masks), report.errors
+    assert read_sample_names(quoted) == list(real_masks)
+    result = subprocess.run([sys.executable, "-m", "carmask", "submission", "check", str(quoted),
+                             "--sample", str(quoted)], capture_output=True, text=True)
+    assert result.returncode == 0 and f"OK {quoted}: 24 rows" in result.stdout, result.stderr
+
+    # Two quoted shards merge into the plain file the writer makes.
+    lines = csv_lines(valid_csv)
+    shards = []
+    for number, rows in enumerate((lines[1:10], lines[10:])):
+        plain = tmp_path / f"plain{number}.csv"
+        plain.write_text("\n".join([lines[0], *rows]) + "\n")
+        shards.append(quoted_copy(plain, tmp_path / f"shard{number}.csv"))
+    merged = tmp_path / "merged.csv"
+    assert merge_submissions(shards, merged, list(real_masks)) == []
+    assert merged.read_bytes() == valid_csv.read_bytes()
+
+
+def test_merge_names_the_line_of_a_malformed_row(valid_csv, real_masks, tmp_path):
+    lines, number, message = corrupt(csv_lines(valid_csv), "unclosed-quote")
+    shard = tmp_path / "shard.csv"
+    shard.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SubmissionError, match=f"shard.csv:{number}: {message}"):
+        merge_submissions([shard], tmp_path / "merged.csv", list(real_masks))
+
+
+def carmask(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "carmask", *args], capture_output=True, text=True)
+
+
+def test_cli_check_escapes_control_characters_in_names(valid_csv, tmp_path):
+    lines = csv_lines(valid_csv)
+    sneaky = tmp_path / "sneaky.csv"
+    sneaky.write_text("\n".join([*lines, "car\x1b[2J[bold]_01.jpg,1 1"]) + "\n")
+    sample = tmp_path / "sample.csv"
+    sample.write_text("\n".join(lines) + "\n")
+    result = carmask("submission", "check", str(sneaky), "--sample", str(sample))
+    assert result.returncode == 1
+    assert (f"{sneaky}:26: car\\x1b[2J[bold]_01.jpg: not an image of the sample submission"
+            in result.stderr.splitlines())
+    assert "\x1b" not in result.stderr + result.stdout
+
+
+def test_cli_files_that_are_not_utf8_are_one_line_errors(valid_csv, tmp_path):
+    lines = valid_csv.read_bytes().split(b"\n")
+    latin = tmp_path / "latin1.csv"
+    latin.write_bytes(b"\n".join([*lines[:3], b"voiture_caf\xe9.jpg,1 1", *lines[3:]]))
+    for args in (("submission", "check", str(valid_csv), "--sample", str(latin)),
+                 ("submission", "check", str(latin)),
+                 ("submission", "merge", str(latin), "--sample", str(valid_csv),
+                  "--out", str(tmp_path / "merged.csv"))):
+        result = carmask(*args)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.splitlines() == [
+            f"error: {latin}:4: not UTF-8 text (byte 0xe9 at column 12); is this really a CSV file?"]

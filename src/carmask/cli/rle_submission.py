@@ -72,11 +72,12 @@ def submission_check(
     """Validate a submission: header, every expected image exactly once, every RLE valid."""
     from carmask.submission import SubmissionError, check_submission, read_sample_names
 
+    size = mask_shape(shape)
     try:
         expected = read_sample_names(sample) if sample else None
+        report = check_submission(file, expected, shape=size)
     except (OSError, SubmissionError) as error:
         raise fail(str(error)) from None
-    report = check_submission(file, expected, shape=mask_shape(shape))
     for line, message in report.errors:
         err.print(f"{file}:{line if line is not None else '-'}: {message}", highlight=False)
     for warning in report.warnings:
@@ -105,12 +106,13 @@ def submission_merge(
         read_sample_names,
     )
 
+    size = mask_shape(shape)
     try:
         expected = read_sample_names(sample)
         missing = merge_submissions(shards, out, expected)
+        report = check_submission(out, expected, shape=size)
     except (OSError, SubmissionError) as error:
         raise fail(str(error)) from None
-    report = check_submission(out, expected, shape=mask_shape(shape))
     for line, message in report.errors[:20]:
         err.print(f"{out}:{line if line is not None else '-'}: {message}", highlight=False)
     if not report.ok:
