@@ -159,6 +159,53 @@ def test_cli_prints_paths_and_kind_tags_as_they_are(small_real_folder):
     assert "\x1b" not in result.stdout + result.stderr
 
 
+def test_broken_links_are_problems_naming_the_link(small_real_folder):
+    train = small_real_folder / "train"
+    loop = train / f"{BAD}_01.jpg"
+    loop.symlink_to(loop.name)  # a link to itself
+    dangling = train / f"{BAD}_02.jpg"
+    dangling.symlink_to(small_real_folder / "gone.jpg")
+    mask = small_real_folder / "train_masks" / f"{BAD}_03_mask.gif"
+    mask.symlink_to(small_real_folder / "gone.gif")
+    index = index_dataset(small_real_folder, check_pixels=False)
+    broken = {p.path: p.message for p in index.problems if p.kind == "broken-link"}
+    assert set(broken) == {loop, dangling, mask}
+    assert "Too many levels of symbolic links" in broken[loop]
+    assert f"its target {small_real_folder / 'gone.jpg'} does not exist" in broken[dangling]
+    assert all(p.fatal for p in index.problems if p.kind == "broken-link")
+    result = carmask("data", "index", "--data", str(small_real_folder))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"error: {loop}: symbolic link that leads to no file" in result.stdout
+
+
+def write_metadata(root: Path, *rows: str) -> None:
+    (root / "metadata.csv").write_text("".join(f"{row}\n" for row in rows))
+
+
+def test_metadata_problems_are_named_with_their_line(small_real_folder):
+    root = small_real_folder
+    lines = (root / "metadata.csv").read_text().splitlines()
+    cars = sorted({p.name[:12] for p in (root / "train").glob("*.jpg")})
+    first, second = (next(line for line in lines if car in line) for car in cars)
+    make = first.split(",")[2].strip('"')
+    renamed = first.replace(first.split(",")[2], '"Make Two"')
+    write_metadata(root, lines[0], first, renamed, second + ',"one too many"')
+    index = index_dataset(root, check_pixels=False)
+    found = {(p.kind, p.fatal): p.message for p in index.problems if p.kind != "missing-metadata"}
+    assert found == {
+        ("conflicting-metadata", False): f"line 3: car {cars[0]} is also on line 2 with other "
+                                         f"values (make {make!r} vs 'Make Two'); line 2 is used",
+        ("bad-row", False): f"line 4 (car {cars[1]}) has 7 fields, the header has 6: row skipped",
+    }
+    assert not [p for p in index.problems if cars[1] in p.message and p.kind != "bad-row"]
+    assert {r.make for r in index.train if r.car_id == cars[0]} == {make}  # the first row wins
+
+    write_metadata(root)  # empty
+    result = carmask("data", "index", "--data", str(root))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"error: {root / 'metadata.csv'}: metadata.csv is empty" in result.stdout
+
+
 def test_deep_check_decodes_photos(small_real_folder):
     photo = sorted((small_real_folder / "train").glob("*.jpg"))[3]
     data = bytearray(photo.read_bytes())

@@ -7,10 +7,12 @@ decode.
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import re
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,7 +136,7 @@ def index_dataset(
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: data folder does not exist")
     problems: list[Problem] = []
-    metadata = _read_metadata(root / "metadata.csv", problems)
+    metadata, reported_cars = _read_metadata(root / "metadata.csv", problems)
 
     train_images = _scan_images(root / "train", problems)
     test_images = _scan_images(root / "test", problems)
@@ -167,7 +169,7 @@ def index_dataset(
     index = DataIndex(root, make_records(train_images, "train"), make_records(test_images, "test"),
                       problems, pd.DataFrame.from_dict(metadata, orient="index") if metadata else None)
     if metadata is not None:
-        missing = sorted({r.car_id for r in index.records} - metadata.keys())
+        missing = sorted({r.car_id for r in index.records} - metadata.keys() - reported_cars)
         for car in missing:
             problems.append(Problem(root / "metadata.csv", "missing-metadata",
                                     f"car {car} has no row", fatal=False))
@@ -176,36 +178,109 @@ def index_dataset(
     return index
 
 
-def _read_metadata(path: Path, problems: list[Problem]) -> dict[str, dict] | None:
+def _read_metadata(path: Path, problems: list[Problem]) -> tuple[dict[str, dict] | None, set[str]]:
+    """Rows of metadata.csv by car id, and the cars whose rows were reported as bad.
+
+    Read with the csv module, a row at a time, so a bad row is named by its line and the rest of
+    the file still counts; a car listed twice keeps its first row.
+    """
     if not path.is_file():
         problems.append(Problem(path, "missing-file", "metadata.csv not found: makes and years "
                                 "will be unknown", fatal=False))
-        return None
+        return None, set()
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        problems.append(Problem(path, "unreadable", f"cannot parse CSV ({error})"))
-        return None
-    missing = {"id", *METADATA_COLUMNS} - set(frame.columns)
+        with open(path, encoding="utf-8-sig", newline="") as file:
+            lines = [(number, row) for number, row in _csv_rows(file) if row]
+    except (UnicodeDecodeError, csv.Error, OSError) as error:
+        reason = "not UTF-8 text" if isinstance(error, UnicodeDecodeError) else str(error)
+        problems.append(Problem(path, "unreadable", f"cannot read metadata.csv: {reason}"))
+        return None, set()
+    if not lines:
+        problems.append(Problem(path, "unreadable", "metadata.csv is empty: expected the header "
+                                f"id,{','.join(METADATA_COLUMNS)} and a row per car"))
+        return None, set()
+    header = [name.strip() for name in lines[0][1]]
+    missing = {"id", *METADATA_COLUMNS} - set(header)
     if missing:
         problems.append(Problem(path, "bad-columns", f"missing columns: {', '.join(sorted(missing))}"))
-        return None
+        return None, set()
+    column = {name: header.index(name) for name in ("id", *METADATA_COLUMNS)}
     rows: dict[str, dict] = {}
-    for row in frame.itertuples(index=False):
-        year = int(float(row.year)) if row.year.strip().replace(".", "", 1).isdigit() else None
-        rows[row.id] = {"year": year, "make": row.make, "model": row.model,
-                        "trim1": row.trim1, "trim2": row.trim2}
-    return rows
+    first_line: dict[str, int] = {}
+    reported: set[str] = set()  # cars with a bad row: "has no row" would mislead for them
+
+    def warn(kind: str, message: str) -> None:
+        problems.append(Problem(path, kind, message, fatal=False))
+
+    for number, fields in lines[1:]:
+        car = fields[column["id"]].strip() if len(fields) > column["id"] else ""
+        if len(fields) != len(header):
+            warn("bad-row", f"line {number} (car {car or '?'}) has {len(fields)} fields, the "
+                            f"header has {len(header)}: row skipped")
+            reported.add(car)
+            continue
+        values = {name: fields[at] for name, at in column.items() if name != "id"}
+        year = values["year"].strip()
+        values["year"] = int(float(year)) if year.replace(".", "", 1).isdigit() else None
+        if car in rows:
+            if rows[car] != values:
+                changed = ", ".join(f"{key} {rows[car][key]!r} vs {values[key]!r}"
+                                    for key in values if values[key] != rows[car][key])
+                warn("conflicting-metadata", f"line {number}: car {car} is also on line "
+                                             f"{first_line[car]} with other values ({changed}); "
+                                             f"line {first_line[car]} is used")
+            else:
+                warn("duplicate-metadata", f"line {number}: car {car} repeats line {first_line[car]}")
+            continue
+        rows[car], first_line[car] = values, number
+    return rows, reported
+
+
+def _csv_rows(file) -> Iterator[tuple[int, list[str]]]:
+    """(line number where the row starts, fields) for each row of an open CSV file."""
+    reader = csv.reader(file)
+    start = 1
+    for row in reader:
+        yield start, row
+        start = reader.line_num + 1
+
+
+def _entries(folder: Path, problems: list[Problem]) -> list[os.DirEntry]:
+    """A folder's entries sorted by name; none when it is absent or cannot be listed."""
+    if not folder.is_dir():
+        return []
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(entries, key=lambda e: e.name)
+    except OSError as error:
+        problems.append(Problem(folder, "unreadable", f"cannot list the folder: {error.strerror}"))
+        return []
+
+
+def _is_file(entry: os.DirEntry, problems: list[Problem], report: bool) -> bool:
+    """Whether `entry` is a file or a link to one. A link that leads to no file (its target is
+    missing, or links loop) is a problem when `report`: its name says it should be data."""
+    try:
+        if entry.is_file():
+            return True
+        if not entry.is_symlink() or os.path.exists(entry.path):
+            return False  # a folder, or a link to one
+        reason = f"its target {os.readlink(entry.path)} does not exist"
+    except OSError as error:  # ELOOP, from a link that points back at itself
+        reason = error.strerror or str(error)
+    if report:
+        problems.append(Problem(Path(entry.path), "broken-link",
+                                f"symbolic link that leads to no file: {reason}"))
+    return False
 
 
 def _scan_images(folder: Path, problems: list[Problem]) -> dict[str, Path]:
     found: dict[str, Path] = {}
-    if not folder.is_dir():
-        return found
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+    for entry in _entries(folder, problems):
         path = Path(entry.path)
         stem, suffix = os.path.splitext(entry.name)
-        if not entry.is_file() or suffix.lower() not in IMAGE_SUFFIXES:
+        is_image = suffix.lower() in IMAGE_SUFFIXES
+        if not is_image or not _is_file(entry, problems, report=True):
             continue
         if not NAME_PATTERN.match(stem):
             problems.append(Problem(path, "bad-name",
@@ -220,14 +295,13 @@ def _scan_images(folder: Path, problems: list[Problem]) -> dict[str, Path]:
 
 def _scan_masks(folder: Path, problems: list[Problem]) -> dict[str, Path]:
     found: dict[str, Path] = {}
-    if not folder.is_dir():
-        return found
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if not entry.is_file():
+    for entry in _entries(folder, problems):
+        is_mask = entry.name.lower().endswith((".gif", ".png"))
+        if not _is_file(entry, problems, report=is_mask):
             continue
         path = Path(entry.path)
         if not entry.name.endswith(MASK_SUFFIX):
-            if entry.name.lower().endswith((".gif", ".png")):
+            if is_mask:
                 problems.append(Problem(path, "bad-name", f"mask names end in {MASK_SUFFIX}"))
             continue
         stem = entry.name[: -len(MASK_SUFFIX)]
