@@ -28,7 +28,8 @@ def data_index(
     """Discover a Kaggle folder, join metadata.csv, check every file and print a summary.
 
     Exits 1 when a fatal problem is found (missing or orphan masks, wrong sizes, masks that are
-    not binary or have several frames, unreadable or truncated files, bad names, duplicate ids).
+    not binary or have several frames, unreadable or truncated files, links that lead nowhere,
+    bad names, duplicate ids, an unreadable metadata.csv).
     """
     from carmask.data.layout import index_dataset
 
