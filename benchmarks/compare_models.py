@@ -46,7 +46,7 @@ def main() -> None:
     size = tuple(int(v) for v in args.size.split("x"))
     rows = []
     for info in list_models():
-        if args.models and info.name not in args.models:
+        if (args.models and info.name not in args.models) or info.role != "segmenter":
             continue
         train_size = info.default_size if info.fixed_size else size
         out = OUTPUT / "compare" / info.name

@@ -154,6 +154,9 @@ def train(config: TrainConfig, progress_bar: bool = True) -> dict:
     """Train, export the best weights to `out/model.safetensors`, return the summary."""
     _log_lightning_once()
     info = model_info(config.model)
+    if info.role != "segmenter":
+        raise ValueError(f"{info.name} refines a coarse model's outline: train it with "
+                         "`carmask train-refiner`")
     size = tuple(config.size or info.default_size)
     if info.fixed_size and size != info.default_size:
         raise ValueError(f"{info.name} only works at {info.default_size[0]}x{info.default_size[1]}")

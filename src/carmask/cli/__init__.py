@@ -17,6 +17,7 @@ from carmask.cli.data import data_app, eda
 from carmask.cli.demo import demo
 from carmask.cli.models import export, models, train
 from carmask.cli.predict import evaluate, predict
+from carmask.cli.refine import train_refiner
 from carmask.cli.rle_submission import rle_app, submission_app
 
 app = typer.Typer(
@@ -31,6 +32,7 @@ app.add_typer(data_app, name="data")
 app.command("eda")(eda)
 app.command("models")(models)
 app.command("train")(train)
+app.command("train-refiner")(train_refiner)
 app.command("predict")(predict)
 app.command("evaluate")(evaluate)
 app.command("export")(export)

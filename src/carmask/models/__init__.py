@@ -34,6 +34,9 @@ class ModelInfo:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     notes: str = field(default="", compare=False)
+    # "segmenter": photo → mask; "refiner": photo tile + coarse logit → logit (carmask.refine),
+    # trained by `carmask train-refiner`, not `carmask train`.
+    role: str = "segmenter"
 
     @property
     def takes_pretrained(self) -> bool:
