@@ -157,6 +157,14 @@ def test_cli_prints_paths_and_kind_tags_as_they_are(small_real_folder):
                              "01..16 [bad-name]") for line in lines), result.stdout
     assert any("car\\x1b[2J_01.jpg: name does not match" in line for line in lines)
     assert "\x1b" not in result.stdout + result.stderr
+    shutil.copy(photo, small_real_folder / "train" / "car\x9b\u202e_02.jpg")  # C1 CSI, bidi
+    plain = carmask("data", "index", "--data", str(small_real_folder))
+    assert "car\\x9b\\u202e_02.jpg: name does not match" in plain.stdout
+    as_json = carmask("data", "index", "--data", str(small_real_folder), "--json")
+    listed = {p["path"] for p in json.loads(as_json.stdout)["problem_list"]}
+    assert str(small_real_folder / "train" / "car\x9b\u202e_02.jpg") in listed
+    for output in (plain.stdout, as_json.stdout):
+        assert not {"\x1b", "\x9b", "\u202e"} & set(output)
 
 
 def test_broken_links_are_problems_naming_the_link(small_real_folder):

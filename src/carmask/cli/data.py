@@ -43,7 +43,8 @@ def data_index(
             {"path": str(p.path), "kind": p.kind, "message": p.message, "fatal": p.fatal}
             for p in index.problems
         ]
-        console.print_json(json.dumps(summary))
+        # ASCII: a path's unprintable characters (bidi marks, C1 controls) arrive as \u escapes.
+        console.print_json(json.dumps(summary), ensure_ascii=True)
     else:
         table = Table(title=f"Carvana data in {data}", show_header=False)
         for key, value in summary.items():
