@@ -80,3 +80,53 @@ def shipped_predictor():
     """The shipped model on onnxruntime, loaded once for the session."""
     from carmask.predict import Predictor
     return Predictor(backend="onnx")
+
+
+def bomb_png(width: int = 30_000, height: int = 30_000) -> bytes:
+    """A tiny PNG whose header claims width x height pixels: a decompression bomb."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+def sideways_jpeg(photo: Path, out: Path) -> Path:
+    """`photo` stored turned a quarter left, with EXIF orientation 6 ("turn it right to view"):
+    what a camera held upright writes. Viewers, and carmask, show the original."""
+    from PIL import Image
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    with Image.open(photo) as image:
+        image.transpose(Image.Transpose.ROTATE_90).save(out, quality=95, exif=exif.tobytes())
+    return out
+
+
+@pytest.fixture
+def bad_photos(held_out, tmp_path) -> dict[str, Path]:
+    """A folder of photos that have fooled readers, named by what they are; the good ones are
+    the held-out photo in disguise."""
+    from PIL import Image
+    folder = tmp_path / "bad_photos"
+    folder.mkdir()
+    data = held_out[0].read_bytes()
+    files = {
+        "sideways": sideways_jpeg(held_out[0], folder / "sideways.jpg"),
+        "half": folder / "half.jpg",  # a JPEG cut in half
+        "half_with_end": folder / "half_with_end.jpg",  # ... with its end-of-image marker put back
+        "bomb": folder / "bomb.png",
+        "empty": folder / "empty.jpg",
+        "text": folder / "notes.jpg",
+        "png_named_jpg": folder / "png_inside.jpg",
+    }
+    files["half"].write_bytes(data[: len(data) // 2])
+    files["half_with_end"].write_bytes(data[: len(data) // 2] + b"\xff\xd9")
+    files["bomb"].write_bytes(bomb_png())
+    files["empty"].write_bytes(b"")
+    files["text"].write_text("these are not the photos you are looking for\n")
+    with Image.open(held_out[0]) as image:
+        image.save(files["png_named_jpg"], format="PNG")
+    return files

@@ -59,6 +59,14 @@ def test_a_bad_background_names_itself(tmp_path):
         parse_background(str(tmp_path / "notes.png"), allow_files=False)
 
 
+@pytest.mark.parametrize("spec", ["rgb(300,0,0)", "rgb(0,256,0)", "rgb(0,0,999)"])
+def test_colour_components_out_of_range_are_refused(spec):
+    # Pillow parses these, and the 8-bit picture would wrap 300 round to 44
+    with pytest.raises(CutoutError, match=r"colour components must be 0\.\.255"):
+        parse_background(spec)
+    assert parse_background("rgb(255,0,0)").color == (255, 0, 0)
+
+
 @pytest.mark.parametrize("shape", [(10, 100, 3), (100, 10, 3), (37, 53, 3)])
 def test_cover_fills_exactly_and_keeps_the_centre(shape):
     image = np.zeros(shape, np.uint8)
@@ -192,3 +200,20 @@ def test_cli_cutout_white_jpg_with_shadow(photos, tmp_path):
     assert partial.exit_code == 3 and "cut_short.jpg" in partial.output
     missing = runner.invoke(app, ["cutout", str(tmp_path / "nowhere"), "--out", str(out)])
     assert missing.exit_code == 1 and "no such file, folder or glob" in missing.output
+
+
+def test_a_sideways_photo_is_cut_out_as_displayed_and_bad_ones_named(shipped_predictor, bad_photos,
+                                                                     held_out, tmp_path):
+    """EXIF orientation 6 is cut out upright; a pixel bomb, an empty and a text file are
+    failures that name the file and say what it is, and the photos after them are still cut."""
+    inputs = [bad_photos[k] for k in ("bomb", "empty", "text", "half_with_end", "sideways")]
+    summary = cutout_files(shipped_predictor, inputs, tmp_path / "out")
+    assert [p.name for p in summary.written] == ["sideways.png"]
+    failed = {path.name: problem for path, problem in summary.failed}
+    assert sorted(failed) == ["bomb.png", "empty.jpg", "half_with_end.jpg", "notes.jpg"]
+    assert all(str(bad_photos["bomb"].parent / name) in problem for name, problem in failed.items())
+    assert "megapixels" in failed["bomb.png"] and "empty file" in failed["empty.jpg"]
+    assert "not an image" in failed["notes.jpg"] and "truncated" in failed["half_with_end.jpg"]
+    cut = Image.open(summary.written[0])
+    assert cut.size == (1918, 1280)  # as displayed; stored it is 1280 wide
+    assert dice_and_iou(np.asarray(cut)[..., 3] > 127, read_mask(held_out[1]))[0] >= 0.98

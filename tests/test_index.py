@@ -225,6 +225,38 @@ def test_deep_check_decodes_photos(small_real_folder):
     assert [(p.kind, p.path) for p in index.problems] == [("unreadable", photo)]
 
 
+def test_deep_check_finds_data_cut_short_and_every_check_says_what_a_file_is(small_real_folder):
+    """A JPEG cut in half with its end marker put back passes the end check, but not --deep; a
+    PNG named .jpg is a photo like any other; empty, text and bomb files are named as such."""
+    from conftest import bomb_png
+    train, test = small_real_folder / "train", small_real_folder / "test"
+    photos = sorted(train.glob("*.jpg"))
+    data = photos[2].read_bytes()
+    photos[2].unlink()
+    photos[2].write_bytes(data[: len(data) // 2] + b"\xff\xd9")
+    png = photos[5]
+    photos[5].unlink()
+    Image.open(photos[6]).save(png, format="PNG")
+    tests = sorted(test.glob("*.jpg"))
+    for path, content in zip(tests, (b"", b"a note, not a photo\n")):
+        path.unlink()
+        path.write_bytes(content)
+    bomb = test / f"{BAD}_03.jpg"
+    bomb.write_bytes(bomb_png())
+    unreadable = {tests[0]: "empty file (0 bytes)", tests[1]: "not an image (it looks like text",
+                  bomb: "30000x30000 is 900.0 megapixels"}
+    for deep in (False, True):
+        problems = {p.path: p for p in index_dataset(small_real_folder, deep=deep).problems
+                    if p.kind != "missing-metadata"}
+        for path, what in unreadable.items():
+            problem = problems.pop(path)
+            assert problem.kind == "unreadable" and what in problem.message, problem
+        if deep:
+            cut = problems.pop(photos[2])
+            assert cut.kind == "truncated" and "premature end" in cut.message
+        assert not problems, problems  # the PNG named .jpg is fine
+
+
 def test_read_mask_errors_name_the_file(tmp_path):
     path = tmp_path / "x_mask.png"
     Image.fromarray(np.array([[0, 7]], np.uint8)).save(path)

@@ -13,7 +13,7 @@ import pytest
 
 from carmask.data.io import read_mask
 from carmask.data.layout import index_dataset
-from carmask.evaluate import evaluate
+from carmask.evaluate import dice_and_iou, evaluate
 from carmask.predict import Predictor
 from carmask.submission import check_submission, read_sample_names
 
@@ -168,3 +168,81 @@ def test_predict_needs_an_input_and_an_output(tmp_path):
     missing = carmask("predict", "--images", "x.jpg", "--model", str(tmp_path / "none.safetensors"),
                       "--out", str(tmp_path / "s.csv"))
     assert missing.returncode == 1 and "none.safetensors: no such model file" in missing.stderr
+
+
+# -- photos as a viewer shows them, and photos that are not what they seem -----------------------
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_read_photo_shows_every_exif_orientation_as_pillow_does(carvana, held_out, orientation):
+    import io
+
+    from PIL import Image, ImageOps
+
+    from carmask.data.io import read_photo
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.open(held_out[0]).resize((96, 64)).save(buffer, "JPEG", quality=95, exif=exif.tobytes())
+    shown = np.asarray(ImageOps.exif_transpose(Image.open(buffer)).convert("RGB"))
+    photo = read_photo(buffer.getvalue(), name="upload.jpg")
+    assert photo.size == shown.shape[:2] and np.array_equal(photo.pixels, shown)
+    reduced = read_photo(buffer.getvalue(), reduce=2)
+    half = (shown.shape[0] // 2, shown.shape[1] // 2)
+    assert reduced.size == shown.shape[:2] and reduced.pixels.shape[:2] == half
+
+
+def test_bad_photos_are_listed_with_what_they_are_and_the_good_ones_predicted(
+        shipped_predictor, bad_photos, held_out, tmp_path):
+    """The job of `predict --out --masks-dir`: a sideways-stored (EXIF) photo gets its mask as
+    displayed; truncated photos, a pixel bomb, an empty and a text file are failures that say
+    what they are; a PNG named .jpg is simply read; nothing is left behind."""
+    from carmask.predict import run_prediction
+
+    truth = read_mask(held_out[1])
+    names = ["half.jpg", "bomb.png", "sideways.jpg", "half_with_end.jpg", "empty.jpg", "notes.jpg",
+             "png_inside.jpg"]
+    photos = {path.name: path for path in bad_photos.values()}
+    out = tmp_path / "job" / "sub.csv"
+    out.parent.mkdir()
+    summary = run_prediction(shipped_predictor, photos, names, submission=out,
+                             masks_dir=tmp_path / "job" / "masks")
+    failures = dict(summary.failures)
+    assert sorted(failures) == ["bomb.png", "empty.jpg", "half.jpg", "half_with_end.jpg", "notes.jpg"]
+    for name, problem in failures.items():
+        assert name in problem  # the file is named
+    assert "truncated" in failures["half.jpg"] and "truncated" in failures["half_with_end.jpg"]
+    assert "30000x30000" in failures["bomb.png"] and "refused before decoding" in failures["bomb.png"]
+    assert "empty file (0 bytes)" in failures["empty.jpg"]
+    assert "not an image (it looks like text" in failures["notes.jpg"]
+    listed = (tmp_path / "job" / "sub.failures.csv").read_text()
+    assert all(name in listed for name in failures)
+    assert summary.predicted == 2 and not summary.complete
+    masks = tmp_path / "job" / "masks"
+    assert sorted(p.name for p in masks.iterdir()) == ["png_inside_mask.png", "sideways_mask.png"]
+    sideways = read_mask(masks / "sideways_mask.png")
+    assert sideways.shape == truth.shape  # the displayed 1918x1280, not the stored 1280x1918
+    assert dice_and_iou(sideways, truth)[0] > 0.98
+    assert dice_and_iou(read_mask(masks / "png_inside_mask.png"), truth)[0] > 0.98
+    # a crash used to leave an empty spool; the rows kept for --resume are not empty
+    assert all(p.stat().st_size for p in out.parent.iterdir() if p.is_file())
+
+
+def test_cli_lists_truncated_photos_and_bombs_and_exits_3(model, test_folder, tmp_path):
+    from conftest import bomb_png
+    data = tmp_path / "data"
+    shutil.copytree(test_folder, data)
+    photos = sorted((data / "test").glob("*.jpg"))
+    whole = photos[0].read_bytes()
+    photos[0].write_bytes(whole[: len(whole) // 2])  # decoders would fill the rest with grey
+    photos[1].write_bytes(whole[: len(whole) // 2] + b"\xff\xd9")
+    photos[2].write_bytes(bomb_png())
+    out = tmp_path / "out" / "sub.csv"
+    out.parent.mkdir()
+    result = carmask("predict", "--data", str(data), "--model", str(model), "--out", str(out))
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr and "incomplete: 3 failed" in result.stderr
+    listed = (out.parent / "sub.failures.csv").read_text().splitlines()[1:]
+    failures = dict(line.split(",", 1) for line in listed)
+    assert sorted(failures) == sorted(p.name for p in photos[:3])
+    assert all(p.stat().st_size for p in out.parent.iterdir())  # no empty spool from a crash
+    report = check_submission(out, read_sample_names(data / "sample_submission.csv"), shape=(128, 192))
+    assert report.ok and report.empty_masks == 3

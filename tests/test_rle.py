@@ -126,3 +126,21 @@ def test_touching_runs_are_valid_though_encode_never_writes_them():
 def test_runs_rejects_non_2d():
     with pytest.raises(ValueError, match="2-D"):
         rle.encode(np.zeros((2, 2, 2), bool))
+
+
+def test_encode_reads_the_mask_from_the_alpha_channel_of_a_cutout(carvana, tmp_path):
+    """An RGBA PNG whose mask is its alpha (a cut-out) was read by its colours: all car."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from carmask.cli import app
+    truth = read_mask(carvana / "train_masks" / "00087a6bd4dc_01_mask.gif")
+    rgba = np.full(truth.shape + (4,), 255, np.uint8)
+    rgba[..., 3] = truth * 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cutout.png")
+    rgba[..., :3], rgba[..., 3] = (truth * 255)[..., None], 255  # opaque: the colours are the mask
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "opaque.png")
+    for name in ("cutout.png", "opaque.png"):
+        assert np.array_equal(read_mask(tmp_path / name), truth), name
+        result = CliRunner().invoke(app, ["rle", "encode", str(tmp_path / name)])
+        assert result.exit_code == 0 and result.output.strip() == rle.encode(truth), name

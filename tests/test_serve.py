@@ -68,6 +68,14 @@ def test_mask_png_and_rle_agree_with_the_truth(client, photo):
     assert np.array_equal(decode(rle["rle"], (1280, 1918)), mask)
 
 
+def test_a_sideways_stored_photo_gets_its_mask_as_displayed(client, photo, held_out, tmp_path):
+    from conftest import sideways_jpeg
+    sideways = sideways_jpeg(held_out[0], tmp_path / "sideways.jpg").read_bytes()
+    png = client.post("/v1/mask", files={"image": ("car.jpg", sideways)})
+    assert png.status_code == 200 and png.headers["x-image-size"] == "1918x1280"
+    assert dice_and_iou(png_mask(png), photo[1])[0] >= 0.98
+
+
 def test_cutouts_transparent_colour_and_image(client, photo):
     data, truth = photo
     transparent = client.post("/v1/cutout", files={"image": ("car.jpg", data)})
@@ -113,6 +121,9 @@ BAD_UPLOADS = {
     "empty": (lambda photo: b"", 400, "empty_body"),
     "text": (lambda photo: b"this is not a photo", 415, "not_an_image"),
     "truncated": (lambda photo: photo[: len(photo) // 2], 400, "truncated_image"),
+    # libjpeg only warns of this one, and fills the missing half with grey
+    "truncated, end marker put back": (lambda photo: photo[: len(photo) // 2] + b"\xff\xd9", 400,
+                                       "truncated_image"),
     "bomb": (lambda photo: bomb_png(), 413, "too_many_pixels"),
     "many pixels": (lambda photo: big_but_valid_png(), 413, "too_many_pixels"),
     "many bytes": (lambda photo: photo + bytes(LIMITS.max_bytes), 413, "too_large"),
@@ -131,6 +142,7 @@ def test_bad_uploads_get_their_4xx_and_the_server_stays_up(client, photo, case, 
 
 
 @pytest.mark.parametrize("form, code", [({"background": "plaid"}, "bad_background"),
+                                        ({"background": "rgb(300,0,0)"}, "bad_background"),
                                         ({"background": "image"}, "bad_background"),
                                         ({"format": "jpg"}, "bad_format"),
                                         ({"format": "gif"}, "invalid_request"),

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageColor
 
-from carmask.data.io import DataError, read_image, truncation_problem
+from carmask.data.io import DataError, read_photo
 from carmask.parallel import imap_bounded
 from carmask.progress import Track, silent_track
 
@@ -64,12 +64,18 @@ def parse_background(spec: str, allow_files: bool = True) -> Background:
         return TRANSPARENT
     try:
         color = ImageColor.getrgb(text)
-        return Background("color", color=tuple(color[:3]))
     except ValueError:
-        pass
+        color = None
+    if color is not None:
+        # Pillow parses rgb(300,0,0) as (300, 0, 0), which would wrap round to (44, 0, 0) in
+        # the 8-bit picture: refuse it instead
+        if not all(0 <= c <= 255 for c in color):
+            raise CutoutError(f"background {spec!r}: colour components must be 0..255, "
+                              f"got {tuple(color[:3])}")
+        return Background("color", color=tuple(color[:3]))
     if allow_files and Path(text).is_file():
         try:
-            return Background.from_image(read_image(text))
+            return Background.from_image(read_photo(text).pixels)
         except DataError as error:
             raise CutoutError(f"background {error}") from None
     where = ", or an existing image file" if allow_files else ""
@@ -246,8 +252,6 @@ def cutout_files(predictor, inputs: Iterable[str | Path], out_dir: str | Path,
     for source, target in zip(inputs, output_names(inputs, out_dir, fmt)):
         if target.exists() and not overwrite:
             summary.skipped.append(target)
-        elif problem := truncation_problem(source):  # decoders would fill the rest with grey
-            summary.failed.append((source, f"{source}: truncated: {problem}"))
         else:
             todo.append((source, target))
     targets = dict(todo)
@@ -256,13 +260,16 @@ def cutout_files(predictor, inputs: Iterable[str | Path], out_dir: str | Path,
         if prediction.error:
             return prediction.path, None, prediction.error
         try:
-            photo = read_image(prediction.path)
+            # upright as displayed, like the photo the predictor decoded: the mask fits it
+            photo = read_photo(prediction.path).pixels
             image = composite(photo, prediction.mask, background, feather=feather, shadow=shadow)
             target = targets[prediction.path]
             write_atomic(encode_image(image, fmt), target)
             return prediction.path, target, None
-        except (DataError, CutoutError, OSError) as error:
+        except DataError as error:  # names the file itself
             return prediction.path, None, str(error)
+        except (CutoutError, OSError) as error:
+            return prediction.path, None, f"{prediction.path}: {error}"
 
     predictions = predictor.predict_paths(list(targets))
     for source, target, error in track(imap_bounded(finish, predictions, workers=2), total=len(todo),

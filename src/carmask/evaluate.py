@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from carmask.data.io import read_mask
+from carmask.data.io import read_mask, read_photo
 from carmask.data.layout import Record
 from carmask.parallel import imap_bounded
 from carmask.predict import Predictor
@@ -69,6 +69,11 @@ def evaluate(predictor: Predictor, records: list[Record], out: Path | None = Non
         if prediction.error:
             log.warning("%s", prediction.error)
             continue
+        if prediction.mask.shape != truth.shape:  # masks align with the photo as displayed
+            log.warning("%s: photo is %dx%d as displayed but its mask %s is %dx%d; not scored",
+                        record.image_path, prediction.mask.shape[1], prediction.mask.shape[0],
+                        record.mask_path, truth.shape[1], truth.shape[0])
+            continue
         dice, iou = dice_and_iou(prediction.mask, truth)
         rows.append({"image_id": record.image_id, "car_id": record.car_id, "view": record.view,
                      "make": record.make, "dice": dice, "iou": iou,
@@ -115,12 +120,11 @@ def write_evaluation_report(evaluation: Evaluation, worst: list[tuple], predicto
     import matplotlib.pyplot as plt
 
     from carmask import report as html
-    from carmask.data.io import read_image
 
     frame = evaluation.per_image
 
     def photo_thumb(record: Record) -> np.ndarray:
-        photo = read_image(record.image_path, reduce=4)
+        photo = read_photo(record.image_path, reduce=4).pixels
         return cv2.resize(photo, (THUMB_WIDTH, round(photo.shape[0] * THUMB_WIDTH / photo.shape[1])),
                           interpolation=cv2.INTER_AREA)
 
@@ -157,7 +161,7 @@ def write_evaluation_report(evaluation: Evaluation, worst: list[tuple], predicto
     triptychs = ""
     for label, row in zip(("best", "median", "worst"), picks):
         record = records[row["image_id"]]
-        photo = read_image(record.image_path)
+        photo = read_photo(record.image_path).pixels
         predicted = predictor.predict([photo])[0]
         truth = read_mask(record.mask_path)
         cells = [html.img_tag(html.image_to_data_uri(photo, max_width=THUMB_WIDTH), "input", "Input image"),

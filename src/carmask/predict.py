@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from carmask.data.dataset import decode_reduction, fit_photo
-from carmask.data.io import DataError, read_image
+from carmask.data.dataset import fit_photo
+from carmask.data.io import DataError, read_photo
 from carmask.models.io import load_model, resolve_model_path
 from carmask.models.outputs import car_mask, car_probability, upsample
 from carmask.parallel import imap_bounded
@@ -86,17 +86,11 @@ class Predictor:
         return ((photo.astype(np.float32) / 255.0 - self.mean) / self.std).transpose(2, 0, 1)
 
     def load(self, path: str | Path) -> tuple[np.ndarray, tuple[int, int]]:
-        """Decode a photo at the smallest size that still covers the model input; return it and
-        the photo's full (H, W)."""
-        from PIL import Image
-        try:
-            with Image.open(path) as header:
-                full = (header.size[1], header.size[0])
-        except (OSError, SyntaxError) as error:
-            raise DataError(path, f"not a readable image ({error})") from None
-        photo = read_image(path, reduce=decode_reduction(full, self.size)
-                           if Path(path).suffix.lower() in (".jpg", ".jpeg") else 1)
-        return photo, full
+        """Decode a photo upright (EXIF orientation applied) at the smallest size that still
+        covers the model input; return it and the photo's full (H, W) as displayed, the size its
+        mask gets. PhotoError (a DataError) names the file and what is wrong with it."""
+        photo = read_photo(path, cover=self.size)
+        return photo.pixels, photo.size
 
     def raw_outputs(self, batch: np.ndarray) -> torch.Tensor:
         """(N, C, h, w) normalised → raw outputs (N, K, h, w) float32 on the CPU, TTA averaged."""

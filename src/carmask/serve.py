@@ -17,7 +17,6 @@ import logging
 import os
 import threading
 import time
-import warnings
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -32,7 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from starlette.exceptions import HTTPException
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
@@ -45,6 +44,7 @@ from carmask.cutout import (
     encode_image,
     parse_background,
 )
+from carmask.data.io import PhotoError, read_photo
 from carmask.rle import encode
 
 log = logging.getLogger(__name__)
@@ -71,35 +71,24 @@ def error_body(code: str, message: str) -> dict:
     return {"error": {"code": code, "message": message}}
 
 
+# how read_photo's reasons for refusing a photo answer over HTTP
+_PHOTO_ERRORS = {"empty": (400, "empty_body"), "not-an-image": (415, "not_an_image"),
+                 "too-many-pixels": (413, "too_many_pixels"), "truncated": (400, "truncated_image"),
+                 "corrupt": (400, "corrupt_image")}
+
+
 def decode_upload(data: bytes, field: str, config: ServeConfig) -> np.ndarray:
-    """Upload bytes → RGB uint8 array, or an ApiError that names the field and the problem."""
+    """Upload bytes → RGB uint8 array, upright as displayed, or an ApiError that names the field
+    and the problem. The same reader as the command line's (carmask.data.io.read_photo)."""
     if not data:
         raise ApiError(400, "empty_body", f"{field}: the upload is empty")
     if len(data) > config.max_bytes:
         raise ApiError(413, "too_large", f"{field}: more than the limit of {config.max_bytes:,} bytes")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))  # reads the header only
-    except Image.DecompressionBombError as error:
-        raise ApiError(413, "too_many_pixels", f"{field}: {error}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise ApiError(415, "not_an_image",
-                       f"{field}: not an image (JPEG, PNG, WebP, GIF, BMP or TIFF)") from None
-    width, height = image.size
-    if width * height > config.max_pixels:
-        raise ApiError(413, "too_many_pixels",
-                       f"{field}: {width}x{height} is {width * height / 1e6:.1f} megapixels, over the "
-                       f"limit of {config.max_pixels / 1e6:.1f} (refused before decoding)")
-    try:
-        image.load()
-        image = ImageOps.exif_transpose(image).convert("RGB")
-    except OSError as error:
-        code = "truncated_image" if "truncated" in str(error).lower() else "corrupt_image"
-        raise ApiError(400, code, f"{field}: the image data is {code.split('_')[0]} ({error})") from None
-    except (ValueError, SyntaxError) as error:
-        raise ApiError(400, "corrupt_image", f"{field}: the image data is corrupt ({error})") from None
-    return np.asarray(image)
+        return read_photo(data, name=field, max_pixels=config.max_pixels).pixels
+    except PhotoError as error:
+        status, code = _PHOTO_ERRORS.get(error.kind, (400, "corrupt_image"))
+        raise ApiError(status, code, str(error)) from None
 
 
 class MaskService:

@@ -16,22 +16,12 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from carmask.data.io import read_image, read_mask
+from carmask.data.io import reduction as decode_reduction  # one rule for every reader
 from carmask.data.layout import Record
 from carmask.data.transforms import normalize
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def decode_reduction(source: tuple[int, int], target: tuple[int, int]) -> int:
-    """Largest libjpeg reduction (1, 2, 4, 8) whose output covers `target` (h, w) pixels, give
-    or take one: libjpeg rounds up (1918 / 4 → 480), and 1918 / 2 = 959 is as good as 960, where
-    a full decode would cost three times as much."""
-    for factor in (8, 4, 2):
-        height, width = -(-source[0] // factor), -(-source[1] // factor)
-        if height >= target[0] - 1 and width >= target[1] - 1:
-            return factor
-    return 1
 
 
 def fit_photo(image: np.ndarray, size: tuple[int, int] | None, channels: int = 3) -> np.ndarray:

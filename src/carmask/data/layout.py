@@ -21,7 +21,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from carmask.data.io import binary_problem, truncation_problem
+from carmask.data.io import (
+    PhotoError,
+    binary_problem,
+    read_photo,
+    read_photo_header,
+    truncation_problem,
+)
 from carmask.progress import Track, silent_track
 
 log = logging.getLogger(__name__)
@@ -344,16 +350,17 @@ def _check_pair(image_path: Path, mask_path: Path | None, check_pixels: bool,
                 deep: bool) -> _PairCheck:
     result = _PairCheck()
     try:
-        with Image.open(image_path) as image:
-            result.image_size = image.size
-            if deep:
-                image.draft("RGB", (image.size[0] // 8, image.size[1] // 8))
-                image.load()
+        # deep: decoded as predict reads it (at 1/8 scale: libjpeg still reads every byte), so
+        # data that stops early or is corrupt is found even with an end marker in place
+        photo = read_photo(image_path, reduce=8) if deep else read_photo_header(image_path)
+        result.image_size = (photo.size[1], photo.size[0])
         if problem := truncation_problem(image_path):
             result.problems.append(Problem(image_path, "truncated", problem))
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        kind = "truncated" if "truncated" in str(error) else "unreadable"
-        result.problems.append(Problem(image_path, kind, f"cannot decode image ({error})"))
+    except PhotoError as error:
+        kind = "truncated" if error.kind == "truncated" else "unreadable"
+        result.problems.append(Problem(image_path, kind, error.problem))
+    except OSError as error:
+        result.problems.append(Problem(image_path, "unreadable", f"cannot read ({error})"))
     if mask_path is None:
         return result
     try:
@@ -373,7 +380,7 @@ def _check_pair(image_path: Path, mask_path: Path | None, check_pixels: bool,
                     result.problems.append(Problem(mask_path, "not-binary", problem))
                 else:
                     result.coverage = float(np.count_nonzero(values)) / values.size
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
         kind = "truncated" if "truncated" in str(error) else "unreadable"
         result.problems.append(Problem(mask_path, kind, f"cannot decode mask ({error})"))
     return result
