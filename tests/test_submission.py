@@ -340,3 +340,56 @@ def test_cli_files_that_are_not_utf8_are_one_line_errors(valid_csv, tmp_path):
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
         assert result.stderr.splitlines() == [
             f"error: {latin}:4: not UTF-8 text (byte 0xe9 at column 12); is this really a CSV file?"]
+
+
+# -- resuming: what is kept is checked, and nothing that is not a submission is replaced -------
+def test_resume_redoes_rows_that_are_not_valid_and_names_their_lines(real_masks, tmp_path):
+    names = list(real_masks)
+    out = tmp_path / "sub.csv"
+    good = [f"{n},{rle.encode(real_masks[n])}\n" for n in names[:6]]
+    rows = [good[0], f"{names[1]},5 0\n", good[2], "stranger.jpg,1 1\n", "no comma here\n",
+            good[3], f"{names[4]},1 1\n".replace("1 1", "1 1 1"), good[5], good[0]]
+    out.write_text("img,rle_mask\n" + "".join(rows))
+    writer = SubmissionWriter(out, names, resume=True, shape=SHAPE)
+    assert writer.done == {names[0], names[2], names[3], names[5]}
+    assert writer.dropped == [
+        f"{out}:3: {names[1]}: invalid RLE: pair 1: length 0 must be >= 1",
+        f"{out}:5: stranger.jpg: not an image of this job",
+        f"{out}:6: expected 'img,rle_mask', got 'no comma here'",
+        f"{out}:8: {names[4]}: invalid RLE: odd number of tokens (3): RLE needs 'start length' pairs",
+        f"{out}:10: {names[0]}: a second row for this image (the first is kept)",
+    ]
+    for name in writer.remaining:
+        writer.add(name, real_masks[name])
+    writer.finalize()
+    assert check_submission(out, names).ok
+    assert out.read_bytes() == write_submission(tmp_path / "ref.csv", names, real_masks.items()).read_bytes()
+
+
+def test_resume_refuses_a_file_that_is_not_a_submission(tmp_path):
+    notes = tmp_path / "notes.csv"
+    notes.write_bytes(b"name,phone\nada,555\n")
+    with pytest.raises(SubmissionError, match="notes.csv: not a submission .* refusing to resume"):
+        SubmissionWriter(notes, ["a.jpg"], resume=True)
+    assert notes.read_bytes() == b"name,phone\nada,555\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.csv"]  # no spool, no lock
+    with pytest.raises(SubmissionError, match="not a submission"):
+        submission.check_resumable(notes)
+
+
+def test_a_second_process_cannot_write_the_same_submission(tmp_path):
+    from carmask.outputs import OutputError
+    out = tmp_path / "sub.csv"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from carmask.submission import SubmissionWriter; "
+         "w = SubmissionWriter(sys.argv[1], ['a.jpg']); print('ready', flush=True); time.sleep(60)",
+         str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(OutputError, match=rf"sub.csv is being written by another carmask "
+                                              rf"process \(pid {holder.pid}"):
+            SubmissionWriter(out, ["a.jpg"])
+    finally:
+        holder.kill()
+        holder.wait()
+    SubmissionWriter(out, ["a.jpg"]).close()  # a killed holder leaves no lock behind

@@ -26,6 +26,7 @@ from typing import BinaryIO, NamedTuple
 import numpy as np
 
 from carmask import rle
+from carmask.outputs import acquire, check_output_file, lock_path, release
 from carmask.parallel import BoundedExecutor
 
 log = logging.getLogger(__name__)
@@ -120,26 +121,48 @@ class SubmissionWriter:
         workers: int | None = None,
         max_pending: int | None = None,
         resume: bool = False,
+        shape: tuple[int, int] | None = None,
     ) -> None:
+        """`shape` (H, W), when every mask has it, lets resume check the resumed rows' RLEs
+        against it; without it they are checked for everything but their length.
+
+        The output is locked (`NAME.lock`) until finalize() or close(): a second writer on the
+        same path, in any process, raises OutputError naming the first.
+        """
         self.path = Path(path)
         self.names = list(names)
         if len(set(self.names)) != len(self.names):
             raise SubmissionError("the list of expected image names has duplicates")
         self._expected = set(self.names)
+        self.shape = shape
         self.spool_path = self.path.with_name(self.path.name + ".spool")
         self._offsets: dict[str, tuple[int, int]] = {}  # name -> (offset, length) in the spool
         self._lock = threading.Lock()
         self._error: BaseException | None = None
         self._claimed: set[str] = set()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume:
-            self._load_previous()
-        elif self.spool_path.exists():
-            log.warning("%s: discarding a previous partial run (pass resume to continue it)",
-                        self.spool_path)
-        self._spool = open(self.spool_path, "ab" if resume else "wb")
+        self.dropped: list[str] = []  # resumed rows that were invalid: "FILE:LINE: problem"
+        check_output_file(self.path, "submission")
+        self._lock_file = lock_path(self.path).absolute()
+        acquire(self._lock_file)  # before the spool is read or written
+        self._locked = True
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if resume:
+                self._load_previous()
+            elif self.spool_path.exists():
+                log.warning("%s: discarding a previous partial run (pass resume to continue it)",
+                            self.spool_path)
+            self._spool = open(self.spool_path, "ab" if resume else "wb")
+        except BaseException:
+            self._unlock()
+            raise
         self._spool_size = self._spool.tell()
         self._pool = BoundedExecutor(workers, max_pending, name="rle")
+
+    def _unlock(self) -> None:
+        if self._locked:
+            self._locked = False
+            release(self._lock_file)
 
     # -- what is left -------------------------------------------------------------------------
     @property
@@ -201,6 +224,12 @@ class SubmissionWriter:
         Missing names raise SubmissionError unless `allow_missing`, in which case their rows get
         an empty mask and the caller is expected to report the submission as incomplete.
         """
+        try:
+            return self._finalize(allow_missing)
+        finally:
+            self._unlock()
+
+    def _finalize(self, allow_missing: bool) -> list[str]:
         self._pool.shutdown(wait=True)
         self._raise_pending_error()
         self._spool.close()
@@ -229,9 +258,12 @@ class SubmissionWriter:
 
     def close(self) -> None:
         """Stop without finalising; the spool stays for a resumed run."""
-        self._pool.shutdown(wait=True)
-        if not self._spool.closed:
-            self._spool.close()
+        try:
+            self._pool.shutdown(wait=True)
+            if not self._spool.closed:
+                self._spool.close()
+        finally:
+            self._unlock()
 
     def __enter__(self) -> SubmissionWriter:
         return self
@@ -243,33 +275,92 @@ class SubmissionWriter:
             self.close()
 
     def _load_previous(self) -> None:
-        """Reload rows from a previous run's spool, or from a finished CSV, for resume."""
+        """Reload rows from a previous run's spool, or from a finished CSV, for resume.
+
+        A file that is not a submission is refused, not overwritten. Each row is checked (one of
+        this job's names, once, with a valid RLE); a bad row is not kept, so its image is
+        predicted again, and `dropped` says which rows went and why.
+        """
         source = self.spool_path if self.spool_path.exists() else self.path
         if not source.exists():
             return
+        if not source.is_file():
+            raise SubmissionError(f"{source}: not a file; refusing to resume from it")
+        finished = source == self.path
         valid_bytes = 0
         lines: list[bytes] = []
         with open(source, "rb") as file:
+            if finished:
+                _check_header(file, source)
             for line in file:
                 if not line.endswith(b"\n"):
-                    break  # the row being written when the previous run died
+                    if not finished:
+                        break  # the row being written when the previous run died
+                    line += b"\n"  # a finished file need not end with a newline
                 valid_bytes += len(line)
                 lines.append(line)
-        if source == self.path:  # a finished CSV: drop its header and re-spool its rows
-            lines = lines[1:]
+        if finished:  # re-spool its rows (the header is gone already)
             with open(self.spool_path, "wb") as spool:
                 spool.writelines(lines)
         else:
             with open(self.spool_path, "r+b") as spool:
                 spool.truncate(valid_bytes)
+        first_line = 2 if finished else 1
         offset = 0
-        for line in lines:
-            name = line.split(b",", 1)[0].decode("ascii", "replace")
-            if name in self._expected and name not in self._offsets:
+        for number, line in enumerate(lines, start=first_line):
+            name, problem = self._check_row(line)
+            if problem:
+                self.dropped.append(f"{source}:{number}: {problem}")
+            else:
                 self._offsets[name] = (offset, len(line))
             offset += len(line)
+        if self.dropped:
+            log.warning("%s: %d row(s) not kept, their images are predicted again (first: %s)",
+                        source, len(self.dropped), self.dropped[0])
         log.info("resuming %s: %d of %d rows already done", self.path, len(self._offsets),
                  len(self.names))
+
+    def _check_row(self, line: bytes) -> tuple[str, str | None]:
+        """(name, None) for a row to keep, else (name, why not)."""
+        try:
+            text = line.decode("ascii").rstrip("\r\n")
+        except UnicodeDecodeError:
+            return "", f"not ASCII text: {line[:40]!r}"
+        name, comma, encoding = text.partition(",")
+        if not comma:
+            return name, f"expected 'img,rle_mask', got {text[:40]!r}"
+        if name not in self._expected:
+            return name, f"{name}: not an image of this job"
+        if name in self._offsets:
+            return name, f"{name}: a second row for this image (the first is kept)"
+        # Without a known shape, any length passes: photos of any size may be predicted.
+        if problem := rle.validate(encoding, self.shape or _ANY_SHAPE):
+            return name, f"{name}: invalid RLE: {problem}"
+        return name, None
+
+
+_ANY_SHAPE = (1 << 31, 1 << 31)
+
+
+def check_resumable(path: str | Path) -> None:
+    """Raise SubmissionError unless resuming into `path` is safe: it is absent, it has a spool
+    beside it, or it is a submission (its header is `img,rle_mask`). Resuming replaces the file,
+    so anything else would be lost."""
+    path = Path(path)
+    if path.with_name(path.name + ".spool").is_file() or not path.exists():
+        return
+    if not path.is_file():
+        raise SubmissionError(f"{path}: not a file; refusing to resume into it")
+    with open(path, "rb") as file:
+        _check_header(file, path)
+
+
+def _check_header(file: BinaryIO, path: Path) -> None:
+    header = file.readline(len(HEADER) + 16)
+    if header.removeprefix(b"\xef\xbb\xbf").rstrip(b"\r\n") != HEADER.encode():
+        raise SubmissionError(
+            f"{path}: not a submission (it starts with {header[:40]!r}, not {HEADER!r}); "
+            "refusing to resume into it, which would replace it")
 
 
 def write_submission(
