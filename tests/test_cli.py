@@ -122,3 +122,25 @@ def test_help_explains_every_command():
                             ("submission", ("check",))):
         listing = carmask(group, "--help").stdout
         assert all(command in listing for command in commands)
+
+
+def test_rle_decode_out_paths(tmp_path):
+    """A missing folder is made; a folder, a file in the way or a lossy format is refused, in one
+    line and with nothing left behind."""
+    made = carmask("rle", "decode", "1 3", "--shape", "2x4", "--out", str(tmp_path / "new" / "m.png"))
+    assert made.returncode == 0, made.stderr
+    assert read_mask(tmp_path / "new" / "m.png").tolist() == [[1, 1, 1, 0], [0, 0, 0, 0]]
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "afile").write_text("x")
+    refusals = {
+        tmp_path / "folder": "the --out mask is a folder",
+        tmp_path / "afile" / "m.png": f"{tmp_path / 'afile'} is a file, not a folder",
+        tmp_path / "m.jpg": "masks are written as .png or .gif (lossless), not .jpg",
+        tmp_path / "m": "not a file without an extension",
+    }
+    for out, message in refusals.items():
+        result = carmask("rle", "decode", "1 3", "--shape", "2x4", "--out", str(out))
+        assert result.returncode == 1 and message in result.stderr, (out, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "folder", "new"]
+    assert not list((tmp_path / "folder").iterdir())

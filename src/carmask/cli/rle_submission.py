@@ -36,15 +36,27 @@ def rle_decode(
 ) -> None:
     """Decode a Kaggle RLE string into a mask image."""
     from carmask import rle
-    from carmask.data.io import save_mask
+    from carmask.data.io import MASK_SUFFIXES, DataError, save_mask
+    from carmask.outputs import OutputError, check_output_file
 
     size = mask_shape(shape)
+    try:  # the output is checked before stdin is read
+        check_output_file(out, "--out mask")
+        if out.suffix.lower() not in MASK_SUFFIXES:
+            raise OutputError(f"--out {out}: masks are written as .png or .gif (lossless), "
+                              f"not {out.suffix or 'a file without an extension'}")
+    except OutputError as error:
+        raise fail(str(error)) from None
     text = sys.stdin.read().strip() if encoding == "-" else encoding.strip()
     try:
         mask = rle.decode(text, size)
     except rle.RLEError as error:
         raise fail(f"invalid RLE: {error}") from None
-    save_mask(mask, out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_mask(mask, out)
+    except (DataError, OSError) as error:
+        raise fail(str(error)) from None
     console.print(f"wrote {out} ({mask.shape[0]}x{mask.shape[1]}, {int(mask.sum())} car pixels)")
 
 

@@ -326,16 +326,30 @@ def binary_problem(values: np.ndarray) -> str | None:
     return f"mask is not binary: values {{{shown}}}, expected {{0,1}} or {{0,255}}"
 
 
+MASK_SUFFIXES = (".png", ".gif")  # lossless: a JPEG mask would not be a mask any more
+
+
 def save_mask(mask: np.ndarray, path: str | Path) -> None:
-    """Write a bool mask as a 0/255 PNG or a Kaggle-style {0,1} palette GIF, by extension."""
+    """Write a bool mask as a 0/255 PNG or a Kaggle-style {0,1} palette GIF, by extension,
+    atomically. Any other extension, or a folder at `path`, raises DataError."""
     path = Path(path)
-    if path.suffix.lower() == ".gif":
+    suffix = path.suffix.lower()
+    if suffix not in MASK_SUFFIXES:
+        raise DataError(path, f"masks are written as {' or '.join(MASK_SUFFIXES)} (lossless), "
+                              f"not {path.suffix or 'a file without an extension'}")
+    if path.is_dir():
+        raise DataError(path, "is a folder; give a file name for the mask")
+    if suffix == ".gif":
         height, width = mask.shape
         image = Image.frombytes("P", (width, height), np.ascontiguousarray(mask, np.uint8).tobytes())
         image.putpalette([0, 0, 0, 255, 255, 255])
     else:
         image = Image.fromarray(mask.astype(np.uint8) * 255)
     tmp = path.with_name(path.name + ".tmp")
-    # optimize=False: Pillow would otherwise drop unused palette entries and renumber the pixels
-    image.save(tmp, format="GIF" if path.suffix.lower() == ".gif" else "PNG", optimize=False)
-    tmp.replace(path)
+    try:
+        # optimize=False: Pillow would otherwise drop unused palette entries and renumber pixels
+        image.save(tmp, format="GIF" if suffix == ".gif" else "PNG", optimize=False)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
