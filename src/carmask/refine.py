@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from carmask.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+
 LOGIT_CLIP = 8.0  # the coarse logit enters the refiner as clip(logit, ±8) / 8
 
 
@@ -118,3 +120,32 @@ def refine_logit(photo: np.ndarray, logit: np.ndarray, run: Callable[[np.ndarray
             where = band[y:y + h, x:x + w]
             refined[y:y + h, x:x + w][where] = output[:h, :w][where]
     return refined
+
+
+class OutlineRefiner:
+    """The refiner of a combined model file, ready to run on torch (any device) or onnxruntime."""
+
+    def __init__(self, network: nn.Module, config: dict, *, model_file, backend: str = "torch",
+                 device: torch.device | str = "cpu", threads: int | None = None) -> None:
+        self.geometry = RefinerGeometry(**config["geometry"])
+        self.architecture = config["architecture"]
+        self.mean = np.array(IMAGENET_MEAN, np.float32)
+        self.std = np.array(IMAGENET_STD, np.float32)
+        self.device = torch.device(device)
+        if backend == "onnx":
+            from carmask.onnx import OnnxModel
+            tile = (self.geometry.tile, self.geometry.tile)
+            onnx = OnnxModel.from_model_file(model_file, tile, 4, threads, build=lambda: network,
+                                             part="refiner")
+            self._run = lambda batch: onnx(batch).numpy()
+        else:
+            self.network = network.to(self.device).eval()
+            self._run = self._run_torch
+
+    def _run_torch(self, batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return self.network(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
+
+    def __call__(self, photo: np.ndarray, logit: np.ndarray) -> np.ndarray:
+        """The full-resolution coarse logit (H, W) refined along its outline."""
+        return refine_logit(photo, logit, self._run, self.geometry, self.mean, self.std)

@@ -227,7 +227,7 @@ def train_refiner(config: RefinerTrainConfig, progress_bar: bool = True, track=N
                "best_val_refined_wrong": round(float(best.best_model_score or float("nan")), 4),
                "last_metrics": metrics, "seconds": round(time.time() - started), "seed": config.seed}
     save_model(restored.model, out / "refiner.safetensors",
-               model_config(config.model, (g.tile, g.tile), refiner=g.as_dict(), training=summary))
+               model_config(config.model, (g.tile, g.tile), geometry=g.as_dict(), training=summary))
     _write_metrics(trainer, out)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2, default=str))

@@ -16,6 +16,7 @@ from carmask.models import create_bare_model, model_info
 
 log = logging.getLogger(__name__)
 METADATA_KEY = "carmask"
+REFINER_PREFIX = "refiner."  # the outline refiner's weights in a combined model file
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "weights" / "carvana-unet-mnv2.safetensors"
 
 
@@ -33,10 +34,15 @@ def model_config(name: str, size: tuple[int, int], threshold: float = 0.5, **ext
 
 def save_model(model: nn.Module, path: str | Path, config: dict, half: bool = False) -> Path:
     """Write weights (fp16 when `half`) and config atomically."""
+    return save_state(model.state_dict(), path, config, half)
+
+
+def save_state(weights: dict[str, torch.Tensor], path: str | Path, config: dict, half: bool = False) -> Path:
+    """Write a state dict (fp16 when `half`) and config atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {}
-    for key, tensor in model.state_dict().items():
+    for key, tensor in weights.items():
         tensor = tensor.detach().cpu().contiguous()
         state[key] = tensor.half() if half and tensor.is_floating_point() else tensor
     tmp = path.with_name(path.name + ".tmp")
@@ -88,12 +94,46 @@ def load_model(path: str | Path | None = None) -> tuple[nn.Module, dict]:
     config = read_config(path)
     info = model_info(config["architecture"])
     model = create_bare_model(info.name)
-    state = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(path)).items()}
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(path)).items()
+             if not k.startswith(REFINER_PREFIX)}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise ModelFileError(f"{path}: weights do not fit {info.name}: {error}") from None
     return model.eval(), config
+
+
+def load_refiner(path: str | Path | None = None) -> tuple[nn.Module, dict] | None:
+    """The outline refiner stored in a model file beside its coarse model, as (network, its
+    config), or None when the file has none."""
+    path = resolve_model_path(path)
+    refiner = read_config(path).get("refiner")
+    if not refiner:
+        return None
+    model = create_bare_model(refiner["architecture"])
+    state = {k[len(REFINER_PREFIX):]: v.float() if v.is_floating_point() else v
+             for k, v in load_file(str(path)).items() if k.startswith(REFINER_PREFIX)}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ModelFileError(f"{path}: refiner weights do not fit {refiner['architecture']}: {error}") from None
+    return model.eval(), refiner
+
+
+def attach_refiner(coarse: str | Path | None, refiner_file: str | Path, out: str | Path,
+                   half: bool = True) -> Path:
+    """One model file holding a coarse model and the refiner trained on its outlines: the coarse
+    weights and config as they are, the refiner's under `refiner.` and config["refiner"]."""
+    coarse_net, config = load_model(coarse)
+    refiner_net, refiner_config = load_model(refiner_file)
+    if model_info(refiner_config["architecture"]).role != "refiner" or "geometry" not in refiner_config:
+        raise ModelFileError(f"{refiner_file}: not an outline refiner (see carmask train-refiner)")
+    config = dict(config, refiner={"architecture": refiner_config["architecture"],
+                                   "geometry": refiner_config["geometry"],
+                                   "training": refiner_config.get("training")})
+    state = dict(coarse_net.state_dict())
+    state.update({REFINER_PREFIX + k: v for k, v in refiner_net.state_dict().items()})
+    return save_state(state, out, config, half=half)
 
 
 def state_checksum(model: nn.Module) -> float:
