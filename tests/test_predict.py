@@ -144,6 +144,10 @@ def test_evaluate_dice_equals_an_independent_numpy_dice(model, synth_data, tmp_p
     assert evaluation.dice == pytest.approx(np.mean(independent), abs=1e-12)
     html = (tmp_path / "eval" / "index.html").read_text()
     assert "The 12 worst images" in html and html.count("data:image/jpeg") >= 12
+    # the outline section counts every wrong pixel once, split into false and missed car
+    assert "Along the outline" in html and html.count("data:image/png") >= 12
+    assert evaluation.outline.wrong == evaluation.per_image["wrong_pixels"].sum() > 0
+    assert evaluation.outline.images == len(records)
     assert len((tmp_path / "eval" / "per_image.csv").read_text().splitlines()) == 13
 
 

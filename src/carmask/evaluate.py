@@ -14,6 +14,7 @@ import pandas as pd
 
 from carmask.data.io import read_mask, read_photo
 from carmask.data.layout import Record
+from carmask.outline import OutlineErrors, error_crop, worst_window
 from carmask.parallel import imap_bounded
 from carmask.predict import Predictor
 from carmask.progress import Track, silent_track
@@ -37,6 +38,7 @@ def dice_and_iou(prediction: np.ndarray, truth: np.ndarray) -> tuple[float, floa
 class Evaluation:
     per_image: pd.DataFrame  # image_id, car_id, view, make, dice, iou
     report: Path | None = None
+    outline: OutlineErrors | None = None  # with a report: wrong pixels by distance to the outline
 
     @property
     def dice(self) -> float:
@@ -64,6 +66,7 @@ def evaluate(predictor: Predictor, records: list[Record], out: Path | None = Non
     predictions = predictor.predict_paths([r.image_path for r in records], workers=workers)
     rows: list[dict] = []
     keep: list[tuple] = []  # the `worst` images by Dice, with small pictures of both masks
+    outline = OutlineErrors()  # where the wrong pixels lie, for the report
     for record, truth, prediction in track(zip(records, truths, predictions), total=len(records),
                                            description="evaluating"):
         if prediction.error:
@@ -79,8 +82,11 @@ def evaluate(predictor: Predictor, records: list[Record], out: Path | None = Non
                      "make": record.make, "dice": dice, "iou": iou,
                      "wrong_pixels": int(np.count_nonzero(prediction.mask != truth))})
         if out is not None:
+            outline.add(prediction.mask, truth)
             # Max-heap on Dice (stored negated): its top is the best of the worst kept so far.
-            item = (-dice, record.image_id, record, _thumb(prediction.mask), _thumb(truth))
+            kept = len(keep) < worst or dice < -keep[0][0]
+            crop = error_crop_of(record, prediction.mask, truth) if kept else None
+            item = (-dice, record.image_id, record, _thumb(prediction.mask), _thumb(truth), crop)
             if len(keep) < worst:
                 heapq.heappush(keep, item)
             elif dice < -keep[0][0]:
@@ -89,11 +95,22 @@ def evaluate(predictor: Predictor, records: list[Record], out: Path | None = Non
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         evaluation.per_image.to_csv(out / "per_image.csv", index=False)
-        worst_first = [(-negated, record, pred, truth)
-                       for negated, _, record, pred, truth in sorted(keep, reverse=True)]
+        worst_first = [(-negated, record, pred, truth, crop)
+                       for negated, _, record, pred, truth, crop in sorted(keep, reverse=True)]
+        evaluation.outline = outline
         evaluation.report = write_evaluation_report(evaluation, worst_first, predictor,
                                                     {r.image_id: r for r in records}, out)
     return evaluation
+
+
+CROP = 192  # side of the full-resolution error crops in the report
+
+
+def error_crop_of(record: Record, prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """The full-resolution crop of the photo where its wrong pixels crowd most, painted."""
+    top, left, _ = worst_window(prediction, truth, CROP)
+    photo = read_photo(record.image_path).pixels
+    return error_crop(photo, prediction, truth, top, left, CROP, COLOURS)
 
 
 def _thumb(mask: np.ndarray) -> np.ndarray:
@@ -155,7 +172,16 @@ def write_evaluation_report(evaluation: Evaluation, worst: list[tuple], predicto
     tiles = "".join(html.img_tag(
         html.image_to_data_uri(error_overlay(photo_thumb(record), prediction, truth)),
         record.image_id, f"{record.image_id} · view {record.view:02d} · {record.make} · Dice {dice:.4f}")
-        for dice, record, prediction, truth in worst)
+        for dice, record, prediction, truth, _ in worst)
+    crops = "".join(html.img_tag(html.image_to_data_uri(crop, "png"), record.image_id,
+                                 f"{record.image_id} · Dice {dice:.4f}")
+                    for dice, record, _, _, crop in worst if crop is not None)
+    errors = evaluation.outline
+    outline = html.cards([
+        ("Wrong pixels / image", f"{errors.wrong / max(1, errors.images):,.0f}"),
+        ("False car / image", f"{errors.false_car.sum() / max(1, errors.images):,.0f}", "background called car"),
+        ("Missed car / image", f"{errors.missed_car.sum() / max(1, errors.images):,.0f}", "car called background"),
+    ]) + html.table_html(errors.table())
     ranked = frame.sort_values("dice").reset_index(drop=True)
     picks = [ranked.iloc[-1], ranked.iloc[len(ranked) // 2], ranked.iloc[0]]
     triptychs = ""
@@ -174,6 +200,9 @@ def write_evaluation_report(evaluation: Evaluation, worst: list[tuple], predicto
                      "predicted at the model's input size and upsampled as logits to each photo's full size."),
         html.section("By view angle", views + by_view, "Which views are hardest for this model."),
         html.section("By make", by_make, "Worst makes first."),
+        html.section("Along the outline", outline + f"<p>{legend}</p><div class='grid'>{crops}</div>",
+                     "Wrong pixels by distance to the true outline (1 = the first pixel outside or "
+                     "inside it), and each worst image's full-resolution crop where they crowd most."),
         html.section(f"The {len(worst)} worst images", f"<p>{legend}</p><div class='grid'>{tiles}</div>",
                      "Errors in colour over the photo: most are thin bands along the outline, "
                      "wheels, antennas and see-through windows."),
