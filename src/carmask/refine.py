@@ -56,7 +56,10 @@ class ResidualRefiner(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = torch.relu(self.net(x))
-        return x[:, 3:4] * LOGIT_CLIP + self.head(torch.cat([features, x], dim=1))
+        # The correction is scaled like the logit: flipping a pixel takes a change of several
+        # units, which a head starting at zero would otherwise take hundreds of steps to reach.
+        correction = self.head(torch.cat([features, x], dim=1))
+        return (x[:, 3:4] + correction) * LOGIT_CLIP
 
 
 def outline_band(mask: np.ndarray, radius: int) -> np.ndarray:

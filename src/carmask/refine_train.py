@@ -49,6 +49,7 @@ class RefinerTrainConfig:
     model: str = "refiner-mnv2"
     train_cars: str | None = None  # comma-separated ids (default: every car but the validation ones)
     epochs: int = 4
+    steps_per_epoch: int | None = None  # photos drawn per epoch (default: all); sets the schedule
     crops: int = 16  # crops per photo
     photos_per_batch: int = 1
     lr: float = 1e-3
@@ -216,7 +217,8 @@ def train_refiner(config: RefinerTrainConfig, progress_bar: bool = True, track=N
     trainer = L.Trainer(accelerator="auto", devices=1, max_epochs=config.epochs, max_time=config.max_time,
                         callbacks=[best, crash_safe], logger=CSVLogger(out, name="logs"),
                         enable_progress_bar=progress_bar, log_every_n_steps=10, num_sanity_val_steps=0,
-                        val_check_interval=config.val_every)
+                        val_check_interval=config.val_every,
+                        limit_train_batches=config.steps_per_epoch or 1.0)
     trainer.fit(task, train_loader, val_loader, ckpt_path=_resume_checkpoint(out) if config.resume else None)
     best_path = best.best_model_path or str(out / "checkpoints" / "last.ckpt")
     restored = RefinerTask.load_from_checkpoint(best_path, map_location="cpu", weights_only=False)

@@ -231,8 +231,9 @@ def train(config: TrainConfig, progress_bar: bool = True) -> dict:
     restored = SegmentationTask.load_from_checkpoint(best_path, map_location="cpu", weights_only=False)
     summary = {
         "model": config.model, "size": list(size), "epochs_run": trainer.current_epoch,
-        "best_val_dice_full": _score(best.best_model_score), "fold": config.fold,
-        "folds": config.folds, "train_cars": len({r.car_id for r in train_records}),
+        "best_val_dice_full": _score(best.best_model_score),
+        "fold": None if config.val_cars else config.fold,  # --val-cars replaces the fold
+        "folds": None if config.val_cars else config.folds, "train_cars": len({r.car_id for r in train_records}),
         "val_cars": len({r.car_id for r in val_records}),
         "val_car_ids": sorted({r.car_id for r in val_records}), "seconds": round(time.time() - started),
         "precision": precision, "devices": trainer.world_size, "seed": config.seed,

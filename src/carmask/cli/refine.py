@@ -19,6 +19,8 @@ def train_refiner(
     train_cars: Annotated[Optional[str], typer.Option(help="Train on these car ids only (comma-separated; "
                                                            "default: every car but the validation cars).")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Passes over the training photos.")] = 4,
+    steps_per_epoch: Annotated[Optional[int], typer.Option(min=1, help="Photos drawn per epoch (default: "
+                                                                     "all); the schedule follows it.")] = None,
     crops: Annotated[int, typer.Option(min=1, help="Full-resolution crops per photo and step.")] = 16,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warm-up, cosine).")] = 1e-3,
     val_photos: Annotated[int, typer.Option(min=1, help="Validation photos scored by crops.")] = 48,
@@ -34,8 +36,9 @@ def train_refiner(
     if not data.is_dir():
         raise fail(f"{data}: data folder does not exist")
     config = RefinerTrainConfig(data=data, out=out, coarse=coarse, train_cars=train_cars, epochs=epochs,
-                                crops=crops, lr=lr, val_photos=val_photos, val_every=val_every,
-                                max_time=max_time, workers=workers, resume=resume)
+                                steps_per_epoch=steps_per_epoch, crops=crops, lr=lr,
+                                val_photos=val_photos, val_every=val_every, max_time=max_time,
+                                workers=workers, resume=resume)
     try:
         summary = run(config, track=progress)
     except ValueError as error:
