@@ -217,3 +217,15 @@ def test_a_sideways_photo_is_cut_out_as_displayed_and_bad_ones_named(shipped_pre
     cut = Image.open(summary.written[0])
     assert cut.size == (1918, 1280)  # as displayed; stored it is 1280 wide
     assert dice_and_iou(np.asarray(cut)[..., 3] > 127, read_mask(held_out[1]))[0] >= 0.98
+
+
+def test_cli_cutout_out_that_is_a_file_is_refused_before_the_model_loads(tmp_path):
+    photo = tmp_path / "car.png"
+    Image.new("RGB", (8, 8)).save(photo)
+    afile = tmp_path / "notes.txt"
+    afile.write_text("keep me")
+    for out in (afile, afile / "cutouts"):
+        result = CliRunner().invoke(app, ["cutout", str(photo), "--out", str(out),
+                                          "--model", str(tmp_path / "none.safetensors")])
+        assert result.exit_code == 1 and "is a file, not a folder" in result.output, result.output
+    assert afile.read_text() == "keep me"

@@ -169,7 +169,11 @@ def test_export_onnx_fp16_is_half_the_size(model, tmp_path):
 def test_predict_needs_an_input_and_an_output(tmp_path):
     nothing = carmask("predict", "--data", str(tmp_path))
     assert nothing.returncode == 1 and "nothing to write" in nothing.stderr
-    missing = carmask("predict", "--images", "x.jpg", "--model", str(tmp_path / "none.safetensors"),
+    nophoto = carmask("predict", "--images", "x.jpg", "--out", str(tmp_path / "s.csv"))
+    assert nophoto.returncode == 1 and "x.jpg: no such file, folder or glob" in nophoto.stderr
+    photo = tmp_path / "x.jpg"
+    photo.write_bytes(b"")
+    missing = carmask("predict", str(photo), "--model", str(tmp_path / "none.safetensors"),
                       "--out", str(tmp_path / "s.csv"))
     assert missing.returncode == 1 and "none.safetensors: no such model file" in missing.stderr
 
@@ -250,3 +254,166 @@ def test_cli_lists_truncated_photos_and_bombs_and_exits_3(model, test_folder, tm
     assert all(p.stat().st_size for p in out.parent.iterdir())  # no empty spool from a crash
     report = check_submission(out, read_sample_names(data / "sample_submission.csv"), shape=(128, 192))
     assert report.ok and report.empty_masks == 3
+
+
+# -- outputs: refused before the model loads, locked while written, kept when interrupted -------
+def test_outputs_of_the_wrong_kind_are_refused_before_the_model_loads(test_folder, tmp_path):
+    """A missing model file would be reported first if the model were loaded first."""
+    photo = str(sorted((test_folder / "test").glob("*.jpg"))[0])
+    afile = tmp_path / "notes.txt"
+    afile.write_text("keep me\n")
+    nomodel = ("--model", str(tmp_path / "none.safetensors"))
+    cases = {
+        ("--out", str(afile)): f"{afile} exists; --overwrite replaces it",
+        ("--out", str(tmp_path)): "the --out submission is a folder",
+        ("--out", str(afile / "sub.csv")): f"{afile} is a file, not a folder",
+        ("--masks-dir", str(afile)): "the --masks-dir is a file, not a folder",
+        ("--masks-dir", str(afile / "masks")): f"{afile} is a file, not a folder",
+        ("--out", str(afile), "--resume"): "not a submission (it starts with b'keep me\\n'",
+    }
+    for args, message in cases.items():
+        result = carmask("predict", photo, *args, *nomodel)
+        assert result.returncode == 1 and message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert afile.read_text() == "keep me\n"
+
+
+def test_existing_out_is_replaced_only_with_overwrite(model, test_folder, tmp_path):
+    photos = [str(p) for p in sorted((test_folder / "test").glob("*.jpg"))[:2]]
+    out = tmp_path / "sub.csv"
+    out.write_text("my notes\n")
+    refused = carmask("predict", *photos, "--model", str(model), "--out", str(out))
+    assert refused.returncode == 1 and "--overwrite replaces it" in refused.stderr
+    assert out.read_text() == "my notes\n"
+    replaced = carmask("predict", *photos, "--model", str(model), "--out", str(out), "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert check_submission(out, [p.rsplit("/", 1)[1] for p in photos], shape=(128, 192)).ok
+
+
+def test_resume_redoes_invalid_rows_and_says_which(model, test_folder, tmp_path):
+    args = ["--data", str(test_folder), "--model", str(model)]
+    reference, out = tmp_path / "reference.csv", tmp_path / "sub.csv"
+    assert carmask("predict", *args, "--out", str(reference)).returncode == 0
+    lines = reference.read_text().splitlines(keepends=True)
+    name3, name5 = lines[3].split(",")[0], lines[5].split(",")[0]
+    lines[3] = f"{name3},5 0\n"  # a zero length
+    lines[5] = f"{name5},9 2 3 1\n"  # unsorted runs
+    out.write_text("".join(lines))
+    resumed = carmask("predict", *args, "--out", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "2 predicted (62 already done)" in resumed.stdout
+    assert f"redone: {out}:4: {name3}: invalid RLE" in resumed.stderr
+    assert f"redone: {out}:6: {name5}: invalid RLE" in resumed.stderr
+    assert out.read_bytes() == reference.read_bytes()
+
+
+def test_a_second_run_on_the_same_out_is_refused_naming_the_first(model, test_folder, tmp_path):
+    data = tmp_path / "data"
+    (data / "test").mkdir(parents=True)
+    names = []
+    for copy in range(2):  # 128 photos at a larger input than the model's: a run of ~30 s
+        for photo in sorted((test_folder / "test").glob("*.jpg")):
+            names.append(f"{copy}{photo.name}")
+            (data / "test" / names[-1]).symlink_to(photo)
+    (data / "sample_submission.csv").write_text("img,rle_mask\n" + "".join(f"{n},\n" for n in names))
+    args = ["--data", str(data), "--model", str(model), "--size", "512x768", "--workers", "1"]
+    out = tmp_path / "sub.csv"
+    first = subprocess.Popen([sys.executable, "-m", "carmask", "predict", *args, "--out", str(out)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seconds: list[subprocess.Popen] = []
+    try:
+        spool = tmp_path / "sub.csv.spool"
+        deadline = time.time() + 120
+        while time.time() < deadline and (not spool.exists() or spool.read_bytes().count(b"\n") < 2):
+            assert first.poll() is None, first.communicate()
+            time.sleep(0.02)
+        seconds = [subprocess.Popen([sys.executable, "-m", "carmask", "predict", *args, "--out",
+                                     str(out), *extra], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+                   for extra in ([], ["--resume"], ["--overwrite"])]
+        for second in seconds:
+            _, stderr = second.communicate(timeout=120)
+            assert second.returncode == 1, stderr
+            assert f"{out} is being written by another carmask process (pid {first.pid}" in stderr
+        assert first.poll() is None  # still running: the refusals were not about a finished file
+        _, stderr = first.communicate(timeout=600)
+    finally:
+        for process in (first, *seconds):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert first.returncode == 0, stderr
+    assert check_submission(out, names, shape=(128, 192)).ok
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "sub.csv"]  # no lock left
+
+
+def test_ctrl_c_says_how_to_resume_and_that_command_finishes_the_job(model, test_folder, tmp_path):
+    import shlex
+    # a larger input than the model's makes the run last long enough to be caught in the act
+    args = ["--data", str(test_folder), "--model", str(model), "--size", "512x768", "--workers", "1"]
+    out = tmp_path / "sub.csv"
+    process = subprocess.Popen([sys.executable, "-m", "carmask", "predict", *args, "--out", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    spool = tmp_path / "sub.csv.spool"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not spool.exists() or spool.read_bytes().count(b"\n") < 5):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted: what was done is kept" in stderr
+    command = shlex.split(stderr.split("to continue, run: ", 1)[1].strip())
+    assert command[:2] == ["carmask", "predict"] and command[-1] == "--resume"
+    resumed = carmask(*command[1:])
+    assert resumed.returncode == 0, resumed.stderr
+    done = int(resumed.stdout.split("(", 1)[1].split()[0])
+    assert 5 <= done < 64 and f"{64 - done} predicted ({done} already done)" in resumed.stdout
+    assert check_submission(out, read_sample_names(test_folder / "sample_submission.csv"),
+                            shape=(128, 192)).ok
+
+
+# -- inputs and options ------------------------------------------------------------------------
+def test_photos_as_the_shell_expands_a_glob_positional_or_after_images(model, test_folder, tmp_path):
+    photos = [str(p) for p in sorted((test_folder / "test").glob("*.jpg"))[:3]]
+    names = [p.rsplit("/", 1)[1] for p in photos]
+    for how, args in {"positional": photos, "images": ["--images", *photos],
+                      "glob": [str(test_folder / "test" / f"{names[0][:12]}_0[1-3].jpg")]}.items():
+        out = tmp_path / f"{how}.csv"
+        result = carmask("predict", *args, "--model", str(model), "--out", str(out))
+        assert result.returncode == 0, (how, result.stderr)
+        assert check_submission(out, names, shape=(128, 192)).ok, how
+        assert "(onnx, cpu, batch 1)" in result.stderr  # backend auto: onnxruntime on the CPU
+
+
+def test_two_photos_with_one_name_are_refused_naming_both(test_folder, tmp_path):
+    photo = sorted((test_folder / "test").glob("*.jpg"))[0]
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(photo, tmp_path / folder / photo.name)
+    result = carmask("predict", str(tmp_path / "a"), str(tmp_path / "b" / "*.jpg"),
+                     "--out", str(tmp_path / "sub.csv"))
+    assert result.returncode == 1
+    assert (f"two photos are named {photo.name}: {tmp_path / 'a' / photo.name} and "
+            f"{tmp_path / 'b' / photo.name}") in result.stderr
+    same_stem = tmp_path / "a" / (photo.stem + ".png")
+    shutil.copy(photo, same_stem)
+    masks = carmask("predict", str(tmp_path / "a"), "--masks-dir", str(tmp_path / "masks"))
+    assert masks.returncode == 1 and "would both get the mask" in masks.stderr
+
+
+@pytest.mark.parametrize("command", ["predict", "cutout"])
+@pytest.mark.parametrize("batch", ["0", "-1"])
+def test_batch_below_one_is_refused(command, batch, test_folder, tmp_path):
+    photo = str(sorted((test_folder / "test").glob("*.jpg"))[0])
+    result = carmask(command, photo, "--out", str(tmp_path / "out.csv"), "--batch", batch)
+    assert result.returncode == 2 and "--batch" in result.stderr
+
+
+def test_backend_auto_is_onnx_on_the_cpu_and_torch_on_a_gpu(model):
+    from carmask.predict import default_batch, resolve_backend
+    assert Predictor(model).backend == "onnx" and Predictor(model).batch == 1
+    assert resolve_backend("auto", "cuda") == "torch" and resolve_backend("auto", "cpu") == "onnx"
+    assert default_batch("torch") == 4 and Predictor(model, backend="torch").batch == 4
+    for bad in ({"backend": "tensorrt"}, {"batch": 0}, {"device": "gpu"}):
+        with pytest.raises(ValueError):
+            Predictor(model, **bad)

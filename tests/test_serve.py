@@ -243,3 +243,41 @@ def test_serve_refuses_a_missing_model_file(tmp_path):
                              str(tmp_path / "nope.safetensors")], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 1 and "nope.safetensors" in result.stderr
+
+
+def test_serve_options_are_checked_before_the_model_loads(tmp_path):
+    """Each refusal comes in a second or two (the model is never loaded: a missing model file
+    would be named otherwise), and 0.0.0.0 is served only with a warning."""
+    import socket
+    import subprocess
+    import sys
+
+    def serve(*args):
+        return subprocess.run([sys.executable, "-m", "carmask", "serve", *args], capture_output=True,
+                              text=True, timeout=60)
+
+    for port in ("70000", "0", "-1"):
+        result = serve("--port", port)
+        assert result.returncode == 2 and "--port" in result.stderr
+    for option in ("--workers", "--max-megabytes"):
+        result = serve(option, "0")
+        assert result.returncode == 2 and option in result.stderr
+    nomodel = ("--model", str(tmp_path / "none.safetensors"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        result = serve("--port", str(busy.getsockname()[1]), *nomodel)
+    assert result.returncode == 1 and "cannot listen on 127.0.0.1:" in result.stderr
+    assert "none.safetensors" not in result.stderr
+    bad_host = serve("--host", "no-such-host.invalid", *nomodel)
+    assert bad_host.returncode == 1 and "--host no-such-host.invalid" in bad_host.stderr
+    bad_backend = serve("--backend", "tensorrt")
+    assert bad_backend.returncode == 1 and "backend must be auto, torch or onnx" in bad_backend.stderr
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    exposed = serve("--host", "0.0.0.0", "--port", port, *nomodel)
+    assert "reachable from the network, with no authentication" in exposed.stderr
+    assert exposed.returncode == 1 and "none.safetensors" in exposed.stderr
+    local = serve("--host", "localhost", "--port", port, *nomodel)
+    assert "reachable from the network" not in local.stderr and "none.safetensors" in local.stderr

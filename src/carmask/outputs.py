@@ -56,9 +56,10 @@ _held_lock = threading.Lock()
 
 
 def lock_path(output: str | Path) -> Path:
-    """The lock file of an output: `NAME.lock` beside it."""
-    output = Path(output)
-    return output.with_name(output.name + ".lock")
+    """The lock file of an output: `NAME.lock` beside it, whichever way the path is spelt
+    (`masks/`, `./masks`, a link to it); inside it for the root folder, which has no name."""
+    output = Path(output).resolve()
+    return output.with_name(output.name + ".lock") if output.name else output / ".carmask.lock"
 
 
 @contextmanager
@@ -69,15 +70,16 @@ def output_lock(output: str | Path) -> Iterator[Path]:
     may take it again (the command line takes it before loading the model, the submission
     writer again inside). The lock is an flock, so a killed holder releases it at once.
     """
-    path = lock_path(output).absolute()
-    acquire(path)
+    path = lock_path(output)
+    acquire(path, output)
     try:
         yield path
     finally:
         release(path)
 
 
-def acquire(path: Path) -> None:
+def acquire(path: Path, output: str | Path | None = None) -> None:
+    """Take the lock file `path` (see output_lock); `output` is the path named in the error."""
     with _held_lock:
         if path in _held:
             _held[path][1] += 1
@@ -90,9 +92,8 @@ def acquire(path: Path) -> None:
             except BlockingIOError:
                 holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
                 os.close(fd)
-                target = path.with_name(path.name.removesuffix(".lock"))
                 raise OutputError(
-                    f"{target} is being written by another carmask process (pid {holder}, "
+                    f"{output or path} is being written by another carmask process (pid {holder}, "
                     f"lock {path}); wait for it to finish or stop it") from None
             # The holder before us may have unlinked the file between our open and our lock:
             # then we hold a lock on a dead inode, and must lock the new file instead.

@@ -142,8 +142,8 @@ class SubmissionWriter:
         self._claimed: set[str] = set()
         self.dropped: list[str] = []  # resumed rows that were invalid: "FILE:LINE: problem"
         check_output_file(self.path, "submission")
-        self._lock_file = lock_path(self.path).absolute()
-        acquire(self._lock_file)  # before the spool is read or written
+        self._lock_file = lock_path(self.path)
+        acquire(self._lock_file, self.path)  # before the spool is read or written
         self._locked = True
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from carmask.cli.common import INCOMPLETE, ModelOption, console, err, fail, progress, warn
+from carmask.cli.predict import BackendOption, BatchOption
 
 
 def cutout(
@@ -23,9 +24,9 @@ def cutout(
     model: ModelOption = None,
     fmt: Annotated[str, typer.Option("--format", help="png or webp (keep alpha), or jpg.")] = "png",
     overwrite: Annotated[bool, typer.Option(help="Replace cut-outs that already exist.")] = False,
-    backend: Annotated[str, typer.Option(help="onnx (faster on a CPU) or torch.")] = "onnx",
-    device: Annotated[str, typer.Option(help="cpu, or cuda with --backend torch.")] = "cpu",
-    batch: Annotated[int, typer.Option(help="Photos per forward pass.")] = 4,
+    backend: BackendOption = "auto",
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    batch: BatchOption = None,
 ) -> None:
     """Cut the car out of each photo: transparent, or composited over a colour or an image, at the
     photo's full resolution. Any photo size works.
@@ -34,15 +35,17 @@ def cutout(
     """
     from carmask.cutout import CutoutError, cutout_files, expand_inputs, parse_background
     from carmask.models.io import ModelFileError
+    from carmask.outputs import OutputError, check_output_dir
     from carmask.predict import Predictor
 
     try:
+        check_output_dir(out, "--out folder")  # before the model loads
         photos = expand_inputs(inputs)
         chosen = parse_background(background)
         predictor = Predictor(model, backend=backend, device=device, batch=batch)
         summary = cutout_files(predictor, photos, out, chosen, feather=feather, shadow=shadow,
                                fmt=fmt, overwrite=overwrite, track=progress)
-    except (CutoutError, ModelFileError, ValueError) as error:
+    except (CutoutError, ModelFileError, OutputError, ValueError) as error:
         raise fail(str(error)) from None
     console.print(f"{len(summary.written)} cut-outs written to {out}/"
                   + (f", {len(summary.skipped)} already there (--overwrite replaces them)"
@@ -56,9 +59,9 @@ def cutout(
 def serve(
     host: Annotated[str, typer.Option(
         help="Address to bind; 0.0.0.0 exposes it to the network.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
     model: ModelOption = None,
-    backend: Annotated[str, typer.Option(help="onnx (faster on a CPU) or torch.")] = "onnx",
+    backend: Annotated[str, typer.Option(help="onnx (faster on a CPU), torch, or auto (onnx).")] = "onnx",
     workers: Annotated[int, typer.Option(min=1, help="Photos processed at once.")] = 2,
     max_queue: Annotated[int, typer.Option(min=0, help="Requests waiting beyond those; more get 503.")] = 16,
     max_megabytes: Annotated[float, typer.Option(min=0.001, help="Largest upload per file.")] = 25.0,
@@ -67,10 +70,20 @@ def serve(
 ) -> None:
     """Serve the web page (/), the HTTP API (/v1/mask, /v1/cutout, /v1/models, /healthz) and its
     OpenAPI docs (/docs) on one loaded model."""
-    from carmask.models.io import ModelFileError
+    from carmask.models.io import ModelFileError, read_config, resolve_model_path
+    from carmask.predict import resolve_backend
     from carmask.serve import ServeConfig
     from carmask.serve import serve as run_server
 
+    # Every option is checked before the model loads, which takes a while.
+    try:
+        if check_listen(host, port):
+            warn(f"--host {host}: the service will be reachable from the network, with no "
+                 "authentication; anyone who can reach this machine can use it")
+        resolve_backend(backend, "cpu")
+        read_config(resolve_model_path(model))
+    except (ModelFileError, ValueError) as error:
+        raise fail(str(error)) from None
     config = ServeConfig(max_bytes=int(max_megabytes * 2**20), max_pixels=int(max_megapixels * 1e6),
                          workers=workers, max_queue=max_queue)
     err.print(f"carmask: web page at http://{host}:{port}/ , API docs at http://{host}:{port}/docs",
@@ -79,3 +92,24 @@ def serve(
         run_server(host, port, model=model, backend=backend, config=config)
     except (ModelFileError, ValueError) as error:
         raise fail(str(error)) from None
+
+
+def check_listen(host: str, port: int) -> bool:
+    """ValueError unless `host:port` can be listened on now; True when `host` is reachable from
+    other machines (anything but a loopback address)."""
+    import ipaddress
+    import socket
+
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        raise ValueError(f"--host {host}: not an address of this machine ({error.strerror})") from None
+    family, kind, proto, _, address = addresses[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise ValueError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    return not all(ipaddress.ip_address(a[4][0].split("%")[0]).is_loopback for a in addresses)

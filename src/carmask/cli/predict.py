@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -21,7 +22,21 @@ from carmask.cli.common import (
 )
 
 
+PhotosArgument = Annotated[
+    Optional[list[str]],
+    typer.Argument(help="Photos, folders of photos, or globs (test/*.jpg, quoted or not).",
+                   show_default=False),
+]
+BatchOption = Annotated[
+    Optional[int], typer.Option(min=1, help="Photos per forward pass (default: 1 with onnx, 4 with torch).")
+]
+BackendOption = Annotated[
+    str, typer.Option(help="auto (onnxruntime on the CPU, torch on a GPU), torch, or onnx (CPU only).")
+]
+
+
 def predict(
+    inputs: PhotosArgument = None,
     data: Annotated[
         Optional[Path],
         typer.Option("--data", help="Kaggle folder: predicts test/ in sample_submission.csv order."),
@@ -38,57 +53,72 @@ def predict(
         Optional[str], typer.Option(help="Model input HEIGHTxWIDTH (default: the model's).")
     ] = None,
     tta: Annotated[bool, typer.Option(help="Average with the horizontally flipped photo.")] = False,
-    batch: Annotated[int, typer.Option(help="Photos per forward pass.")] = 4,
-    workers: Annotated[Optional[int], typer.Option(help="Decoding threads.")] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    backend: Annotated[str, typer.Option(help="torch or onnx (CPU only).")] = "torch",
+    batch: BatchOption = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Decoding threads.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    backend: BackendOption = "auto",
     shard: Annotated[
         Optional[str], typer.Option(help="i/n: this job's share (0-based); join with `submission merge`.")
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue a killed run; nothing is predicted twice.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace an existing --out file, or a killed run's rows, instead of refusing.")] = False,
 ) -> None:
     """Predict full-resolution masks into a Kaggle submission and/or mask files.
 
     Exit code 0: everything predicted; 3: finished, but some photos failed or were missing
-    (listed in OUT.failures.csv, their rows left empty); 1: could not run.
+    (listed in OUT.failures.csv, their rows left empty); 1: could not run; 130: interrupted
+    (rerun with --resume to continue).
     """
+    from carmask.cutout import CutoutError
     from carmask.models.io import ModelFileError
-    from carmask.predict import Predictor, run_prediction, shard_of
-    from carmask.submission import SubmissionError, read_sample_names
+    from carmask.outputs import OutputError
+    from carmask.predict import Predictor, check_outputs, run_prediction, shard_of
+    from carmask.submission import SubmissionError
 
     if out is None and masks_dir is None:
         raise fail("nothing to write: give --out submission.csv and/or --masks-dir DIR")
-    try:
-        photos, names = _photos_to_predict(data, images, read_sample_names)
-        if shard:
-            index, count = (int(v) for v in shard.split("/"))
-            names = shard_of(names, (index, count))
-        predictor = Predictor(
-            model,
-            device=device,
-            backend=backend,
-            tta=tta,
-            batch=batch,
-            size=parse_size(size, "HEIGHTxWIDTH") if size else None,
+    if resume and overwrite:
+        raise fail("give --resume (continue) or --overwrite (start again), not both")
+    with ExitStack() as locks:
+        try:
+            # Everything about the outputs is settled before the model loads: a mistake shows
+            # in a second, and a second run on the same outputs is refused, naming the first.
+            check_outputs(out, masks_dir, resume=resume, overwrite=overwrite, locks=locks)
+            photos, names = _photos_to_predict(data, [*(images or []), *(inputs or [])],
+                                               masks=masks_dir is not None)
+            if shard:
+                names = shard_of(names, _parse_shard(shard))
+            predictor = Predictor(
+                model,
+                device=device,
+                backend=backend,
+                tta=tta,
+                batch=batch,
+                size=parse_size(size, "HEIGHTxWIDTH") if size else None,
+            )
+        except (CutoutError, ModelFileError, OutputError, SubmissionError, ValueError,
+                FileNotFoundError) as error:
+            raise fail(str(error)) from None
+        err.print(
+            f"predicting {len(names)} images with {predictor.name} at "
+            f"{predictor.size[0]}x{predictor.size[1]}{' + flip TTA' if tta else ''} "
+            f"({predictor.backend}, {predictor.device}, batch {predictor.batch})",
+            highlight=False,
         )
-    except (ModelFileError, SubmissionError, ValueError, FileNotFoundError) as error:
-        raise fail(str(error)) from None
-    err.print(
-        f"predicting {len(names)} images with {predictor.name} at "
-        f"{predictor.size[0]}x{predictor.size[1]}{' + flip TTA' if tta else ''} "
-        f"({backend}, {device})",
-        highlight=False,
-    )
-    summary = run_prediction(
-        predictor,
-        photos,
-        names,
-        submission=out,
-        masks_dir=masks_dir,
-        resume=resume,
-        workers=workers,
-        track=progress,
-    )
+        try:
+            summary = run_prediction(predictor, photos, names, submission=out, masks_dir=masks_dir,
+                                     resume=resume, workers=workers, track=progress)
+        except KeyboardInterrupt:
+            warn(f"what was done is kept; to continue, run: {_resume_command()}",
+                 label="interrupted:")
+            raise typer.Exit(INTERRUPTED) from None
+        except (OutputError, SubmissionError) as error:
+            raise fail(str(error)) from None
+    for dropped in summary.dropped[:10]:
+        warn(dropped, label="redone:")
+    if len(summary.dropped) > 10:
+        warn(f"... and {len(summary.dropped) - 10} more rows", label="redone:")
     console.print(
         f"{summary.predicted} predicted ({summary.resumed} already done) in "
         f"{summary.seconds:.1f} s: {summary.images_per_second:.2f} images/s, "
@@ -107,12 +137,39 @@ def predict(
         raise typer.Exit(INCOMPLETE)
 
 
-def _photos_to_predict(data, images, read_sample_names) -> tuple[dict[str, Path], list[str]]:
-    """The photos by name, and the names to predict in submission order."""
-    import glob
+INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C
 
-    if (data is None) == (not images):
-        raise ValueError("give either --data DIR or --images FILES/GLOBS")
+
+def _resume_command() -> str:
+    """The command line that continues this run: the same one, with --resume."""
+    import shlex
+    import sys
+
+    args = [a for a in sys.argv[1:] if a not in ("--overwrite", "--no-resume")]
+    if "--resume" not in args:
+        args.append("--resume")
+    return shlex.join(["carmask", *args])
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
+    return index, count
+
+
+def _photos_to_predict(data: Path | None, specs: list[str],
+                       masks: bool) -> tuple[dict[str, Path], list[str]]:
+    """The photos by name, and the names to predict in submission order."""
+    from carmask.cutout import expand_inputs
+    from carmask.predict import photos_by_name
+    from carmask.submission import read_sample_names
+
+    if data is not None and specs:
+        raise ValueError("give photos or --data DIR, not both")
+    if data is None and not specs:
+        raise ValueError("nothing to predict: give photos (files, folders or globs) or --data DIR")
     if data is not None:
         folder = data / "test"
         if not folder.is_dir():
@@ -122,8 +179,7 @@ def _photos_to_predict(data, images, read_sample_names) -> tuple[dict[str, Path]
         }
         sample = data / "sample_submission.csv"
         return photos, read_sample_names(sample) if sample.is_file() else sorted(photos)
-    paths = [Path(p) for pattern in images for p in (sorted(glob.glob(pattern)) or [pattern])]
-    photos = {p.name: p for p in paths}
+    photos = photos_by_name(expand_inputs(specs), masks=masks)
     return photos, list(photos)
 
 
@@ -137,8 +193,8 @@ def evaluate(
     size: Annotated[
         Optional[str], typer.Option(help="Model input HEIGHTxWIDTH (default: the model's).")
     ] = None,
-    backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    backend: BackendOption = "auto",
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
     cars: Annotated[
         Optional[str],
         typer.Option(help="Only these car ids (comma-separated), or 'val' for the model's validation cars."),
