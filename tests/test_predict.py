@@ -295,15 +295,17 @@ def test_resume_redoes_invalid_rows_and_says_which(model, test_folder, tmp_path)
     reference, out = tmp_path / "reference.csv", tmp_path / "sub.csv"
     assert carmask("predict", *args, "--out", str(reference)).returncode == 0
     lines = reference.read_text().splitlines(keepends=True)
-    name3, name5 = lines[3].split(",")[0], lines[5].split(",")[0]
+    name3, name5, name7 = (lines[i].split(",")[0] for i in (3, 5, 7))
     lines[3] = f"{name3},5 0\n"  # a zero length
     lines[5] = f"{name5},9 2 3 1\n"  # unsorted runs
+    lines[7] = f"{name7},24570 10\n"  # past the end of its 128x192 photo
     out.write_text("".join(lines))
     resumed = carmask("predict", *args, "--out", str(out), "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert "2 predicted (62 already done)" in resumed.stdout
+    assert "3 predicted (61 already done)" in resumed.stdout
     assert f"redone: {out}:4: {name3}: invalid RLE" in resumed.stderr
     assert f"redone: {out}:6: {name5}: invalid RLE" in resumed.stderr
+    assert f"redone: {out}:8: {name7}: invalid RLE: pair 1: run 24570+10 ends at pixel" in resumed.stderr
     assert out.read_bytes() == reference.read_bytes()
 
 

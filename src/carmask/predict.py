@@ -336,7 +336,8 @@ def _run(predictor, photos, names, submission, masks_dir, resume, workers, track
     from carmask.parallel import BoundedExecutor
     from carmask.submission import SubmissionWriter
 
-    writer = SubmissionWriter(submission, names, resume=resume) if submission else None
+    writer = SubmissionWriter(submission, names, resume=resume,
+                              shape=lambda name: _photo_size(photos.get(name))) if submission else None
     todo = writer.remaining if writer else list(names)
     if masks_dir is not None:
         masks_dir.mkdir(parents=True, exist_ok=True)
@@ -380,6 +381,16 @@ def _run(predictor, photos, names, submission, masks_dir, resume, workers, track
     if (failures or missing) and submission:
         _write_failures(submission.with_name(submission.stem + ".failures.csv"), failures, missing)
     return (predicted, resumed), failures, missing, writer.dropped if writer else []
+
+
+def _photo_size(path: Path | None) -> tuple[int, int] | None:
+    """A photo's displayed (H, W) from its header, the size its mask must have; None when
+    there is no readable photo (its row is then checked for all but its length)."""
+    from carmask.data.io import read_photo_header
+    try:
+        return read_photo_header(path).size if path is not None else None
+    except DataError:
+        return None
 
 
 def _mask_file(masks_dir: Path, name: str) -> Path:

@@ -17,7 +17,7 @@ import csv
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,10 +121,11 @@ class SubmissionWriter:
         workers: int | None = None,
         max_pending: int | None = None,
         resume: bool = False,
-        shape: tuple[int, int] | None = None,
+        shape: tuple[int, int] | Callable[[str], tuple[int, int] | None] | None = None,
     ) -> None:
-        """`shape` (H, W), when every mask has it, lets resume check the resumed rows' RLEs
-        against it; without it they are checked for everything but their length.
+        """`shape` is the masks' (H, W), or a function giving it by image name (None where
+        unknown): resume checks the resumed rows' RLEs against it, and without it for
+        everything but their length.
 
         The output is locked (`NAME.lock`) until finalize() or close(): a second writer on the
         same path, in any process, raises OutputError naming the first.
@@ -334,7 +335,8 @@ class SubmissionWriter:
         if name in self._offsets:
             return name, f"{name}: a second row for this image (the first is kept)"
         # Without a known shape, any length passes: photos of any size may be predicted.
-        if problem := rle.validate(encoding, self.shape or _ANY_SHAPE):
+        shape = self.shape(name) if callable(self.shape) else self.shape
+        if problem := rle.validate(encoding, shape or _ANY_SHAPE):
             return name, f"{name}: invalid RLE: {problem}"
         return name, None
 
