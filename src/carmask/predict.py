@@ -69,7 +69,9 @@ class Predictor:
     """Load a model file (default: the shipped model) and turn photos into full-size masks.
 
     `backend` auto is onnxruntime on the CPU and torch on a GPU; `batch` None is
-    `default_batch(backend)`.
+    `default_batch(backend)`. A model file that holds an outline refiner (carmask.refine) gets
+    its full-resolution second stage unless `refine` is False: photos are then decoded at full
+    size, since the refiner reads the pixels along the outline.
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class Predictor:
         batch: int | None = None,
         threshold: float | None = None,
         threads: int | None = None,
+        refine: bool = True,
     ) -> None:
         self.device = resolve_device(device)
         backend = resolve_backend(backend, self.device)
@@ -115,10 +118,23 @@ class Predictor:
                 network = network.half().to(memory_format=torch.channels_last)
             self._network = network
             self._run = self._run_torch
+        self.refiner = self._load_refiner(threads) if refine and self.kind == "logit" else None
+
+    def _load_refiner(self, threads: int | None):
+        from carmask.models.io import load_refiner
+        from carmask.refine import OutlineRefiner
+
+        stored = load_refiner(self.path)
+        if stored is None:
+            return None
+        network, config = stored
+        return OutlineRefiner(network, config, model_file=self.path, backend=self.backend,
+                              device=self.device, threads=threads)
 
     @property
     def name(self) -> str:
-        return f"{self.config['architecture']} ({self.path.name})"
+        stages = self.config["architecture"] + (f" + {self.refiner.architecture}" if self.refiner else "")
+        return f"{stages} ({self.path.name})"
 
     # -- the stages ---------------------------------------------------------------------------
     def preprocess(self, photo: np.ndarray) -> np.ndarray:
@@ -130,7 +146,7 @@ class Predictor:
         """Decode a photo upright (EXIF orientation applied) at the smallest size that still
         covers the model input; return it and the photo's full (H, W) as displayed, the size its
         mask gets. PhotoError (a DataError) names the file and what is wrong with it."""
-        photo = read_photo(path, cover=self.size)
+        photo = read_photo(path, cover=None if self.refiner else self.size)
         return photo.pixels, photo.size
 
     def raw_outputs(self, batch: np.ndarray) -> torch.Tensor:
@@ -147,11 +163,15 @@ class Predictor:
         with torch.inference_mode():
             return self._network(tensor).float()
 
-    def to_masks(self, outputs: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
-        """Upsample each raw output to its photo's size, then threshold."""
+    def to_masks(self, outputs: torch.Tensor, sizes: Sequence[tuple[int, int]],
+                 photos: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
+        """Upsample each raw output to its photo's size, refine its outline where the model has a
+        refiner (which needs the full-size `photos`), then threshold."""
         masks = []
-        for output, size in zip(outputs, sizes):
+        for index, (output, size) in enumerate(zip(outputs, sizes)):
             full = upsample(output[None], size)
+            if self.refiner is not None and photos is not None:
+                full = torch.from_numpy(self.refiner(photos[index], full[0, 0].cpu().numpy()))[None, None]
             masks.append(car_mask(full, self.kind, self.threshold)[0].cpu().numpy())
         return masks
 
@@ -167,7 +187,7 @@ class Predictor:
         for start in range(0, len(photos), self.batch):
             chunk = photos[start:start + self.batch]
             batch = np.stack([self.preprocess(p) for p in chunk])
-            masks.extend(self.to_masks(self.raw_outputs(batch), [p.shape[:2] for p in chunk]))
+            masks.extend(self.to_masks(self.raw_outputs(batch), [p.shape[:2] for p in chunk], chunk))
         return masks
 
     def predict_paths(self, paths: Iterable[str | Path], workers: int | None = None,
@@ -179,15 +199,16 @@ class Predictor:
         def decode(path):
             try:
                 photo, full = self.load(path)
-                return Path(path), self.preprocess(photo), full, None
+                # the refiner reads the full-size photo along the outline; otherwise let it go
+                return Path(path), (self.preprocess(photo), photo if self.refiner else None), full, None
             except DataError as error:
                 return Path(path), None, None, str(error)
 
         # A GPU runs the model in a fraction of the time a photo takes to decode, so every core
         # decodes; on a CPU the model needs the cores.
         workers = workers or min(4 if self.device.type == "cpu" else 16, os.cpu_count() or 1)
-        pending: list[tuple[Path, np.ndarray, tuple[int, int]]] = []
-        for path, tensor, full, error in imap_bounded(decode, paths, workers, ahead=2 * self.batch + workers):
+        pending: list[tuple[Path, tuple[np.ndarray, np.ndarray | None], tuple[int, int]]] = []
+        for path, inputs, full, error in imap_bounded(decode, paths, workers, ahead=2 * self.batch + workers):
             if error is not None:
                 if pending:  # keep the output in input order
                     yield from self._flush(pending)
@@ -196,7 +217,7 @@ class Predictor:
                     on_error(path, error)
                 yield Prediction(path, None, error)
                 continue
-            pending.append((path, tensor, full))
+            pending.append((path, inputs, full))
             if len(pending) == self.batch:
                 yield from self._flush(pending)
                 pending = []
@@ -204,8 +225,10 @@ class Predictor:
             yield from self._flush(pending)
 
     def _flush(self, pending) -> Iterator[Prediction]:
-        outputs = self.raw_outputs(np.stack([tensor for _, tensor, _ in pending]))
-        for (path, _, _), mask in zip(pending, self.to_masks(outputs, [f for _, _, f in pending])):
+        outputs = self.raw_outputs(np.stack([tensor for _, (tensor, _), _ in pending]))
+        masks = self.to_masks(outputs, [full for _, _, full in pending],
+                              [photo for _, (_, photo), _ in pending])
+        for (path, _, _), mask in zip(pending, masks):
             yield Prediction(path, mask)
 
 
@@ -281,7 +304,7 @@ def check_outputs(submission: Path | None, masks_dir: Path | None, *, resume: bo
     if submission is None or overwrite:
         return
     if resume:
-        from carmask.submission import check_resumable
+        from carmask.submission_writer import check_resumable
         check_resumable(submission)
         return
     spool = submission.with_name(submission.name + ".spool")
@@ -334,7 +357,7 @@ def run_prediction(
 def _run(predictor, photos, names, submission, masks_dir, resume, workers, track):
     from carmask.data.io import save_mask
     from carmask.parallel import BoundedExecutor
-    from carmask.submission import SubmissionWriter
+    from carmask.submission_writer import SubmissionWriter
 
     writer = SubmissionWriter(submission, names, resume=resume,
                               shape=lambda name: _photo_size(photos.get(name))) if submission else None
