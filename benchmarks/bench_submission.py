@@ -14,7 +14,8 @@ from common import OUTPUT, report, require_data
 
 from carmask.data.io import read_mask
 from carmask.parallel import imap_bounded
-from carmask.submission import SubmissionWriter, check_submission, read_sample_names
+from carmask.submission import check_submission, read_sample_names
+from carmask.submission_writer import SubmissionWriter
 from bench_rle import seed_rle_encode
 
 

@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from carmask import rle, submission
+from carmask import rle, submission_writer
 from carmask.data.io import read_mask
-from carmask.submission import (SubmissionError, SubmissionWriter, check_submission,
-                                merge_submissions, read_sample_names, write_submission)
+from carmask.submission import (SubmissionError, check_submission, merge_submissions,
+                                read_sample_names)
+from carmask.submission_writer import SubmissionWriter, write_submission
 
 SHAPE = (1280, 1918)
 
@@ -69,7 +70,7 @@ def test_many_producers_bounded_memory(real_masks, tmp_path, monkeypatch):
                 in_flight += 1
                 peak = max(peak, in_flight)
 
-    monkeypatch.setattr(submission.rle, "encode", slow_encode)
+    monkeypatch.setattr(submission_writer.rle, "encode", slow_encode)
     names = [f"{i:012x}_01.jpg" for i in range(120)]
     masks = list(real_masks.values())
     with Counting(tmp_path / "s.csv", names, workers=2, max_pending=4) as writer:
@@ -109,7 +110,8 @@ def test_allow_missing_writes_empty_rows_and_reports_them(real_masks, tmp_path):
 PRODUCER = textwrap.dedent("""
     import sys, time
     import numpy as np
-    from carmask.submission import SubmissionWriter, read_sample_names
+    from carmask.submission import read_sample_names
+    from carmask.submission_writer import SubmissionWriter
     out, n = sys.argv[1], int(sys.argv[2])
     names = [f"{i:012x}_01.jpg" for i in range(n)]
     with SubmissionWriter(out, names, workers=1, resume=True) as writer:
@@ -374,14 +376,14 @@ def test_resume_refuses_a_file_that_is_not_a_submission(tmp_path):
     assert notes.read_bytes() == b"name,phone\nada,555\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.csv"]  # no spool, no lock
     with pytest.raises(SubmissionError, match="not a submission"):
-        submission.check_resumable(notes)
+        submission_writer.check_resumable(notes)
 
 
 def test_a_second_process_cannot_write_the_same_submission(tmp_path):
     from carmask.outputs import OutputError
     out = tmp_path / "sub.csv"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from carmask.submission import SubmissionWriter; "
+        [sys.executable, "-c", "import sys, time; from carmask.submission_writer import SubmissionWriter; "
          "w = SubmissionWriter(sys.argv[1], ['a.jpg']); print('ready', flush=True); time.sleep(60)",
          str(out)], stdout=subprocess.PIPE, text=True)
     try:

@@ -20,7 +20,8 @@ from carmask.data.io import read_mask
 from carmask.data.layout import DataIndex, index_dataset
 from carmask.parallel import imap_bounded
 from carmask.progress import Track, silent_track
-from carmask.submission import CheckReport, SubmissionWriter, check_submission
+from carmask.submission import CheckReport, check_submission
+from carmask.submission_writer import SubmissionWriter
 
 log = logging.getLogger(__name__)
 
