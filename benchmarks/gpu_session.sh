@@ -1,19 +1,34 @@
 #!/usr/bin/env bash
-# One GPU session (H100/H200): the prediction throughput benchmark, then training unet-mnv2 at
-# 640x960 from the shipped model's weights, then the throughput of the new model. As run on
-# 2026-11-27 it made today's shipped model from the 320x480 one (docs/models.md); run again, it
-# fine-tunes the shipped model further.
-# The validation cars are the shipped model's own (--val-cars shipped): the data folder has grown
-# from 100 to 160 cars, and re-creating fold 0 over it would hold out cars the model trained on.
-# Needs the packed data (benchmarks/gpu_data.py pack .gpu/carvana-packed) and, where
-# segmentation_models_pytorch is missing, its wheel in .whl/. Results go to $OUT.
-#
-#   TRAIN_SECONDS=360 EPOCHS=26 bash benchmarks/gpu_session.sh
+# The pending GPU work (H100/H200), in order of value:
+#   1. fine-tune the shipped unet-mnv2 at 640x960 on all 150 training cars (the folder grew from
+#      100 to 160 cars) with the cosine schedule run to its end, holding out the shipped model's
+#      own 10 validation cars (--val-cars shipped; fold 0 of the grown folder would hold out cars
+#      it trained on);
+#   2. the prediction throughput of the shipped and the new model (issue 13's figure).
+# The photos travel packed, in two parts, because one call carries at most 64 MiB:
+#   python benchmarks/gpu_data.py pack .gpu/packed --parts 2 --quality 70 --test-photos 8
+# then two calls of the device tool, each carrying one part (.gpu/ is git-ignored, so the data
+# unpacked into .gpu/carvana stays on the machine between calls while it is warm):
+#   run: bash benchmarks/gpu_session.sh data .gpu/packed/part0      carry [".gpu/packed/part0"]
+#   run: bash benchmarks/gpu_session.sh all .gpu/packed/part1       carry [".gpu/packed/part1"]
+# Where segmentation_models_pytorch is missing there, carry its wheel in .whl/ as well.
+# Tested on the CPU with tiny sizes:
+#   DEVICE=cpu SIZE=64x96 TRAIN_SECONDS=60 EPOCHS=1 BATCH=4 THROUGHPUT=8 \
+#       bash benchmarks/gpu_session.sh all .gpu/packed/part1
+# Results go to $OUT: train.log, summary.json, metrics.csv, curves.png, model.safetensors, and
+# the benchmark lines. The Dice it prints is on re-encoded photos; the figure to report comes
+# from `carmask evaluate --cars val --model OUT/model.safetensors` on the originals afterwards.
 set -u
+STAGE=${1:-all}
+PART=${2:-}
 OUT=${OUT:-gpu-output}
-TRAIN_SECONDS=${TRAIN_SECONDS:-360}
-EPOCHS=${EPOCHS:-26}
-DATA=${DATA:-/tmp/carvana}
+DATA=${DATA:-.gpu/carvana}
+DEVICE=${DEVICE:-cuda}
+SIZE=${SIZE:-640x960}
+TRAIN_SECONDS=${TRAIN_SECONDS:-420}
+EPOCHS=${EPOCHS:-10}  # ~35 s an epoch for 2,400 photos at 68 photos/s: the schedule ends in time
+BATCH=${BATCH:-16}
+THROUGHPUT=${THROUGHPUT:-2000}
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -22,35 +37,40 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 export CARMASK_CARVANA=$DATA
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch, torchvision, lightning, segmentation_models_pytorch as smp; \
-print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'lightning', \
-lightning.__version__, 'smp', smp.__version__, torch.cuda.get_device_name())" || exit 1
+PYTHON=${PYTHON:-python3}
 stamp() { echo "== $(date +%T) $*"; }
 
-stamp unpack
-python3 benchmarks/gpu_data.py unpack .gpu/carvana-packed "$DATA" --workers 16 || exit 1
+if [ -n "$PART" ]; then
+    stamp "unpack $PART"
+    $PYTHON benchmarks/gpu_data.py unpack "$PART" "$DATA" --workers "$(nproc)" || exit 1
+fi
+[ "$STAGE" = data ] && { ls "$DATA/train" | wc -l; stamp done; exit 0; }
 
-stamp "throughput, shipped model"
-timeout 150 python3 benchmarks/bench_predict.py --device cuda --sizes --throughput-count 2000 \
-    --batch 16 --skip-memory | tee "$OUT/bench-shipped.jsonl"
+[ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+$PYTHON -c "import torch, torchvision, lightning, segmentation_models_pytorch as smp; \
+print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'lightning', \
+lightning.__version__, 'smp', smp.__version__, torch.cuda.is_available())" || exit 1
+echo "photos: $(ls "$DATA/train" | wc -l), masks: $(ls "$DATA/train_masks" | wc -l)"
 
-stamp "training ${TRAIN_SECONDS}s"
+stamp "training ${TRAIN_SECONDS}s at $SIZE"
 minutes=$((TRAIN_SECONDS / 60)); seconds=$((TRAIN_SECONDS % 60))
-timeout $((TRAIN_SECONDS + 100)) python3 -m carmask train --data "$DATA" --model unet-mnv2 \
-    --out /tmp/run640 --size 640x960 --epochs "$EPOCHS" --batch 16 --lr 5e-4 --val-cars shipped \
-    --seed 0 --init shipped --no-pretrained --half --workers 15 --patience 100 \
-    --max-time "00:00:$(printf %02d $minutes):$(printf %02d $seconds)" > "$OUT/train.log" 2>&1
+timeout $((TRAIN_SECONDS + 120)) $PYTHON -m carmask train --data "$DATA" --model unet-mnv2 \
+    --out "$OUT/run" --size "$SIZE" --epochs "$EPOCHS" --batch "$BATCH" --lr 5e-4 \
+    --val-cars shipped --seed 0 --init shipped --no-pretrained --half --workers "$(($(nproc) - 1))" \
+    --patience 100 --max-time "00:00:$(printf %02d $minutes):$(printf %02d $seconds)" \
+    > "$OUT/train.log" 2>&1
 echo "train exit $?"
 grep -v "it/s\]" "$OUT/train.log" | tail -n 15
 for f in model.safetensors summary.json metrics.csv curves.png; do
-    cp "/tmp/run640/$f" "$OUT/" 2>/dev/null
+    cp "$OUT/run/$f" "$OUT/" 2>/dev/null
 done
 cat "$OUT/summary.json" 2>/dev/null
 
-if [ -f /tmp/run640/model.safetensors ]; then
-    stamp "throughput, new model"
-    timeout 150 python3 benchmarks/bench_predict.py --device cuda --sizes --throughput-count 2000 \
-        --batch 16 --skip-memory --model /tmp/run640 | tee "$OUT/bench-640.jsonl"
-fi
+for model in shipped "$OUT/run"; do
+    [ -f "$OUT/run/model.safetensors" ] || [ "$model" = shipped ] || continue
+    stamp "throughput, $model"
+    timeout 150 $PYTHON benchmarks/bench_predict.py --device "$DEVICE" --sizes --model "$model" \
+        --throughput-count "$THROUGHPUT" --batch "$BATCH" --skip-memory \
+        | tee -a "$OUT/bench.jsonl"
+done
 stamp done
