@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import io
-import struct
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -18,6 +16,7 @@ from carmask.data.io import read_mask
 from carmask.evaluate import dice_and_iou
 from carmask.rle import decode
 from carmask.serve import BackgroundServer, ServeConfig, create_app
+from conftest import bomb_png
 
 LIMITS = ServeConfig(max_bytes=4 * 2**20, max_pixels=12_000_000)
 
@@ -102,15 +101,6 @@ def test_cutouts_transparent_colour_and_image(client, photo):
     assert pixels[:50, :50, 2].min() > 230 and pixels[:50, :50, :2].max() < 25
 
 
-def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
-    """A tiny PNG whose header claims 10 gigapixels: the classic decompression bomb."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
-
-
 def big_but_valid_png() -> bytes:
     buffer = io.BytesIO()
     Image.new("L", (4000, 4000)).save(buffer, "PNG")  # 16 MP: over the limit, 60 KB on the wire
@@ -124,7 +114,7 @@ BAD_UPLOADS = {
     # libjpeg only warns of this one, and fills the missing half with grey
     "truncated, end marker put back": (lambda photo: photo[: len(photo) // 2] + b"\xff\xd9", 400,
                                        "truncated_image"),
-    "bomb": (lambda photo: bomb_png(), 413, "too_many_pixels"),
+    "bomb": (lambda photo: bomb_png(100_000, 100_000), 413, "too_many_pixels"),  # 10 gigapixels
     "many pixels": (lambda photo: big_but_valid_png(), 413, "too_many_pixels"),
     "many bytes": (lambda photo: photo + bytes(LIMITS.max_bytes), 413, "too_large"),
 }
