@@ -131,6 +131,8 @@ def _flatten(batch):
 
 
 class RefinerTask(L.LightningModule):
+    """A refiner with its loss (BCE on the decided band pixels) and its validation counts."""
+
     def __init__(self, model: str, lr: float, weight_decay: float) -> None:
         super().__init__()
         self.save_hyperparameters()
