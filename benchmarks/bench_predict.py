@@ -24,7 +24,8 @@ from carmask.models.io import read_config, resolve_model_path
 RUN = """
 import json, resource, sys, time
 from pathlib import Path
-from carmask.predict import Predictor, run_prediction
+from carmask.predict import Predictor
+from carmask.predict_job import run_prediction
 photos = json.loads(Path(sys.argv[1]).read_text()); backend = sys.argv[2]; size = tuple(json.loads(sys.argv[3]) or ()) or None
 device, model, batch, workers = sys.argv[5], sys.argv[6] or None, int(sys.argv[7]), int(sys.argv[8]) or None
 predictor = Predictor(model, backend=backend, size=size, batch=batch, device=device)

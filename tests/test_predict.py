@@ -203,7 +203,7 @@ def test_bad_photos_are_listed_with_what_they_are_and_the_good_ones_predicted(
     """The job of `predict --out --masks-dir`: a sideways-stored (EXIF) photo gets its mask as
     displayed; truncated photos, a pixel bomb, an empty and a text file are failures that say
     what they are; a PNG named .jpg is simply read; nothing is left behind."""
-    from carmask.predict import run_prediction
+    from carmask.predict_job import run_prediction
 
     truth = read_mask(held_out[1])
     names = ["half.jpg", "bomb.png", "sideways.jpg", "half_with_end.jpg", "empty.jpg", "notes.jpg",

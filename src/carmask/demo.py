@@ -37,7 +37,7 @@ class DemoResult:
     eda_report: Path
     submission: Path
     check: CheckReport
-    prediction: object | None = None  # carmask.predict.JobSummary of the test photos
+    prediction: object | None = None  # carmask.predict_job.JobSummary of the test photos
     prediction_check: CheckReport | None = None
     evaluation: object | None = None  # carmask.evaluate.Evaluation, where true test masks exist
     cutouts: dict[str, object] = field(default_factory=dict)  # background → CutoutSummary
@@ -116,7 +116,8 @@ def _predict_test_photos(result: DemoResult, out: Path, track: Track,
     from dataclasses import replace
 
     from carmask.evaluate import evaluate
-    from carmask.predict import Predictor, run_prediction
+    from carmask.predict import Predictor
+    from carmask.predict_job import run_prediction
     from carmask.submission import read_sample_names
 
     index = result.index

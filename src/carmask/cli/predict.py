@@ -73,7 +73,8 @@ def predict(
     from carmask.cutout import CutoutError
     from carmask.models.io import ModelFileError
     from carmask.outputs import OutputError
-    from carmask.predict import Predictor, check_outputs, run_prediction, shard_of
+    from carmask.predict import Predictor
+    from carmask.predict_job import check_outputs, run_prediction, shard_of
     from carmask.submission import SubmissionError
 
     if out is None and masks_dir is None:
@@ -163,7 +164,7 @@ def _photos_to_predict(data: Path | None, specs: list[str],
                        masks: bool) -> tuple[dict[str, Path], list[str]]:
     """The photos by name, and the names to predict in submission order."""
     from carmask.cutout import expand_inputs
-    from carmask.predict import photos_by_name
+    from carmask.predict_job import photos_by_name
     from carmask.submission import read_sample_names
 
     if data is not None and specs:

@@ -1,0 +1,214 @@
+"""A whole prediction job: photos → a Kaggle submission (streamed in sample order, resumable,
+shardable) and/or one mask file per photo, with its outputs checked and locked before the model
+loads, and photos that fail listed rather than fatal. The masks come from carmask.predict."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from carmask.data.io import DataError, read_photo_header
+from carmask.predict import Predictor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobSummary:
+    expected: int  # images this job (shard) should cover
+    predicted: int  # predicted in this run
+    resumed: int  # already done by an earlier run
+    failures: list[tuple[str, str]]  # (image name, error)
+    missing: list[str]  # expected names with no photo or no mask in the end
+    seconds: float
+    peak_rss_mb: float
+    submission: Path | None
+    masks_dir: Path | None
+    dropped: list[str] = field(default_factory=list)  # resumed rows found invalid and redone
+
+    @property
+    def complete(self) -> bool:
+        return not self.failures and not self.missing
+
+    @property
+    def images_per_second(self) -> float:
+        return self.predicted / self.seconds if self.seconds else 0.0
+
+
+def shard_of(names: Sequence[str], shard: tuple[int, int] | None) -> list[str]:
+    """Every n-th name from the i-th (0-based): shards are balanced and disjoint."""
+    if shard is None:
+        return list(names)
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"shard must be i/n with 0 <= i < n, got {index}/{count}")
+    return list(names[index::count])
+
+
+def photos_by_name(paths: Iterable[str | Path], masks: bool = False) -> dict[str, Path]:
+    """Photos keyed by file name, the `img` of their submission rows. Two photos with one name
+    (from two folders) would share a row, and with `masks` two with one stem would share a mask
+    file: ValueError naming both, rather than one silently replacing the other."""
+    photos: dict[str, Path] = {}
+    stems: dict[str, Path] = {}
+    for path in map(Path, paths):
+        if path.name in photos and photos[path.name] != path:
+            raise ValueError(f"two photos are named {path.name}: {photos[path.name]} and {path}; "
+                             "rows and masks are named after the photo, so predict them apart")
+        if masks and path.stem in stems and stems[path.stem] != path:
+            raise ValueError(f"{stems[path.stem]} and {path} would both get the mask "
+                             f"{path.stem}_mask.png; predict them apart")
+        photos[path.name] = stems[path.stem] = path
+    return photos
+
+
+def check_outputs(submission: Path | None, masks_dir: Path | None, *, resume: bool = False,
+                  overwrite: bool = False, locks: ExitStack | None = None) -> None:
+    """Refuse outputs that cannot be written, or whose contents would be lost, before any work:
+    OutputError naming the path (and the option that would allow it), or SubmissionError for
+    resuming into a file that is not a submission.
+
+    With `locks`, the outputs are also locked (held until that stack closes), after the paths
+    are checked and before their contents are: a job still writing them is named as such.
+    """
+    from carmask.outputs import OutputError, check_output_dir, check_output_file, output_lock
+
+    if masks_dir is not None:
+        check_output_dir(masks_dir, "--masks-dir")
+    if submission is not None:
+        check_output_file(submission, "--out submission")
+    if locks is not None:
+        for output in (submission, masks_dir):
+            if output is not None:
+                locks.enter_context(output_lock(output))
+    if submission is None or overwrite:
+        return
+    if resume:
+        from carmask.submission_writer import check_resumable
+        check_resumable(submission)
+        return
+    spool = submission.with_name(submission.name + ".spool")
+    if spool.exists():
+        raise OutputError(f"{spool}: a killed run's rows are there; --resume continues it, "
+                          "--overwrite starts again")
+    if submission.exists():
+        raise OutputError(f"{submission} exists; --overwrite replaces it, --resume continues it")
+
+
+def run_prediction(
+    predictor: Predictor,
+    photos: dict[str, Path],
+    names: Sequence[str],
+    *,
+    submission: Path | None = None,
+    masks_dir: Path | None = None,
+    resume: bool = False,
+    workers: int | None = None,
+    track=None,
+) -> JobSummary:
+    """Predict `names` (photo names, e.g. 0a0e3fb8f782_01.jpg) found in `photos` and stream them
+    into a submission (sample order, atomic, resumable) and/or mask files.
+
+    Names with no photo and photos that fail to decode are listed, the rest goes on; with any
+    of them the submission is written with empty rows for them and marked incomplete.
+    The outputs are locked for the run (`NAME.lock`): a second job on them raises OutputError.
+    """
+    import resource
+    import time
+
+    from carmask.outputs import output_lock
+    from carmask.progress import silent_track
+
+    track = track or silent_track
+    started = time.perf_counter()
+    with ExitStack() as locks:
+        for output in (submission, masks_dir):
+            if output is not None:
+                locks.enter_context(output_lock(output))
+        counts, failures, missing, dropped = _run(predictor, photos, names, submission, masks_dir,
+                                                  resume, workers, track)
+    return JobSummary(
+        expected=len(names), predicted=counts[0], resumed=counts[1], failures=failures,
+        missing=missing, seconds=time.perf_counter() - started,
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        submission=submission, masks_dir=masks_dir, dropped=dropped)
+
+
+def _run(predictor, photos, names, submission, masks_dir, resume, workers, track):
+    from carmask.data.io import save_mask
+    from carmask.parallel import BoundedExecutor
+    from carmask.submission_writer import SubmissionWriter
+
+    writer = SubmissionWriter(submission, names, resume=resume,
+                              shape=lambda name: _photo_size(photos.get(name))) if submission else None
+    todo = writer.remaining if writer else list(names)
+    if masks_dir is not None:
+        masks_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            todo = [n for n in todo if not _mask_file(masks_dir, n).exists()]
+    resumed = len(names) - len(todo)
+    missing = [n for n in todo if n not in photos]
+    todo = [n for n in todo if n in photos]
+    failures: list[tuple[str, str]] = []
+    saver = BoundedExecutor(workers=2, name="mask-png") if masks_dir is not None else None
+    unsaved: list[tuple[str, str]] = []  # a mask file that could not be written is a failure
+
+    def saved(name, future):
+        if future.exception() is not None:
+            unsaved.append((name, f"{_mask_file(masks_dir, name)}: {future.exception()}"))
+
+    predicted = 0
+    try:
+        stream = predictor.predict_paths([photos[n] for n in todo], workers=workers)
+        for name, result in track(zip(todo, stream), total=len(todo), description="predicting"):
+            if result.error is not None:
+                failures.append((name, result.error))
+                log.warning("%s", result.error)
+                continue
+            if writer:
+                writer.add(name, result.mask)
+            if saver:
+                future = saver.submit(save_mask, result.mask, _mask_file(masks_dir, name))
+                future.add_done_callback(lambda done, name=name: saved(name, done))
+            predicted += 1
+    except BaseException:
+        if writer:
+            writer.close()  # keep the spool: --resume picks up from here
+        raise
+    finally:
+        if saver:
+            saver.shutdown()
+    failures.extend(unsaved)
+    if writer:
+        writer.finalize(allow_missing=True)
+    if (failures or missing) and submission:
+        _write_failures(submission.with_name(submission.stem + ".failures.csv"), failures, missing)
+    return (predicted, resumed), failures, missing, writer.dropped if writer else []
+
+
+def _photo_size(path: Path | None) -> tuple[int, int] | None:
+    """A photo's displayed (H, W) from its header, the size its mask must have; None when
+    there is no readable photo (its row is then checked for all but its length)."""
+    try:
+        return read_photo_header(path).size if path is not None else None
+    except DataError:
+        return None
+
+
+def _mask_file(masks_dir: Path, name: str) -> Path:
+    return masks_dir / (Path(name).stem + "_mask.png")
+
+
+def _write_failures(path: Path, failures: list[tuple[str, str]], missing: list[str]) -> None:
+    import csv
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as file:
+        out = csv.writer(file)
+        out.writerow(["img", "error"])
+        out.writerows(failures)
+        out.writerows((name, "no photo for this name") for name in missing)
+    os.replace(tmp, path)
