@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from torchvision.transforms import v2
@@ -90,3 +91,46 @@ def test_records_without_masks_are_refused(carvana):
     test_records = index_dataset(carvana, check_pixels=False).test
     with pytest.raises(ValueError, match="have no mask"):
         SegmentationDataset(test_records, (64, 64))
+
+
+def test_pasted_cars_keep_their_masks_pixel_for_pixel(held_out):
+    """A real car laid on a plain magenta wall: away from the outline's own pixel, every mask
+    pixel is car and every other pixel is the untouched wall, at any scale, place and flip."""
+    import cv2
+
+    from carmask.data.io import read_mask, read_photo
+    from carmask.data.paste import PasteConfig, paste_car
+
+    photo, truth = read_photo(held_out[0]).pixels, read_mask(held_out[1])
+    wall = np.zeros((360, 480, 3), np.uint8)
+    wall[...] = (255, 0, 255)
+    plain = PasteConfig(colour=0.0, blur=(0.0, 0.0), shadow=(0.0, 0.0))
+    kernel = np.ones((3, 3), np.uint8)
+    for seed in range(6):
+        image, mask = paste_car(photo, truth, wall, np.random.default_rng(seed), plain)
+        assert image.shape == wall.shape and mask.shape == wall.shape[:2]
+        inside = cv2.erode(mask.astype(np.uint8), kernel).astype(bool)
+        outside = ~cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
+        assert inside.sum() > 0.1 * mask.sum() > 0
+        is_wall = (image == (255, 0, 255)).all(axis=2)
+        assert is_wall[outside].all()  # nothing of the car leaks out of its mask
+        assert not is_wall[inside].any()  # and the mask covers car, not wall
+    # The car keeps its proportions: the mask's box has the true mask's aspect ratio.
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    true_rows, true_cols = np.nonzero(truth.any(axis=1))[0], np.nonzero(truth.any(axis=0))[0]
+    aspect = (cols[-1] - cols[0] + 1) / (rows[-1] - rows[0] + 1)
+    assert aspect == pytest.approx((true_cols[-1] - true_cols[0] + 1) / (true_rows[-1] - true_rows[0] + 1), rel=0.03)
+
+
+def test_paste_shadow_and_colour_change_only_what_they_should(held_out):
+    from carmask.data.io import read_mask, read_photo
+    from carmask.data.paste import PasteConfig, paste_car
+
+    photo, truth = read_photo(held_out[0]).pixels, read_mask(held_out[1])
+    wall = np.full((360, 480, 3), 200, np.uint8)
+    shaded = PasteConfig(colour=0.0, blur=(0.0, 0.0), shadow=(0.5, 0.5), ground=(0.8, 0.8))
+    image, mask = paste_car(photo, truth, wall, np.random.default_rng(1), shaded)
+    rows = np.nonzero(mask.any(axis=1))[0]
+    below = image[rows[-1] - 2:rows[-1] + 3][~mask[rows[-1] - 2:rows[-1] + 3]]
+    assert below.size and below.mean() < 190  # the ground under the car is darker
+    assert (image[:20] == 200).all()  # the sky is not

@@ -1,0 +1,92 @@
+"""Cars from the studio pasted onto other backgrounds, for training a model that masks cars on any
+photo (issue 12). Carvana's masks are exact, so a studio car cut out by its mask and laid on a
+street keeps an exact mask: the paste varies scale, position, flip, colour and blur, and lays a
+soft ground shadow under the car, while the returned mask stays aligned with the car's pixels.
+
+The car is composited through its mask resized as a soft alpha; the returned mask is that alpha
+above one half, the same rule a mask at the photo's own size follows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PasteConfig:
+    width: tuple[float, float] = (0.35, 0.9)  # the car's width as a share of the background's
+    flip: float = 0.5  # chance of a mirrored car
+    colour: float = 0.2  # brightness/contrast/saturation jitter of the car, ± this share
+    blur: tuple[float, float] = (0.0, 1.0)  # Gaussian sigma of the whole picture, px
+    shadow: tuple[float, float] = (0.25, 0.55)  # darkening under the car (0: no shadow)
+    ground: tuple[float, float] = (0.55, 0.98)  # where the wheels stand, as a share of the height
+
+
+def car_cutout(photo: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The car's bounding box from a photo and its bool mask: (RGB crop, float32 alpha crop)."""
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    if not len(rows):
+        raise ValueError("the mask holds no car")
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    return photo[box], mask[box].astype(np.float32)
+
+
+def _jitter_colour(car: np.ndarray, amount: float, rng: np.random.Generator) -> np.ndarray:
+    if amount <= 0:
+        return car
+    image = car.astype(np.float32)
+    image = image * rng.uniform(1 - amount, 1 + amount)  # brightness
+    mean = image.mean()
+    image = (image - mean) * rng.uniform(1 - amount, 1 + amount) + mean  # contrast
+    grey = image.mean(axis=2, keepdims=True)
+    image = (image - grey) * rng.uniform(1 - amount, 1 + amount) + grey  # saturation
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _shadow(shape: tuple[int, int], left: int, bottom: int, width: int, height: int) -> np.ndarray:
+    """A soft ellipse of darkness (0..1) under a car whose box is `width` x `height` with its
+    lower-left corner at (left, bottom)."""
+    darkness = np.zeros(shape, np.float32)
+    centre = (int(left + width / 2), int(bottom - height * 0.04))
+    axes = (max(1, int(width * 0.52)), max(1, int(height * 0.10)))
+    cv2.ellipse(darkness, centre, axes, 0, 0, 360, 1.0, -1)
+    sigma = max(1.0, height * 0.05)
+    return cv2.GaussianBlur(darkness, (0, 0), sigma)
+
+
+def paste_car(photo: np.ndarray, mask: np.ndarray, background: np.ndarray,
+              rng: np.random.Generator, config: PasteConfig = PasteConfig()) -> tuple[np.ndarray, np.ndarray]:
+    """Lay the car of (`photo`, bool `mask`) on `background` (RGB uint8, any size): returns the
+    new photo (the background's size) and its bool car mask."""
+    car, alpha = car_cutout(photo, mask)
+    if rng.random() < config.flip:
+        car, alpha = car[:, ::-1], alpha[:, ::-1]
+    height, width = background.shape[:2]
+    scale = rng.uniform(*config.width) * width / car.shape[1]
+    scale = min(scale, 0.95 * height / car.shape[0])  # the whole car fits
+    size = (max(1, round(car.shape[1] * scale)), max(1, round(car.shape[0] * scale)))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    car = cv2.resize(np.ascontiguousarray(car), size, interpolation=interpolation)
+    alpha = cv2.resize(np.ascontiguousarray(alpha), size, interpolation=interpolation)
+    car = _jitter_colour(car, config.colour, rng)
+    car_h, car_w = alpha.shape
+    bottom = int(np.clip(rng.uniform(*config.ground) * height, car_h, height))
+    left = int(rng.integers(0, max(1, width - car_w + 1)))
+    top = bottom - car_h
+
+    picture = background.astype(np.float32)
+    strength = rng.uniform(*config.shadow)
+    if strength > 0:
+        picture *= 1 - strength * _shadow((height, width), left, bottom, car_w, car_h)[..., None]
+    region = (slice(top, bottom), slice(left, left + car_w))
+    a = alpha[..., None]
+    picture[region] = picture[region] * (1 - a) + car.astype(np.float32) * a
+    sigma = rng.uniform(*config.blur)
+    if sigma > 0.05:
+        picture = cv2.GaussianBlur(picture, (0, 0), sigma)
+    out_mask = np.zeros((height, width), bool)
+    out_mask[region] = alpha > 0.5
+    return np.clip(picture + 0.5, 0, 255).astype(np.uint8), out_mask
