@@ -134,3 +134,18 @@ def test_paste_shadow_and_colour_change_only_what_they_should(held_out):
     below = image[rows[-1] - 2:rows[-1] + 3][~mask[rows[-1] - 2:rows[-1] + 3]]
     assert below.size and below.mean() < 190  # the ground under the car is darker
     assert (image[:20] == 200).all()  # the sky is not
+
+
+def test_a_street_photos_own_cars_stay_in_the_mask(held_out):
+    from carmask.data.io import read_mask, read_photo
+    from carmask.data.paste import PasteConfig, paste_car
+
+    photo, truth = read_photo(held_out[0]).pixels, read_mask(held_out[1])
+    street = np.full((360, 480, 3), 90, np.uint8)
+    parked = np.zeros((360, 480), bool)
+    parked[20:60, 10:470] = True  # a row of parked cars across the top
+    plain = PasteConfig(colour=0.0, blur=(0.0, 0.0), shadow=(0.0, 0.0), ground=(0.9, 0.9))
+    image, mask = paste_car(photo, truth, street, np.random.default_rng(0), plain, background_mask=parked)
+    assert mask[parked].all()  # the parked cars are still car (the pasted one stands below them)
+    pasted = mask & ~parked
+    assert pasted.sum() > 1000 and not (image[pasted] == 90).all(axis=1).all()

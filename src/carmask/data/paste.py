@@ -58,9 +58,12 @@ def _shadow(shape: tuple[int, int], left: int, bottom: int, width: int, height: 
 
 
 def paste_car(photo: np.ndarray, mask: np.ndarray, background: np.ndarray,
-              rng: np.random.Generator, config: PasteConfig = PasteConfig()) -> tuple[np.ndarray, np.ndarray]:
+              rng: np.random.Generator, config: PasteConfig = PasteConfig(),
+              background_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Lay the car of (`photo`, bool `mask`) on `background` (RGB uint8, any size): returns the
-    new photo (the background's size) and its bool car mask."""
+    new photo (the background's size) and its bool car mask. A street photo with cars of its
+    own comes with their `background_mask`: they stay in the returned mask wherever the pasted
+    car does not hide them, so every car in the picture is labelled."""
     car, alpha = car_cutout(photo, mask)
     if rng.random() < config.flip:
         car, alpha = car[:, ::-1], alpha[:, ::-1]
@@ -87,6 +90,6 @@ def paste_car(photo: np.ndarray, mask: np.ndarray, background: np.ndarray,
     sigma = rng.uniform(*config.blur)
     if sigma > 0.05:
         picture = cv2.GaussianBlur(picture, (0, 0), sigma)
-    out_mask = np.zeros((height, width), bool)
-    out_mask[region] = alpha > 0.5
+    out_mask = np.zeros((height, width), bool) if background_mask is None else background_mask.copy()
+    out_mask[region] |= alpha > 0.5
     return np.clip(picture + 0.5, 0, 255).astype(np.uint8), out_mask
