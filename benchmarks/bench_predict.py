@@ -19,7 +19,7 @@ from pathlib import Path
 
 from common import OUTPUT, report, require_data
 
-from carmask.models.io import read_config, resolve_model_path
+from carmask.models.io import load_model_config
 
 RUN = """
 import json, resource, sys, time
@@ -79,7 +79,7 @@ def main() -> None:
     photos = sorted((data / "test").glob("*.jpg"))
     OUTPUT.mkdir(exist_ok=True)
     real = {p.name: str(p) for p in photos}
-    default_size = "x".join(map(str, read_config(resolve_model_path(args.model or None))["input_size"]))
+    default_size = "x".join(map(str, load_model_config(args.model or None)["input_size"]))
     backends = ["torch"] if args.device != "cpu" else ["torch", "onnx"]
     for size_text in args.sizes:
         size = [int(v) for v in size_text.split("x")]

@@ -61,7 +61,8 @@ def test_refiner_learns_to_move_a_shifted_outline_back(synth_data, tmp_path):
     from torch.utils.data import DataLoader
 
     from carmask.data.io import read_image, read_mask
-    from carmask.refine_train import MEAN, STD, OutlineCrops, RefinerTask, coarse_logit, full_logit
+    from carmask.refine import MEAN, STD
+    from carmask.refine_train import OutlineCrops, RefinerTask, coarse_logit, full_logit
 
     records = shifted_logits(synth_data, tmp_path / "cache")
     train, val = split_by_car(records, 0, 3, 0)

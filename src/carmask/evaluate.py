@@ -14,7 +14,7 @@ import pandas as pd
 
 from carmask.data.io import read_mask, read_photo
 from carmask.data.layout import Record
-from carmask.outline import OutlineErrors, error_crop, worst_window
+from carmask.outline import OutlineErrors, paint_errors, worst_window
 from carmask.parallel import imap_bounded
 from carmask.predict import Predictor
 from carmask.progress import Track, silent_track
@@ -84,19 +84,18 @@ def evaluate(predictor: Predictor, records: list[Record], out: Path | None = Non
         if out is not None:
             outline.add(prediction.mask, truth)
             # Max-heap on Dice (stored negated): its top is the best of the worst kept so far.
-            kept = len(keep) < worst or dice < -keep[0][0]
-            crop = error_crop_of(record, prediction.mask, truth) if kept else None
-            item = (-dice, record.image_id, record, _thumb(prediction.mask), _thumb(truth), crop)
-            if len(keep) < worst:
-                heapq.heappush(keep, item)
-            elif dice < -keep[0][0]:
-                heapq.heapreplace(keep, item)
+            # Only what the report shows is kept: small masks, and both masks where the errors
+            # crowd (the photo there is read once the worst are known).
+            if len(keep) < worst or dice < -keep[0][0]:
+                item = (-dice, record.image_id, record, _thumb(prediction.mask), _thumb(truth),
+                        _error_window(prediction.mask, truth))
+                (heapq.heappush if len(keep) < worst else heapq.heapreplace)(keep, item)
     evaluation = Evaluation(pd.DataFrame(rows))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         evaluation.per_image.to_csv(out / "per_image.csv", index=False)
-        worst_first = [(-negated, record, pred, truth, crop)
-                       for negated, _, record, pred, truth, crop in sorted(keep, reverse=True)]
+        worst_first = [(-negated, record, pred, truth, window)
+                       for negated, _, record, pred, truth, window in sorted(keep, reverse=True)]
         evaluation.outline = outline
         evaluation.report = write_evaluation_report(evaluation, worst_first, predictor,
                                                     {r.image_id: r for r in records}, out)
@@ -106,11 +105,17 @@ def evaluate(predictor: Predictor, records: list[Record], out: Path | None = Non
 CROP = 192  # side of the full-resolution error crops in the report
 
 
-def error_crop_of(record: Record, prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """The full-resolution crop of the photo where its wrong pixels crowd most, painted."""
+def _error_window(prediction: np.ndarray, truth: np.ndarray) -> tuple[slice, slice, np.ndarray, np.ndarray]:
+    """Where a photo's wrong pixels crowd most, and both masks there, at full resolution."""
     top, left, _ = worst_window(prediction, truth, CROP)
-    photo = read_photo(record.image_path).pixels
-    return error_crop(photo, prediction, truth, top, left, CROP, COLOURS)
+    rows, cols = slice(top, top + CROP), slice(left, left + CROP)
+    return rows, cols, prediction[rows, cols].copy(), truth[rows, cols].copy()
+
+
+def error_crop_of(record: Record, window: tuple[slice, slice, np.ndarray, np.ndarray]) -> np.ndarray:
+    """The photo's full-resolution crop at an `_error_window`, its errors painted in."""
+    rows, cols, prediction, truth = window
+    return paint_errors(read_photo(record.image_path).pixels[rows, cols], prediction, truth, COLOURS)
 
 
 def _thumb(mask: np.ndarray) -> np.ndarray:
@@ -173,9 +178,9 @@ def write_evaluation_report(evaluation: Evaluation, worst: list[tuple], predicto
         html.image_to_data_uri(error_overlay(photo_thumb(record), prediction, truth)),
         record.image_id, f"{record.image_id} · view {record.view:02d} · {record.make} · Dice {dice:.4f}")
         for dice, record, prediction, truth, _ in worst)
-    crops = "".join(html.img_tag(html.image_to_data_uri(crop, "png"), record.image_id,
-                                 f"{record.image_id} · Dice {dice:.4f}")
-                    for dice, record, _, _, crop in worst if crop is not None)
+    crops = "".join(html.img_tag(html.image_to_data_uri(error_crop_of(record, window), "png"),
+                                 record.image_id, f"{record.image_id} · Dice {dice:.4f}")
+                    for dice, record, _, _, window in worst)
     errors = evaluation.outline
     outline = html.cards([
         ("Wrong pixels / image", f"{errors.wrong / max(1, errors.images):,.0f}"),

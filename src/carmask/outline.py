@@ -78,12 +78,11 @@ def worst_window(prediction: np.ndarray, truth: np.ndarray, size: int = 192) -> 
     return top, left, int(wrong[top:top + size, left:left + size].sum())
 
 
-def error_crop(photo: np.ndarray, prediction: np.ndarray, truth: np.ndarray, top: int, left: int,
-               size: int, colours: dict[str, tuple[int, int, int]]) -> np.ndarray:
-    """The photo's full-resolution crop with false car and missed car pixels painted in."""
-    window = (slice(top, top + size), slice(left, left + size))
-    crop = photo[window].copy()
-    pred, true = prediction[window], truth[window]
-    crop[pred & ~true] = colours["fp"]
-    crop[~pred & true] = colours["fn"]
-    return crop
+def paint_errors(photo: np.ndarray, prediction: np.ndarray, truth: np.ndarray,
+                 colours: dict[str, tuple[int, int, int]]) -> np.ndarray:
+    """A copy of `photo` with false car and missed car pixels painted in (all three the same
+    size, e.g. the crop of a worst_window)."""
+    painted = photo.copy()
+    painted[prediction & ~truth] = colours["fp"]
+    painted[~prediction & truth] = colours["fn"]
+    return painted

@@ -120,14 +120,11 @@ class Predictor:
         self.refiner = self._load_refiner(threads) if refine and self.kind == "logit" else None
 
     def _load_refiner(self, threads: int | None):
-        from carmask.models.io import load_refiner
         from carmask.refine import OutlineRefiner
 
-        stored = load_refiner(self.path)
-        if stored is None:
+        if not self.config.get("refiner"):
             return None
-        network, config = stored
-        return OutlineRefiner(network, config, model_file=self.path, backend=self.backend,
+        return OutlineRefiner(self.config["refiner"], model_file=self.path, backend=self.backend,
                               device=self.device, threads=threads)
 
     @property
@@ -167,10 +164,10 @@ class Predictor:
         """Upsample each raw output to its photo's size, refine its outline where the model has a
         refiner (which needs the full-size `photos`), then threshold."""
         masks = []
-        for index, (output, size) in enumerate(zip(outputs, sizes)):
+        for output, size, photo in zip(outputs, sizes, photos or [None] * len(sizes)):
             full = upsample(output[None], size)
-            if self.refiner is not None and photos is not None:
-                full = torch.from_numpy(self.refiner(photos[index], full[0, 0].cpu().numpy()))[None, None]
+            if self.refiner is not None and photo is not None:
+                full = torch.from_numpy(self.refiner(photo, full[0, 0].cpu().numpy()))[None, None]
             masks.append(car_mask(full, self.kind, self.threshold)[0].cpu().numpy())
         return masks
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -24,6 +25,8 @@ from torch import nn
 from carmask.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 
 LOGIT_CLIP = 8.0  # the coarse logit enters the refiner as clip(logit, ±8) / 8
+MEAN = np.array(IMAGENET_MEAN, np.float32)  # the photo's channels are normalised as ImageNet's
+STD = np.array(IMAGENET_STD, np.float32)
 
 
 @dataclass(frozen=True)
@@ -126,23 +129,25 @@ def refine_logit(photo: np.ndarray, logit: np.ndarray, run: Callable[[np.ndarray
 
 
 class OutlineRefiner:
-    """The refiner of a combined model file, ready to run on torch (any device) or onnxruntime."""
+    """The refiner of a combined model file (its `config["refiner"]`), ready to run on torch (any
+    device) or onnxruntime. As for the coarse model, its torch weights are loaded for onnxruntime
+    only to export them the first time."""
 
-    def __init__(self, network: nn.Module, config: dict, *, model_file, backend: str = "torch",
+    def __init__(self, config: dict, *, model_file: Path, backend: str = "torch",
                  device: torch.device | str = "cpu", threads: int | None = None) -> None:
+        from carmask.models.io import load_refiner
+
         self.geometry = RefinerGeometry(**config["geometry"])
         self.architecture = config["architecture"]
-        self.mean = np.array(IMAGENET_MEAN, np.float32)
-        self.std = np.array(IMAGENET_STD, np.float32)
         self.device = torch.device(device)
         if backend == "onnx":
             from carmask.onnx import OnnxModel
             tile = (self.geometry.tile, self.geometry.tile)
-            onnx = OnnxModel.from_model_file(model_file, tile, 4, threads, build=lambda: network,
-                                             part="refiner")
+            onnx = OnnxModel.from_model_file(model_file, tile, 4, threads,
+                                             build=lambda: load_refiner(model_file)[0], part="refiner")
             self._run = lambda batch: onnx(batch).numpy()
         else:
-            self.network = network.to(self.device).eval()
+            self.network = load_refiner(model_file)[0].to(self.device).eval()
             self._run = self._run_torch
 
     def _run_torch(self, batch: np.ndarray) -> np.ndarray:
@@ -151,4 +156,4 @@ class OutlineRefiner:
 
     def __call__(self, photo: np.ndarray, logit: np.ndarray) -> np.ndarray:
         """The full-resolution coarse logit (H, W) refined along its outline."""
-        return refine_logit(photo, logit, self._run, self.geometry, self.mean, self.std)
+        return refine_logit(photo, logit, self._run, self.geometry, MEAN, STD)

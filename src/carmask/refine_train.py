@@ -27,18 +27,15 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, Dataset
 
-from carmask.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from carmask.data.io import read_image, read_mask
 from carmask.data.layout import Record, index_dataset
 from carmask.models import create_model
 from carmask.models.io import model_config, save_model
 from carmask.models.outputs import upsample
-from carmask.refine import RefinerGeometry, crop_mirrored, outline_band, refiner_input
-from carmask.train import _log_lightning_once, _resume_checkpoint, _write_metrics, cosine_with_warmup
+from carmask.refine import MEAN, STD, RefinerGeometry, crop_mirrored, outline_band, refiner_input
+from carmask.train import _log_lightning_once, _resume_checkpoint, _write_metrics, adamw_with_cosine
 
 log = logging.getLogger(__name__)
-MEAN = np.array(IMAGENET_MEAN, np.float32)
-STD = np.array(IMAGENET_STD, np.float32)
 
 
 @dataclass
@@ -159,12 +156,7 @@ class RefinerTask(L.LightningModule):
         self.log("val_wrong_ratio", refined_wrong.float() / coarse_wrong.clamp_min(1), batch_size=crops)
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.hparams.lr,
-                                      weight_decay=self.hparams.weight_decay)
-        steps = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = min(100, steps // 10)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_with_warmup(s, warmup, steps))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return adamw_with_cosine(self)
 
 
 def split_for_refiner(records: list[Record], coarse_config: dict, train_cars: str | None):

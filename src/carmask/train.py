@@ -118,13 +118,18 @@ class SegmentationTask(L.LightningModule):
         self.log("val_dice_full", full.mean(), prog_bar=True, sync_dist=True, batch_size=count)
 
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr,
-                                      weight_decay=self.hparams.weight_decay)
-        steps = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = min(100, steps // 10)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_with_warmup(step, warmup, steps))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return adamw_with_cosine(self)
+
+
+def adamw_with_cosine(task: L.LightningModule) -> dict:
+    """AdamW on the task's trainable weights (hparams lr, weight_decay), a short warm-up, then a
+    cosine over every step the trainer will take: what every carmask training loop uses."""
+    params = [p for p in task.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=task.hparams.lr, weight_decay=task.hparams.weight_decay)
+    steps = max(1, int(task.trainer.estimated_stepping_batches))
+    warmup = min(100, steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_with_warmup(step, warmup, steps))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
 def cosine_with_warmup(step: int, warmup: int, total: int) -> float:
@@ -264,11 +269,12 @@ def _log_lightning_once() -> None:
 def held_out_cars(records: list, spec: str) -> list:
     """The records of the cars `spec` names: comma-separated car ids, or a model whose recorded
     validation cars they are (so a fine-tune keeps the cars its start was never trained on)."""
+    from carmask.data.layout import CAR_ID
     from carmask.data.split import recorded_validation
     from carmask.models.io import load_model_config
 
     ids = [part.strip() for part in spec.split(",") if part.strip()]
-    if ids and all(len(car) == 12 and all(c in "0123456789abcdef" for c in car) for car in ids):
+    if ids and all(CAR_ID.fullmatch(car) for car in ids):
         return recorded_validation(records, {"val_car_ids": ids})
     return recorded_validation(records, load_model_config(spec).get("training") or {})
 

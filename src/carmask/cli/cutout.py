@@ -70,7 +70,7 @@ def serve(
 ) -> None:
     """Serve the web page (/), the HTTP API (/v1/mask, /v1/cutout, /v1/models, /healthz) and its
     OpenAPI docs (/docs) on one loaded model."""
-    from carmask.models.io import ModelFileError, read_config, resolve_model_path
+    from carmask.models.io import ModelFileError, load_model_config
     from carmask.predict import resolve_backend
     from carmask.serve import ServeConfig
     from carmask.serve import serve as run_server
@@ -81,7 +81,7 @@ def serve(
             warn(f"--host {host}: the service will be reachable from the network, with no "
                  "authentication; anyone who can reach this machine can use it")
         resolve_backend(backend, "cpu")
-        read_config(resolve_model_path(model))
+        load_model_config(model)
     except (ModelFileError, ValueError) as error:
         raise fail(str(error)) from None
     config = ServeConfig(max_bytes=int(max_megabytes * 2**20), max_pixels=int(max_megapixels * 1e6),

@@ -32,7 +32,8 @@ from carmask.progress import Track, silent_track
 
 log = logging.getLogger(__name__)
 
-NAME_PATTERN = re.compile(r"^(?P<car>[0-9a-f]{12})_(?P<view>0[1-9]|1[0-6])$")
+CAR_ID = re.compile(r"[0-9a-f]{12}")  # Kaggle's car ids: 12 lowercase hex digits
+NAME_PATTERN = re.compile(rf"^(?P<car>{CAR_ID.pattern})_(?P<view>0[1-9]|1[0-6])$")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MASK_SUFFIX = "_mask.gif"
 CARVANA_SIZE = (1918, 1280)  # (width, height)

@@ -92,14 +92,9 @@ def load_model(path: str | Path | None = None) -> tuple[nn.Module, dict]:
     `path` may also be a run folder, or None for the shipped model."""
     path = resolve_model_path(path)
     config = read_config(path)
-    info = model_info(config["architecture"])
-    model = create_bare_model(info.name)
-    state = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(path)).items()
-             if not k.startswith(REFINER_PREFIX)}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise ModelFileError(f"{path}: weights do not fit {info.name}: {error}") from None
+    name = model_info(config["architecture"]).name
+    model = create_bare_model(name)
+    _load_stage(model, path, name, refiner=False)
     return model.eval(), config
 
 
@@ -111,13 +106,23 @@ def load_refiner(path: str | Path | None = None) -> tuple[nn.Module, dict] | Non
     if not refiner:
         return None
     model = create_bare_model(refiner["architecture"])
-    state = {k[len(REFINER_PREFIX):]: v.float() if v.is_floating_point() else v
-             for k, v in load_file(str(path)).items() if k.startswith(REFINER_PREFIX)}
+    _load_stage(model, path, refiner["architecture"], refiner=True)
+    return model.eval(), refiner
+
+
+def _load_stage(model: nn.Module, path: Path, name: str, refiner: bool) -> None:
+    """Load one stage of a model file strictly, in float32: the coarse model's weights, or the
+    refiner's (stored under REFINER_PREFIX)."""
+    state = {}
+    for key, tensor in load_file(str(path)).items():
+        if key.startswith(REFINER_PREFIX) == refiner:
+            name = key[len(REFINER_PREFIX):] if refiner else key
+            state[name] = tensor.float() if tensor.is_floating_point() else tensor
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise ModelFileError(f"{path}: refiner weights do not fit {refiner['architecture']}: {error}") from None
-    return model.eval(), refiner
+        stage = "refiner weights" if refiner else "weights"
+        raise ModelFileError(f"{path}: {stage} do not fit {name}: {error}") from None
 
 
 def attach_refiner(coarse: str | Path | None, refiner_file: str | Path, out: str | Path,
