@@ -1,0 +1,88 @@
+"""Car photos from outside the studio (`cars_in_the_wild`: images/, masks/, index.csv) and their
+honest split into training and validation.
+
+The street frames are every third frame of a few dashboard videos, so neighbouring frames are
+near copies: a random split would validate on photos the model has all but seen. The split is by
+video instead. The Roboflow export's own split is not used for them because it shares videos
+between its train, valid and test folders; for the product photos, each a different car, it is.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from carmask.data.io import DataError
+from carmask.data.layout import Record
+
+# The street video held out whole: 57 frames of a sequence no training frame comes from.
+VALIDATION_VIDEOS = ("Seq05VD",)
+COLUMNS = ("name", "kind", "source_path")
+
+
+@dataclass(frozen=True)
+class WildPhoto:
+    name: str
+    kind: str  # "web" (product/stock photo) or "camvid" (street frame)
+    image_path: Path
+    mask_path: Path
+    source_split: str  # the export's train/valid/test folder
+
+    @property
+    def video(self) -> str:
+        """The street video a frame comes from ("" for product photos)."""
+        return self.name.split("_")[0] if self.kind == "camvid" else ""
+
+
+def read_wild(folder: str | Path) -> list[WildPhoto]:
+    """Every (photo, mask) pair listed in `folder/index.csv`; a missing file or column is an error
+    that names it."""
+    folder = Path(folder)
+    index = folder / "index.csv"
+    if not index.is_file():
+        raise DataError(index, "no index.csv: expected a cars_in_the_wild folder "
+                               "(images/, masks/, index.csv)")
+    with index.open(newline="", encoding="utf-8") as file:
+        reader = csv.DictReader(file)
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(index, f"missing column(s) {', '.join(missing)}")
+        photos = []
+        for line, row in enumerate(reader, start=2):
+            name = row["name"]
+            image, mask = folder / "images" / f"{name}.jpg", folder / "masks" / f"{name}.png"
+            for path in (image, mask):
+                if not path.is_file():
+                    raise DataError(path, f"listed on line {line} of {index} but missing")
+            parts = Path(row["source_path"]).parts
+            photos.append(WildPhoto(name, row["kind"], image, mask, parts[1] if len(parts) > 2 else ""))
+    if not photos:
+        raise DataError(index, "lists no photos")
+    return photos
+
+
+def split_wild(photos: list[WildPhoto]) -> tuple[list[WildPhoto], list[WildPhoto]]:
+    """(training, validation): street frames by video, product photos by the export's split
+    (its valid and test folders are validation)."""
+    def held_out(photo: WildPhoto) -> bool:
+        if photo.kind == "camvid":
+            return photo.video in VALIDATION_VIDEOS
+        return photo.source_split in ("valid", "test")
+
+    training = [p for p in photos if not held_out(p)]
+    validation = [p for p in photos if held_out(p)]
+    return training, validation
+
+
+def is_wild_folder(folder: str | Path) -> bool:
+    """A cars_in_the_wild-style folder (index.csv, images/, masks/) rather than Kaggle's layout."""
+    folder = Path(folder)
+    return (folder / "index.csv").is_file() and (folder / "images").is_dir()
+
+
+def as_records(photos: list[WildPhoto]) -> list[Record]:
+    """The photos as `Record`s, for evaluation: each photo is its own "car", and the kind of
+    photo (web or camvid) stands in the make column, so reports break the figures down by it."""
+    return [Record(image_id=p.name, car_id=p.name, view=0, image_path=p.image_path,
+                   mask_path=p.mask_path, subset="train", make=p.kind) for p in photos]

@@ -1,0 +1,119 @@
+"""Training the general model: cars on any background (issue 12).
+
+Fine-tunes a carmask model (by default the shipped studio model) on `AnywhereDataset`: real
+outdoor photos, studio cars pasted onto other backgrounds and plain studio photos. Validation is
+the held-out outdoor photos at their own size. The studio model's validation cars are never
+trained on, so both figures stay honest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader
+
+from carmask.data.anywhere import AnywhereDataset, MixConfig, WildValidationSet, registry_pictures
+from carmask.data.layout import index_dataset
+from carmask.data.wild import read_wild, split_wild
+from carmask.models import model_info
+from carmask.models.io import load_model, model_config, save_model
+from carmask.train import SegmentationTask, _log_lightning_once, _resume_checkpoint, _score, \
+    _write_metrics, held_out_cars
+
+log = logging.getLogger(__name__)
+GENERAL_SIZE = (352, 480)  # the outdoor photos are 480x360; multiples of 32 for the U-Net
+
+
+@dataclass
+class AnywhereConfig:
+    carvana: Path
+    wild: Path
+    out: Path = Path("runs/general")
+    init: str = "shipped"  # the carmask model to start from
+    size: tuple[int, int] = GENERAL_SIZE
+    samples_per_epoch: int = 480
+    epochs: int = 12
+    batch: int = 8
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    seed: int = 0
+    workers: int | None = None
+    max_time: str | None = None  # "DD:HH:MM:SS"
+    resume: bool = False
+    export_half: bool = True
+    mix: MixConfig = field(default_factory=MixConfig)
+
+
+def train_anywhere(config: AnywhereConfig, progress_bar: bool = True) -> dict:
+    """Train, export the best weights (by outdoor validation Dice) to `out/model.safetensors`."""
+    _log_lightning_once()
+    out = Path(config.out)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    start, start_config = load_model(config.init)
+    architecture = start_config["architecture"]
+    info = model_info(architecture)
+
+    wild_train, wild_val = split_wild(read_wild(config.wild))
+    index = index_dataset(config.carvana, check_pixels=False)
+    records = [r for r in index.train if r.mask_path is not None]
+    studio_val = held_out_cars(records, config.init) if (start_config.get("training") or {}).get("val_car_ids") else []
+    kept_out = {r.car_id for r in studio_val}
+    studio_train = [r for r in records if r.car_id not in kept_out]
+    log.info("outdoor photos: %d for training, %d held out; studio cars: %d for pasting, %d kept out",
+             len(wild_train), len(wild_val), len({r.car_id for r in studio_train}), len(kept_out))
+
+    train_set = AnywhereDataset(wild_train, studio_train, config.size, config.samples_per_epoch,
+                                config.mix, registry_pictures(), info.mean, info.std)
+    val_set = WildValidationSet(wild_val, config.size, info.mean, info.std)
+    workers = config.workers if config.workers is not None else min(4, os.cpu_count() or 1)
+    if workers > 0:
+        import cv2
+        cv2.setNumThreads(1)
+    loader = dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+    train_loader = DataLoader(train_set, batch_size=config.batch, shuffle=True, drop_last=True, **loader)
+    val_loader = DataLoader(val_set, batch_size=config.batch, **loader)
+
+    task = SegmentationTask(architecture, {"pretrained": False} if info.takes_pretrained else {},
+                            config.lr, config.weight_decay)
+    task.model.load_state_dict(start.state_dict(), strict=True)
+    best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_dice_full",
+                           mode="max", save_top_k=1, save_last=True)
+    crash_safe = ModelCheckpoint(dirpath=out / "checkpoints", filename="latest", every_n_train_steps=10,
+                                 save_top_k=1, enable_version_counter=False)
+    gpu = torch.cuda.is_available()
+    trainer = L.Trainer(
+        accelerator="auto", devices=1, precision="bf16-mixed" if gpu else "32-true",
+        max_epochs=config.epochs, max_time=config.max_time, callbacks=[best, crash_safe],
+        logger=CSVLogger(out, name="logs"), enable_progress_bar=progress_bar,
+        log_every_n_steps=5, num_sanity_val_steps=0, default_root_dir=out,
+    )
+    resume_from = _resume_checkpoint(out) if config.resume else None
+    started = time.time()
+    trainer.fit(task, train_loader, val_loader, ckpt_path=resume_from)
+    best_path = best.best_model_path or str(out / "checkpoints" / "last.ckpt")
+    restored = SegmentationTask.load_from_checkpoint(best_path, map_location="cpu", weights_only=False)
+    summary = {
+        "model": architecture, "size": list(config.size), "epochs_run": trainer.current_epoch,
+        "best_outdoor_val_dice": _score(best.best_model_score), "init": config.init,
+        "outdoor_train_photos": len(wild_train), "outdoor_val_photos": [p.name for p in wild_val],
+        # the studio model's held-out cars: never pasted here, so its figure can be re-checked
+        "val_car_ids": sorted(kept_out), "seconds": round(time.time() - started), "seed": config.seed,
+        "mix": asdict(config.mix),
+    }
+    save_model(restored.model, out / "model.safetensors",
+               model_config(architecture, config.size, training=summary, role="general"),
+               half=config.export_half)
+    _write_metrics(trainer, out)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    log.info("best outdoor val Dice %.4f; model written to %s",
+             summary["best_outdoor_val_dice"] or float("nan"), out / "model.safetensors")
+    return summary
