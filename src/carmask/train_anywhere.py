@@ -55,6 +55,8 @@ class AnywhereConfig:
 
 def train_anywhere(config: AnywhereConfig, progress_bar: bool = True) -> dict:
     """Train, export the best weights (by outdoor validation Dice) to `out/model.safetensors`."""
+    if any(side % 32 for side in config.size):
+        raise ValueError(f"size {config.size[0]}x{config.size[1]}: both sides must be multiples of 32")
     _log_lightning_once()
     out = Path(config.out)
     L.seed_everything(config.seed, workers=True, verbose=False)

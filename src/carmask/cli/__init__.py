@@ -15,14 +15,15 @@ from carmask.cli.common import err, printable
 from carmask.cli.cutout import cutout, serve
 from carmask.cli.data import data_app, eda
 from carmask.cli.demo import demo
+from carmask.cli.general import train_general
 from carmask.cli.models import export, models, train
 from carmask.cli.predict import evaluate, predict
 from carmask.cli.refine import train_refiner
 from carmask.cli.rle_submission import rle_app, submission_app
 
 app = typer.Typer(
-    help="Mask cars out of studio photos: data checks, training, prediction, Kaggle submissions, "
-    "evaluation, cut-outs, an HTTP service with a web page, and the demo.",
+    help="Mask cars out of photos, Carvana's studio or anywhere: data checks, training, prediction, "
+    "Kaggle submissions, evaluation, cut-outs, an HTTP service with a web page, and the demo.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -33,6 +34,7 @@ app.command("eda")(eda)
 app.command("models")(models)
 app.command("train")(train)
 app.command("train-refiner")(train_refiner)
+app.command("train-general")(train_general)
 app.command("predict")(predict)
 app.command("evaluate")(evaluate)
 app.command("export")(export)

@@ -1,0 +1,51 @@
+"""`carmask train-general`: the model for cars on any background (carmask.train_anywhere)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from carmask.cli.common import DataDir, console, fail, parse_size
+
+
+def train_general(
+    data: DataDir,
+    wild: Annotated[Optional[Path], typer.Option(
+        help="Outdoor photos with masks (images/, masks/, index.csv); default: cars_in_the_wild "
+             "beside --data.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, metrics, "
+                                                    "model.safetensors.")] = Path("runs/general"),
+    init: Annotated[str, typer.Option(help="The model to start from (default: the studio model); its "
+                                           "validation cars are never pasted.")] = "shipped",
+    size: Annotated[str, typer.Option(help="Training HEIGHTxWIDTH, multiples of 32.")] = "352x480",
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs of --samples random samples.")] = 12,
+    samples: Annotated[int, typer.Option(min=1, help="Samples drawn per epoch.")] = 480,
+    batch: Annotated[int, typer.Option(min=1, help="Samples per step.")] = 8,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warm-up, cosine).")] = 5e-4,
+    seed: Annotated[int, typer.Option(help="Seed of the samples drawn.")] = 0,
+    workers: Annotated[Optional[int], typer.Option(min=0, help="Loader processes.")] = None,
+    max_time: Annotated[Optional[str], typer.Option(help="Stop cleanly after DD:HH:MM:SS.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint.")] = False,
+) -> None:
+    """Fine-tune a model for cars on any background: real outdoor photos, studio cars pasted onto
+    street frames, registry photos and synthetic scenes, and plain studio photos. Validated on
+    the outdoor photos' held-out split."""
+    from carmask.data.anywhere import wild_folder_beside
+    from carmask.data.io import DataError
+    from carmask.models.io import ModelFileError
+    from carmask.train_anywhere import AnywhereConfig, train_anywhere
+
+    if not data.is_dir():
+        raise fail(f"{data}: data folder does not exist")
+    try:
+        config = AnywhereConfig(carvana=data, wild=wild or wild_folder_beside(data), out=out, init=init,
+                                size=parse_size(size, "HEIGHTxWIDTH"), samples_per_epoch=samples,
+                                epochs=epochs, batch=batch, lr=lr, seed=seed, workers=workers,
+                                max_time=max_time, resume=resume)
+        summary = train_anywhere(config)
+    except (DataError, ModelFileError, ValueError) as error:
+        raise fail(str(error)) from None
+    console.print(f"general model: {out / 'model.safetensors'}; outdoor validation Dice "
+                  f"{summary['best_outdoor_val_dice']}", highlight=False)
