@@ -130,3 +130,22 @@ def bad_photos(held_out, tmp_path) -> dict[str, Path]:
     with Image.open(held_out[0]) as image:
         image.save(files["png_named_jpg"], format="PNG")
     return files
+
+
+WILD = Path(os.environ.get("CARMASK_WILD", CARVANA.parent / "cars_in_the_wild"))
+
+
+@pytest.fixture(scope="session")
+def wild() -> Path:
+    """The outdoor car photos (../shared/data/cars_in_the_wild); tests that need them skip
+    without them."""
+    if not (WILD / "index.csv").is_file():
+        pytest.skip(f"cars_in_the_wild not found at {WILD} (set CARMASK_WILD to its folder)")
+    return WILD
+
+
+@pytest.fixture(scope="session")
+def auto_predictor():
+    """The default of every consumer: the studio and the general model on onnxruntime."""
+    from carmask.route import AutoPredictor
+    return AutoPredictor(backend="onnx")

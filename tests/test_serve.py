@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,8 +23,8 @@ LIMITS = ServeConfig(max_bytes=4 * 2**20, max_pixels=12_000_000)
 
 
 @pytest.fixture(scope="module")
-def server(shipped_predictor):
-    with BackgroundServer(create_app(shipped_predictor, config=LIMITS)) as running:
+def server(auto_predictor):
+    with BackgroundServer(create_app(auto_predictor, config=LIMITS)) as running:
         yield running
 
 
@@ -44,9 +45,10 @@ def png_mask(response: httpx.Response) -> np.ndarray:
 
 def test_health_models_and_docs(client):
     health = client.get("/healthz").json()
-    assert health["status"] == "ok" and health["model"] == "unet-mnv2"
+    assert health["status"] == "ok" and health["models"] == ["general", "studio"]
     models = client.get("/v1/models").json()
-    assert models["loaded"]["architecture"] == "unet-mnv2"
+    assert models["loaded"]["studio"]["architecture"] == models["loaded"]["general"]["architecture"] == "unet-mnv2"
+    assert models["loaded"]["general"]["file"] != models["loaded"]["studio"]["file"]
     assert {"unet-mnv2", "seed-cnn", "vgg19-pix2pix"} <= {m["name"] for m in models["registry"]}
     assert models["limits"]["max_pixels"] == LIMITS.max_pixels
     docs = client.get("/docs").text
@@ -62,9 +64,35 @@ def test_mask_png_and_rle_agree_with_the_truth(client, photo):
     assert png.headers["x-image-size"] == "1918x1280"
     mask = png_mask(png)
     assert mask.shape == truth.shape and dice_and_iou(mask, truth)[0] >= 0.98
+    assert png.headers["x-carmask-model"] == "studio" and png.headers["x-carmask-warnings"] == "[]"
     rle = client.post("/v1/mask", params={"format": "rle"}, files={"image": ("car.jpg", data)}).json()
     assert (rle["width"], rle["height"]) == (1918, 1280)
     assert np.array_equal(decode(rle["rle"], (1280, 1918)), mask)
+    assert rle["model"] == "studio" and rle["warnings"] == []
+
+
+def test_a_photo_with_no_car_comes_with_a_warning(client):
+    from test_anywhere import landscape
+    buffer = io.BytesIO()
+    Image.fromarray(landscape()).save(buffer, format="JPEG", quality=90)
+    rle = client.post("/v1/mask", params={"format": "rle"}, files={"image": ("hills.jpg", buffer.getvalue())})
+    assert rle.status_code == 200 and rle.json()["warnings"], rle.json()
+    assert rle.json()["model"] == "general"
+    cutout = client.post("/v1/cutout", files={"image": ("hills.jpg", buffer.getvalue())})
+    assert json.loads(cutout.headers["x-carmask-warnings"]) == rle.json()["warnings"]
+
+
+def test_largest_keeps_one_car_of_two(client, photo):
+    from carmask.cutout import largest_car
+    data, _ = photo
+    two = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    two = np.concatenate([two[:, :959], two[:, :959]], axis=1)  # two halves of the car side by side
+    buffer = io.BytesIO()
+    Image.fromarray(two).save(buffer, format="PNG")
+    every = png_mask(client.post("/v1/mask", files={"image": ("two.png", buffer.getvalue())}))
+    one = png_mask(client.post("/v1/mask", params={"largest": "true"},
+                               files={"image": ("two.png", buffer.getvalue())}))
+    assert np.array_equal(one, largest_car(every)) and 0 < one.sum() < every.sum()
 
 
 def test_a_sideways_stored_photo_gets_its_mask_as_displayed(client, photo, held_out, tmp_path):
@@ -171,9 +199,9 @@ class SlowPredictor:
         self._predictor, self.seconds = predictor, seconds
         self.config, self.path, self.backend = predictor.config, predictor.path, predictor.backend
 
-    def predict(self, photos):
+    def predict_detailed(self, photos):
         time.sleep(self.seconds)
-        return self._predictor.predict(photos)
+        return self._predictor.predict_detailed(photos)
 
 
 def test_a_full_queue_answers_503_and_recovers(shipped_predictor):

@@ -56,9 +56,9 @@ def photo_paths(held_out) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def server(shipped_predictor):
+def server(auto_predictor):
     from carmask.serve import BackgroundServer, create_app
-    with BackgroundServer(create_app(shipped_predictor), host="127.0.0.1") as running:
+    with BackgroundServer(create_app(auto_predictor), host="127.0.0.1") as running:
         yield running
 
 
@@ -106,7 +106,8 @@ def test_cutout_is_rgba_and_matches_the_true_mask(loaded, photo_paths):
     assert page.eval_on_selector("#result-canvas", "c => [c.width, c.height]") == [1918, 1280]
     status = page.inner_text("#status")
     assert "1918×1280" in status and re.search(r"\d+\.\d\d s", status)
-    assert "model" in page.inner_text("#model-info")
+    assert "by the studio model" in status and page.is_hidden("#warning")
+    assert "studio model" in page.inner_text("#model-info") and "general model" in page.inner_text("#model-info")
     assert console.unexpected() == []
 
 
@@ -220,6 +221,27 @@ def test_a_file_that_is_not_an_image_shows_the_servers_message(browser, server, 
         assert page.is_disabled("#download")
         # Chromium itself logs the refused request; nothing else may appear
         assert console.unexpected(allowed=(r"status of 415",)) == []
+    finally:
+        context.close()
+
+
+def test_a_photo_with_no_car_shows_a_warning(browser, server, tmp_path):
+    from test_anywhere import landscape
+    hills = tmp_path / "hills.png"
+    Image.fromarray(landscape()).save(hills)
+    context = browser.new_context(viewport={"width": 1366, "height": 768})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        console = Console(page)
+        page.goto(server.url + "/")
+        with page.expect_response(lambda r: r.url.endswith("/v1/cutout")) as answer:
+            page.set_input_files("#file-input", str(hills))
+        assert answer.value.status == 200
+        page.wait_for_selector("#warning", state="visible")
+        assert "no car" in page.inner_text("#warning-message")
+        assert "by the general model" in page.inner_text("#status")
+        assert console.unexpected() == []
     finally:
         context.close()
 

@@ -11,6 +11,7 @@ import glob
 import io
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,19 +226,30 @@ def output_names(inputs: Sequence[Path], out_dir: Path, fmt: str) -> list[Path]:
     return outputs
 
 
+def largest_car(mask: np.ndarray) -> np.ndarray:
+    """Only the biggest connected region of a bool mask: the main car of a photo with several."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if count <= 2:  # background and at most one region
+        return mask
+    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+
+
 @dataclass
 class CutoutSummary:
     written: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)  # outputs that existed (no --overwrite)
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    models: Counter = field(default_factory=Counter)  # cut-outs made by each model
+    warnings: list[tuple[Path, str]] = field(default_factory=list)  # masks to check
 
 
 def cutout_files(predictor, inputs: Iterable[str | Path], out_dir: str | Path,
                  background: Background = TRANSPARENT, *, feather: float = 0.0,
                  shadow: bool = False, fmt: str = "png", overwrite: bool = False,
-                 track: Track = silent_track) -> CutoutSummary:
+                 largest: bool = False, track: Track = silent_track) -> CutoutSummary:
     """Cut out every photo into `out_dir`, predicting in the predictor's batches and composing and
-    encoding in a bounded thread pool; an unreadable photo is recorded and the job goes on."""
+    encoding in a bounded thread pool; an unreadable photo is recorded and the job goes on.
+    Every car in a photo is kept, or only the biggest with `largest`."""
     fmt = fmt.lower().replace("jpeg", "jpg")
     if fmt not in FORMATS:
         raise CutoutError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
@@ -258,25 +270,28 @@ def cutout_files(predictor, inputs: Iterable[str | Path], out_dir: str | Path,
 
     def finish(prediction):
         if prediction.error:
-            return prediction.path, None, prediction.error
+            return prediction, None, prediction.error
         try:
             # upright as displayed, like the photo the predictor decoded: the mask fits it
             photo = read_photo(prediction.path).pixels
-            image = composite(photo, prediction.mask, background, feather=feather, shadow=shadow)
+            mask = largest_car(prediction.mask) if largest else prediction.mask
+            image = composite(photo, mask, background, feather=feather, shadow=shadow)
             target = targets[prediction.path]
             write_atomic(encode_image(image, fmt), target)
-            return prediction.path, target, None
+            return prediction, target, None
         except DataError as error:  # names the file itself
-            return prediction.path, None, str(error)
+            return prediction, None, str(error)
         except (CutoutError, OSError) as error:
-            return prediction.path, None, f"{prediction.path}: {error}"
+            return prediction, None, f"{prediction.path}: {error}"
 
     predictions = predictor.predict_paths(list(targets))
-    for source, target, error in track(imap_bounded(finish, predictions, workers=2), total=len(todo),
-                                       description="cutting out"):
+    for prediction, target, error in track(imap_bounded(finish, predictions, workers=2),
+                                           total=len(todo), description="cutting out"):
         if error:
             log.info("%s", error)
-            summary.failed.append((source, error))
-        else:
-            summary.written.append(target)
+            summary.failed.append((prediction.path, error))
+            continue
+        summary.written.append(target)
+        summary.models[prediction.model] += 1
+        summary.warnings.extend((prediction.path, w) for w in prediction.warnings)
     return summary

@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from carmask.confidence import Confidence, assess
 from carmask.data.dataset import fit_photo
 from carmask.data.io import DataError, read_photo
 from carmask.models.io import load_model, read_config, resolve_model_path
@@ -31,6 +32,14 @@ class Prediction:
     path: Path | None
     mask: np.ndarray | None  # (H, W) bool at the photo's own size
     error: str | None = None
+    model: str = ""  # which model made the mask: "studio", "general" or the file's name
+    confidence: Confidence | None = None
+    notes: list[str] = field(default_factory=list)  # e.g. why this model was chosen
+
+    @property
+    def warnings(self) -> list[str]:
+        """What a user should know before trusting the mask; empty when all is well."""
+        return self.confidence.warnings if self.confidence else []
 
 
 BACKENDS = ("auto", "torch", "onnx")
@@ -128,6 +137,12 @@ class Predictor:
                               device=self.device, threads=threads)
 
     @property
+    def role(self) -> str:
+        """"studio" (Carvana's turntable), "general" (any background) or, for a model file
+        trained before roles existed, "studio"."""
+        return self.config.get("role") or "studio"
+
+    @property
     def name(self) -> str:
         stages = self.config["architecture"] + (f" + {self.refiner.architecture}" if self.refiner else "")
         return f"{stages} ({self.path.name})"
@@ -171,6 +186,10 @@ class Predictor:
             masks.append(car_mask(full, self.kind, self.threshold)[0].cpu().numpy())
         return masks
 
+    def confidences(self, outputs: torch.Tensor) -> list[Confidence]:
+        """How sure the model is of each photo's mask, from its raw outputs at the model's size."""
+        return [assess(p[0].numpy()) for p in car_probability(outputs.float().cpu(), self.kind)]
+
     def to_probabilities(self, outputs: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
         """Like to_masks, but the car probability (float32 0..1) for soft edges in cut-outs."""
         return [car_probability(upsample(o[None], s), self.kind)[0, 0].cpu().numpy()
@@ -179,12 +198,18 @@ class Predictor:
     # -- conveniences -------------------------------------------------------------------------
     def predict(self, photos: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Masks for RGB uint8 photos, each at its own size."""
-        masks: list[np.ndarray] = []
+        return [p.mask for p in self.predict_detailed(photos)]
+
+    def predict_detailed(self, photos: Sequence[np.ndarray]) -> list[Prediction]:
+        """Predictions (mask, model, confidence) for RGB uint8 photos, each at its own size."""
+        results: list[Prediction] = []
         for start in range(0, len(photos), self.batch):
             chunk = photos[start:start + self.batch]
-            batch = np.stack([self.preprocess(p) for p in chunk])
-            masks.extend(self.to_masks(self.raw_outputs(batch), [p.shape[:2] for p in chunk], chunk))
-        return masks
+            outputs = self.raw_outputs(np.stack([self.preprocess(p) for p in chunk]))
+            masks = self.to_masks(outputs, [p.shape[:2] for p in chunk], chunk)
+            results.extend(Prediction(None, mask, model=self.role, confidence=confidence)
+                           for mask, confidence in zip(masks, self.confidences(outputs)))
+        return results
 
     def predict_paths(self, paths: Iterable[str | Path], workers: int | None = None,
                       on_error: Callable[[Path, str], None] | None = None) -> Iterator[Prediction]:
@@ -224,5 +249,5 @@ class Predictor:
         outputs = self.raw_outputs(np.stack([tensor for _, (tensor, _), _ in pending]))
         masks = self.to_masks(outputs, [full for _, _, full in pending],
                               [photo for _, (_, photo), _ in pending])
-        for (path, _, _), mask in zip(pending, masks):
-            yield Prediction(path, mask)
+        for (path, _, _), mask, confidence in zip(pending, masks, self.confidences(outputs)):
+            yield Prediction(path, mask, model=self.role, confidence=confidence)

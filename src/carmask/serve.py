@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import json
 import logging
 import os
 import threading
@@ -42,6 +43,7 @@ from carmask.cutout import (
     CutoutError,
     composite,
     encode_image,
+    largest_car,
     parse_background,
 )
 from carmask.data.io import PhotoError, read_photo
@@ -91,6 +93,13 @@ def decode_upload(data: bytes, field: str, config: ServeConfig) -> np.ndarray:
         raise ApiError(status, code, str(error)) from None
 
 
+@dataclass(frozen=True)
+class Masked:
+    mask: np.ndarray
+    model: str  # "studio" or "general"
+    warnings: list[str]
+
+
 class MaskService:
     """The model behind the endpoints: one predictor, a bounded pool, a small mask cache."""
 
@@ -99,7 +108,7 @@ class MaskService:
         self.pool = ThreadPoolExecutor(config.workers, thread_name_prefix="carmask-serve")
         self.in_flight = 0
         self.handled = 0  # requests admitted, answered or refused
-        self._cache: OrderedDict[str, tuple[np.ndarray, tuple[int, int]]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[np.ndarray, tuple[int, int], str, list[str]]] = OrderedDict()
         self._lock = threading.Lock()
 
     @property
@@ -124,19 +133,25 @@ class MaskService:
         """Run `fn` on one of the `workers` threads."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
-    def mask(self, data: bytes, photo: np.ndarray) -> np.ndarray:
+    def mask(self, data: bytes, photo: np.ndarray, largest: bool = False) -> Masked:
+        """The photo's mask (only its biggest car with `largest`), which model made it, and what
+        the user should check."""
         key = hashlib.sha256(data).hexdigest()
         with self._lock:
-            if key in self._cache:
+            cached = self._cache.get(key)
+            if cached:
                 self._cache.move_to_end(key)
-                packed, shape = self._cache[key]
-                return np.unpackbits(packed, count=shape[0] * shape[1]).reshape(shape).astype(bool)
-        mask = self.predictor.predict([photo])[0]
-        with self._lock:
-            self._cache[key] = (np.packbits(mask), mask.shape)
-            while len(self._cache) > self.config.cache:
-                self._cache.popitem(last=False)
-        return mask
+        if cached:
+            packed, shape, model, warnings = cached
+            mask = np.unpackbits(packed, count=shape[0] * shape[1]).reshape(shape).astype(bool)
+        else:
+            prediction = self.predictor.predict_detailed([photo])[0]
+            mask, model, warnings = prediction.mask, prediction.model, prediction.warnings
+            with self._lock:
+                self._cache[key] = (np.packbits(mask), mask.shape, model, warnings)
+                while len(self._cache) > self.config.cache:
+                    self._cache.popitem(last=False)
+        return Masked(largest_car(mask) if largest else mask, model, list(warnings))
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -151,10 +166,10 @@ def create_app(predictor=None, *, model: str | None = None, backend: str = "onnx
 
     config = config or ServeConfig()
     if predictor is None:
-        from carmask.predict import Predictor
+        from carmask.route import create_predictor
         # each worker gets its share of the cores: oversubscribed model threads thrash
         threads = max(1, (os.cpu_count() or 1) // config.workers)
-        predictor = Predictor(model, backend=backend, threads=threads)
+        predictor = create_predictor(model, backend=backend, threads=threads)
     service = MaskService(predictor, config)
 
     @asynccontextmanager
@@ -166,7 +181,8 @@ def create_app(predictor=None, *, model: str | None = None, backend: str = "onnx
         lifespan=lifespan,
         title="carmask",
         version=__version__,
-        description="Masks and cut-outs of cars in studio photos. The web page is at `/`.",
+        description="Masks and cut-outs of cars in any photo: Carvana's studio model for studio photos, "
+                    "the general model for any other. The web page is at `/`.",
     )
     app.state.service = service
     body_limit = 2 * config.max_bytes + 2**20  # a photo, a background image and the form
@@ -198,10 +214,12 @@ def create_app(predictor=None, *, model: str | None = None, backend: str = "onnx
     async def read_upload(upload: UploadFile) -> bytes:
         return await upload.read(config.max_bytes + 1)  # one byte over is enough for decode_upload
 
-    def headers(started: float, shape: tuple[int, int]) -> dict[str, str]:
-        return {"X-Carmask-Model": predictor.config["architecture"],
+    def headers(started: float, masked: Masked) -> dict[str, str]:
+        height, width = masked.mask.shape
+        return {"X-Carmask-Model": masked.model,
+                "X-Carmask-Warnings": json.dumps(masked.warnings),  # JSON is ASCII: header-safe
                 "X-Carmask-Seconds": f"{time.perf_counter() - started:.3f}",
-                "X-Image-Size": f"{shape[1]}x{shape[0]}"}
+                "X-Image-Size": f"{width}x{height}"}
 
     @app.get("/", include_in_schema=False)
     async def page():
@@ -211,14 +229,12 @@ def create_app(predictor=None, *, model: str | None = None, backend: str = "onnx
 
     @app.get("/healthz", summary="Liveness and load")
     async def healthz():
-        return {"status": "ok", "model": predictor.config["architecture"], "in_flight": service.in_flight,
+        return {"status": "ok", "models": sorted(loaded_models(predictor)), "in_flight": service.in_flight,
                 "capacity": service.capacity, "handled": service.handled}
 
     @app.get("/v1/models", summary="The loaded model and the architectures carmask knows")
     async def models():
-        loaded = {k: predictor.config.get(k) for k in ("architecture", "input_size", "threshold")}
-        loaded.update(file=predictor.path.name, backend=getattr(predictor, "backend", None),
-                      training=predictor.config.get("training"))
+        loaded = loaded_models(predictor)
         registry = [{"name": info.name, "origin": info.origin, "default_size": list(info.default_size)}
                     for info in list_models()]
         return {"loaded": loaded, "registry": registry,
@@ -229,24 +245,27 @@ def create_app(predictor=None, *, model: str | None = None, backend: str = "onnx
     async def mask_endpoint(
         image: Annotated[UploadFile, File(description="A car photo (JPEG, PNG, WebP, ...).")],
         format: Annotated[Literal["png", "rle"], Query(description="png or rle")] = "png",
+        largest: Annotated[bool, Query(description="Only the biggest car (default: every car).")] = False,
     ):
         async with service.admitted():
             started = time.perf_counter()
             data = await read_upload(image)
 
             def work():
-                mask = service.mask(data, decode_upload(data, "image", config))
+                masked = service.mask(data, decode_upload(data, "image", config), largest)
+                mask = masked.mask
                 if format == "rle":
-                    return mask.shape, {"width": mask.shape[1], "height": mask.shape[0],
-                                        "rle": encode(mask), "car_fraction": round(float(mask.mean()), 6)}
+                    return masked, {"width": mask.shape[1], "height": mask.shape[0], "rle": encode(mask),
+                                    "car_fraction": round(float(mask.mean()), 6), "model": masked.model,
+                                    "warnings": masked.warnings}
                 buffer = io.BytesIO()
                 Image.fromarray(mask.astype(np.uint8) * 255).save(buffer, format="PNG", compress_level=3)
-                return mask.shape, buffer.getvalue()
+                return masked, buffer.getvalue()
 
-            shape, body = await service.run(work)
+            masked, body = await service.run(work)
         if format == "rle":
-            return JSONResponse(body, headers=headers(started, shape))
-        return Response(body, media_type="image/png", headers=headers(started, shape))
+            return JSONResponse(body, headers=headers(started, masked))
+        return Response(body, media_type="image/png", headers=headers(started, masked))
 
     @app.post("/v1/cutout", summary="The car cut out: RGBA when transparent, else a composite",
               responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}}})
@@ -259,6 +278,7 @@ def create_app(predictor=None, *, model: str | None = None, backend: str = "onnx
         feather: Annotated[float, Form(ge=0, le=64, description="Soft edge width in pixels.")] = 0.0,
         shadow: Annotated[bool, Form(description="Keep the floor shadow.")] = False,
         format: Annotated[Literal["png", "webp", "jpg"], Form(description="png, webp or jpg")] = "png",
+        largest: Annotated[bool, Form(description="Only the biggest car (default: every car).")] = False,
     ):
         async with service.admitted():
             started = time.perf_counter()
@@ -276,16 +296,28 @@ def create_app(predictor=None, *, model: str | None = None, backend: str = "onnx
                 chosen = choice
                 if chosen is None:
                     chosen = Background.from_image(decode_upload(backdrop_data, "background_image", config))
-                mask = service.mask(data, photo)
-                return mask.shape, encode_image(composite(photo, mask, chosen, feather=feather,
-                                                          shadow=shadow), format)
+                masked = service.mask(data, photo, largest)
+                return masked, encode_image(composite(photo, masked.mask, chosen, feather=feather,
+                                                      shadow=shadow), format)
 
-            shape, body = await service.run(work)
+            masked, body = await service.run(work)
         name = f"{Path(image.filename or 'photo').stem}-cutout.{format}"
         return Response(body, media_type=MEDIA_TYPES[format],
-                        headers=headers(started, shape) | {"Content-Disposition": disposition(name)})
+                        headers=headers(started, masked) | {"Content-Disposition": disposition(name)})
 
     return app
+
+
+def loaded_models(predictor) -> dict[str, dict]:
+    """What /v1/models and /healthz say of the model(s) behind a predictor, by role."""
+    predictors = [predictor.studio, predictor.general] if hasattr(predictor, "general") else [predictor]
+    loaded = {}
+    for one in predictors:
+        entry = {k: one.config.get(k) for k in ("architecture", "input_size", "threshold")}
+        entry.update(file=one.path.name, backend=getattr(one, "backend", None),
+                     training=one.config.get("training"))
+        loaded[getattr(one, "role", "studio")] = entry
+    return loaded
 
 
 class RefuseLargeBodies:

@@ -71,7 +71,9 @@ DataDir = Annotated[
     Path, typer.Option("--data", help="Kaggle-layout folder (train/, train_masks/, test/, metadata.csv).")
 ]
 ModelOption = Annotated[
-    Optional[str], typer.Option("--model", help="Model file or run folder (default: the shipped model).")
+    Optional[str], typer.Option("--model", help="auto (the default: the studio model for photos that look like "
+                                "Carvana's studio, the general model for any other), studio, general, "
+                                "or a model file or run folder.")
 ]
 
 

@@ -21,6 +21,8 @@ def cutout(
     feather: Annotated[float, typer.Option(
         min=0, max=64, help="Soft edge, in pixels inside the car's outline.")] = 0.0,
     shadow: Annotated[bool, typer.Option(help="Keep the photo's soft floor shadow under the car.")] = False,
+    largest: Annotated[bool, typer.Option(
+        help="Keep only the biggest car of a photo with several (default: every car).")] = False,
     model: ModelOption = None,
     fmt: Annotated[str, typer.Option("--format", help="png or webp (keep alpha), or jpg.")] = "png",
     overwrite: Annotated[bool, typer.Option(help="Replace cut-outs that already exist.")] = False,
@@ -36,18 +38,22 @@ def cutout(
     from carmask.cutout import CutoutError, cutout_files, expand_inputs, parse_background
     from carmask.models.io import ModelFileError
     from carmask.outputs import OutputError, check_output_dir
-    from carmask.predict import Predictor
+    from carmask.route import create_predictor
 
     try:
         check_output_dir(out, "--out folder")  # before the model loads
         photos = expand_inputs(inputs)
         chosen = parse_background(background)
-        predictor = Predictor(model, backend=backend, device=device, batch=batch)
+        predictor = create_predictor(model, backend=backend, device=device, batch=batch)
         summary = cutout_files(predictor, photos, out, chosen, feather=feather, shadow=shadow,
-                               fmt=fmt, overwrite=overwrite, track=progress)
+                               fmt=fmt, overwrite=overwrite, largest=largest, track=progress)
     except (CutoutError, ModelFileError, OutputError, ValueError) as error:
         raise fail(str(error)) from None
+    for path, warning in summary.warnings:
+        warn(f"{path}: {warning}", label="check:")
+    models = ", ".join(f"{count} by the {name} model" for name, count in sorted(summary.models.items()))
     console.print(f"{len(summary.written)} cut-outs written to {out}/"
+                  + (f" ({models})" if models else "")
                   + (f", {len(summary.skipped)} already there (--overwrite replaces them)"
                      if summary.skipped else ""))
     if summary.failed:

@@ -73,8 +73,8 @@ def predict(
     from carmask.cutout import CutoutError
     from carmask.models.io import ModelFileError
     from carmask.outputs import OutputError
-    from carmask.predict import Predictor
     from carmask.predict_job import check_outputs, run_prediction, shard_of
+    from carmask.route import create_predictor
     from carmask.submission import SubmissionError
 
     if out is None and masks_dir is None:
@@ -90,8 +90,10 @@ def predict(
                                                masks=masks_dir is not None)
             if shard:
                 names = shard_of(names, _parse_shard(shard))
-            predictor = Predictor(
-                model,
+            # A Kaggle submission is always the studio model's; loose photos get the auto choice.
+            submission = out is not None or data is not None
+            predictor = create_predictor(
+                model or ("studio" if submission else None),
                 device=device,
                 backend=backend,
                 tta=tta,
@@ -205,15 +207,17 @@ def evaluate(
     ] = False,
 ) -> None:
     """Score a model against true masks: Dice and IoU at full resolution, per view and make."""
+    from carmask.data.io import DataError
     from carmask.data.layout import index_dataset
+    from carmask.data.wild import as_records, is_wild_folder, read_wild, split_wild
     from carmask.evaluate import evaluate as run_evaluation
     from carmask.models.io import ModelFileError
-    from carmask.predict import Predictor
+    from carmask.route import create_predictor
 
     if not data.is_dir():
         raise fail(f"{data}: data folder does not exist")
     try:
-        predictor = Predictor(
+        predictor = create_predictor(
             model,
             device=device,
             backend=backend,
@@ -222,10 +226,17 @@ def evaluate(
         )
     except (ModelFileError, ValueError) as error:
         raise fail(str(error)) from None
-    records = [r for r in index_dataset(data, check_pixels=False).train if r.mask_path]
-    if cars == "val":
-        records = validation_records(records, predictor.config)
-    elif cars:
+    if is_wild_folder(data):  # outdoor photos: `--cars val` is their held-out split
+        try:
+            training, held_out = split_wild(read_wild(data))
+        except DataError as error:
+            raise fail(str(error)) from None
+        records = as_records(held_out if cars == "val" else training + held_out)
+    else:
+        records = [r for r in index_dataset(data, check_pixels=False).train if r.mask_path]
+        if cars == "val":
+            records = validation_records(records, predictor.config)
+    if cars and cars != "val":
         wanted = set(cars.split(","))
         records = [r for r in records if r.car_id in wanted]
     if not records:

@@ -17,7 +17,9 @@ from carmask.models import create_bare_model, model_info
 log = logging.getLogger(__name__)
 METADATA_KEY = "carmask"
 REFINER_PREFIX = "refiner."  # the outline refiner's weights in a combined model file
-SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "weights" / "carvana-unet-mnv2.safetensors"
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+SHIPPED_MODEL = WEIGHTS / "carvana-unet-mnv2.safetensors"  # the studio model: Carvana's turntable
+GENERAL_MODEL = WEIGHTS / "general-unet-mnv2.safetensors"  # cars on any background (issue 12)
 
 
 class ModelFileError(ValueError):
@@ -67,11 +69,13 @@ def read_config(path: str | Path) -> dict:
 
 
 def resolve_model_path(spec: str | Path | None = None) -> Path:
-    """A model argument → its file: None for the shipped model, a run folder, or a file."""
-    if spec is None or str(spec) in ("", "default", "shipped"):
-        if not SHIPPED_MODEL.is_file():
-            raise ModelFileError(f"{SHIPPED_MODEL}: the shipped model is missing from this install")
-        return SHIPPED_MODEL
+    """A model argument → its file: None, "shipped" or "studio" for the shipped studio model,
+    "general" for the shipped any-background model, a run folder, or a file."""
+    if spec is None or str(spec) in ("", "default", "shipped", "studio", "general"):
+        path = GENERAL_MODEL if str(spec) == "general" else SHIPPED_MODEL
+        if not path.is_file():
+            raise ModelFileError(f"{path}: the shipped model is missing from this install")
+        return path
     path = Path(spec)
     if path.is_dir():
         path = path / "model.safetensors"

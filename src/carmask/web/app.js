@@ -8,6 +8,7 @@
     fileInput: $("file-input"), dropzone: $("dropzone"), fileName: $("file-name"),
     modelInfo: $("model-info"), status: $("status"), statusText: $("status-text"),
     error: $("error"), errorMessage: $("error-message"),
+    warning: $("warning"), warningMessage: $("warning-message"), largest: $("largest"),
     originalFrame: $("original-frame"), originalCanvas: $("original-canvas"), maskCanvas: $("mask-canvas"),
     resultFrame: $("result-frame"), resultCanvas: $("result-canvas"),
     maskToggle: $("mask-toggle"), feather: $("feather"), featherValue: $("feather-value"),
@@ -48,6 +49,14 @@
     el.errorMessage.textContent = "";
   }
 
+  // The server's doubts about a mask (a JSON list): shown beside the result, never hidden.
+  function showWarnings(header) {
+    let warnings = [];
+    try { warnings = JSON.parse(header || "[]"); } catch (_) { /* an older server */ }
+    el.warningMessage.textContent = warnings.join(" ");
+    el.warning.hidden = warnings.length === 0;
+  }
+
   async function errorMessageOf(response) {
     try {
       const body = await response.json();
@@ -66,11 +75,13 @@
       const response = await fetch("/v1/models");
       if (!response.ok) throw new Error(await errorMessageOf(response));
       const info = await response.json();
-      const loaded = info.loaded || {};
-      const size = Array.isArray(loaded.input_size) ? loaded.input_size.join("×") : loaded.input_size;
       state.maxBytes = info.limits && info.limits.max_bytes;
-      const parts = [`model <b>${escapeHtml(loaded.architecture || "?")}</b>`];
-      if (size) parts.push(`input ${escapeHtml(size)}`);
+      // one entry per model, by role: "studio" (Carvana's turntable) and "general" (anywhere)
+      const parts = Object.entries(info.loaded || {}).map(([role, model]) => {
+        const size = Array.isArray(model.input_size) ? model.input_size.join("×") : model.input_size;
+        return `${escapeHtml(role)} model <b>${escapeHtml(model.architecture || "?")}</b>` +
+          (size ? ` ${escapeHtml(size)}` : "");
+      });
       if (state.maxBytes) parts.push(`uploads up to ${megabytes(state.maxBytes)}`);
       el.modelInfo.innerHTML = parts.join(" · ");
     } catch (error) {
@@ -169,6 +180,7 @@
     el.originalFrame.classList.add("empty");
     el.resultFrame.classList.add("empty");
     el.maskCanvas.hidden = true;
+    el.warning.hidden = true;
     updateDownload();
   }
 
@@ -184,6 +196,7 @@
     form.append("background", "transparent");
     form.append("feather", el.feather.value);
     form.append("shadow", el.shadow.checked ? "true" : "false");
+    form.append("largest", el.largest.checked ? "true" : "false");
     form.append("format", "png");
     clearError();
     setStatus(state.cutout ? "Updating the cut-out…" : "Cutting out the car…", "busy");
@@ -213,8 +226,9 @@
       const server = Number(response.headers.get("X-Carmask-Seconds"));
       const model = response.headers.get("X-Carmask-Model") || "?";
       const size = (response.headers.get("X-Image-Size") || `${bitmap.width}x${bitmap.height}`).replace("x", "×");
-      setStatus(`Done: ${size} cut out by ${model} in ${server.toFixed(2)} s on the server ` +
+      setStatus(`Done: ${size} cut out by the ${model} model in ${server.toFixed(2)} s on the server ` +
         `(${total.toFixed(2)} s round trip).`, "done");
+      showWarnings(response.headers.get("X-Carmask-Warnings"));
     } catch (error) {
       if (error.name === "AbortError" || sequence !== state.sequence) return;
       showError(error instanceof TypeError
@@ -299,6 +313,7 @@
     featherTimer = setTimeout(requestCutout, FEATHER_DEBOUNCE_MS);
   });
   el.shadow.addEventListener("change", () => requestCutout());
+  el.largest.addEventListener("change", () => requestCutout());
   el.maskToggle.addEventListener("change", drawMask);
   for (const radio of document.querySelectorAll('input[name="bg-mode"]')) {
     radio.addEventListener("change", () => {

@@ -1,0 +1,142 @@
+"""Which model masks a photo: the studio model (Carvana's turntable, the best there) or the general
+model (cars on any background). Every consumer's default is `AutoPredictor`, which looks at each
+photo, picks one and says which; a user never has to know there are two.
+
+The studio looks the same in every Carvana photo: a light grey, colourless wall across the top
+and down both sides. `studio_look` measures that on a 64x96 thumbnail. The limits were set on
+the data (every Carvana photo is studio, no street frame is; docs/models.md, "Which model").
+A photo that looks like a studio but whose studio mask comes back unsure is masked again by the
+general model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from carmask.data.io import DataError, read_photo
+from carmask.parallel import imap_bounded
+from carmask.predict import Prediction, Predictor
+
+THUMB = (64, 96)  # (h, w)
+TOP_ROWS, SIDE_COLUMNS = 10, 6  # the wall: the top 15% of the picture, the outer 6% each side
+TOP_LIGHT, SIDES_LIGHT = 0.9, 0.65  # least share of light, colourless pixels there
+
+
+@dataclass(frozen=True)
+class StudioLook:
+    top: float  # share of light, colourless pixels along the top
+    sides: float  # the same down the left and right edges
+
+    @property
+    def is_studio(self) -> bool:
+        return self.top >= TOP_LIGHT and self.sides >= SIDES_LIGHT
+
+
+def studio_look(photo: np.ndarray) -> StudioLook:
+    """How much an RGB uint8 photo's edges look like Carvana's studio wall."""
+    thumb = cv2.resize(photo, THUMB[::-1], interpolation=cv2.INTER_AREA)
+    hsv = cv2.cvtColor(thumb, cv2.COLOR_RGB2HSV)
+    light = (hsv[..., 2] > 140) & (hsv[..., 1] < 40)
+    sides = np.concatenate([light[:, :SIDE_COLUMNS], light[:, -SIDE_COLUMNS:]], axis=1)
+    return StudioLook(float(light[:TOP_ROWS].mean()), float(sides.mean()))
+
+
+class AutoPredictor:
+    """A studio and a general `Predictor` behind one interface; each photo goes to the one its
+    look asks for (`studio_look`), and back to the general one when the studio mask is unsure.
+    Options are those of `Predictor` and apply to both."""
+
+    def __init__(self, studio: str | Path | None = "studio", general: str | Path | None = "general",
+                 **options) -> None:
+        self.studio = Predictor(studio, **options)
+        self.general = Predictor(general, **options)
+        self.config = self.studio.config  # the validation cars and the like: the studio model's
+        self.path, self.size, self.tta = self.studio.path, self.studio.size, self.studio.tta
+        self.backend, self.device, self.batch = self.studio.backend, self.studio.device, self.studio.batch
+        # decode at the larger input of the two, and in full where a refiner reads the outline
+        self._cover = None if (self.studio.refiner or self.general.refiner) else \
+            max(self.studio.size, self.general.size, key=lambda s: s[0] * s[1])
+
+    @property
+    def name(self) -> str:
+        return f"auto: studio {self.studio.name} or general {self.general.name}"
+
+    def choose(self, photo: np.ndarray) -> Predictor:
+        return self.studio if studio_look(photo).is_studio else self.general
+
+    def predict(self, photos: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [p.mask for p in self.predict_detailed(photos)]
+
+    def predict_detailed(self, photos: Sequence[np.ndarray]) -> list[Prediction]:
+        """Each photo through its model, in input order."""
+        results: list[Prediction | None] = [None] * len(photos)
+        for predictor in (self.studio, self.general):
+            chosen = [i for i, photo in enumerate(photos) if self.choose(photo) is predictor]
+            for start in range(0, len(chosen), predictor.batch):
+                batch = chosen[start:start + predictor.batch]
+                items = [(None, photos[i], photos[i].shape[:2]) for i in batch]
+                for i, prediction in zip(batch, self._run(predictor, items)):
+                    results[i] = prediction
+        return results
+
+    def predict_paths(self, paths: Iterable[str | Path], workers: int | None = None,
+                      on_error: Callable[[Path, str], None] | None = None) -> Iterator[Prediction]:
+        """Like `Predictor.predict_paths`: in input order, a bad photo yields its error."""
+        def decode(path):
+            try:
+                photo = read_photo(path, cover=self._cover)
+                return Path(path), photo.pixels, photo.size, self.choose(photo.pixels), None
+            except DataError as error:
+                return Path(path), None, None, None, str(error)
+
+        workers = workers or min(4 if self.device.type == "cpu" else 16, os.cpu_count() or 1)
+        pending: list[tuple[Path, np.ndarray, tuple[int, int]]] = []
+        chosen: Predictor | None = None
+        for path, photo, size, predictor, error in imap_bounded(decode, paths, workers,
+                                                                ahead=2 * self.batch + workers):
+            if pending and (error or predictor is not chosen):  # output stays in input order
+                yield from self._run(chosen, pending)
+                pending = []
+            if error:
+                if on_error:
+                    on_error(path, error)
+                yield Prediction(path, None, error)
+                continue
+            chosen = predictor
+            pending.append((path, photo, size))
+            if len(pending) == chosen.batch:
+                yield from self._run(chosen, pending)
+                pending = []
+        if pending:
+            yield from self._run(chosen, pending)
+
+    def _run(self, predictor: Predictor, items: Sequence[tuple[Path | None, np.ndarray, tuple[int, int]]],
+             second_opinion: bool = True) -> list[Prediction]:
+        """(path, decoded photo, full size) items through one model; unsure studio masks get
+        the general model's second opinion."""
+        photos = [photo for _, photo, _ in items]
+        outputs = predictor.raw_outputs(np.stack([predictor.preprocess(p) for p in photos]))
+        masks = predictor.to_masks(outputs, [size for _, _, size in items],
+                                   photos if predictor.refiner else None)
+        results = []
+        for item, mask, confidence in zip(items, masks, predictor.confidences(outputs)):
+            prediction = Prediction(item[0], mask, model=predictor.role, confidence=confidence)
+            if second_opinion and predictor is self.studio and prediction.warnings:
+                prediction = self._run(self.general, [item], second_opinion=False)[0]
+                prediction.notes.append("looked like a studio photo, but the studio model was unsure")
+            results.append(prediction)
+        return results
+
+
+def create_predictor(model: str | Path | None = None, **options) -> Predictor | AutoPredictor:
+    """The predictor every consumer uses: `AutoPredictor` for no model (or "auto"), else a
+    `Predictor` for exactly the model asked for."""
+    if model is None or str(model) == "auto":
+        return AutoPredictor(**options)
+    return Predictor(model, **options)

@@ -1,0 +1,159 @@
+"""Cars on any background (issue 12): the outdoor photos and their split, the training mix, the
+choice between the studio and the general model, the confidence warnings and --largest."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from carmask.cli import app
+from carmask.cutout import largest_car
+from carmask.data.io import DataError, read_mask, read_photo
+from carmask.data.wild import read_wild, split_wild
+from carmask.evaluate import dice_and_iou
+from carmask.route import studio_look
+
+
+def index_rows(folder):
+    with (folder / "index.csv").open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+# -- the outdoor photos ------------------------------------------------------------------------
+def test_the_split_holds_out_whole_street_videos(wild):
+    photos = read_wild(wild)
+    assert len(photos) == len(index_rows(wild)) == len(list((wild / "images").glob("*.jpg")))
+    training, validation = split_wild(photos)
+    assert sorted(p.name for p in training + validation) == sorted(p.name for p in photos)
+    assert not {p.name for p in training} & {p.name for p in validation}
+    # neighbouring frames of one video are near copies: no video on both sides
+    videos = lambda part: {p.video for p in part if p.kind == "camvid"}  # noqa: E731
+    assert videos(validation) and not videos(training) & videos(validation)
+    assert {p.kind for p in validation} == {"camvid", "web"} == {p.kind for p in training}
+
+
+def test_a_broken_outdoor_folder_is_named(tmp_path, wild):
+    with pytest.raises(DataError, match="index.csv"):
+        read_wild(tmp_path)
+    (tmp_path / "images").mkdir()
+    rows = index_rows(wild)[:2]
+    with (tmp_path / "index.csv").open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=rows[0].keys())
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(DataError, match=rf"{rows[0]['name']}\.jpg: listed on line 2"):
+        read_wild(tmp_path)
+
+
+def test_training_samples_mix_real_pasted_and_studio_photos(wild, carvana):
+    from carmask.data.anywhere import AnywhereDataset, synthetic_background
+    from carmask.data.layout import index_dataset
+
+    training, _ = split_wild(read_wild(wild))
+    studio = [r for r in index_dataset(carvana, check_pixels=False).train if r.mask_path][:32]
+    dataset = AnywhereDataset(training, studio, (96, 128), length=24)
+    torch.manual_seed(0)
+    samples = [dataset[i] for i in range(len(dataset))]
+    for image, mask in samples:
+        assert image.shape == (3, 96, 128) and mask.shape == (1, 96, 128)
+        assert set(mask.unique().tolist()) <= {0.0, 1.0}
+    cars = [float(mask.mean()) for _, mask in samples]
+    assert min(cars) < 0.05 and max(cars) > 0.2  # small street cars and big pasted ones
+    again = dataset[5]  # a seeded run repeats itself
+    assert torch.equal(again[0], samples[5][0]) and torch.equal(again[1], samples[5][1])
+    scene = synthetic_background((60, 80), np.random.default_rng(0))
+    assert scene.shape == (60, 80, 3) and scene.dtype == np.uint8 and scene.std() > 5
+
+
+# -- which model -------------------------------------------------------------------------------
+def test_every_carvana_photo_looks_like_the_studio_and_no_street_frame_does(carvana, wild):
+    carvana_photos = sorted((carvana / "train").glob("*.jpg")) + sorted((carvana / "test").glob("*.jpg"))
+    not_studio = [p.name for p in carvana_photos
+                  if not studio_look(read_photo(p, reduce=8).pixels).is_studio]
+    assert not not_studio, f"{len(not_studio)} Carvana photos taken for outdoor ones: {not_studio[:5]}"
+    streets = [p for p in read_wild(wild) if p.kind == "camvid"]
+    studio_like = [p.name for p in streets if studio_look(read_photo(p.image_path).pixels).is_studio]
+    assert not studio_like, f"street frames taken for studio photos: {studio_like[:5]}"
+
+
+def test_the_default_predictor_picks_a_model_per_photo_and_says_which(auto_predictor, held_out, wild,
+                                                                      tmp_path):
+    street = next(p for p in read_wild(wild) if p.kind == "camvid").image_path
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a photo")
+    results = list(auto_predictor.predict_paths([held_out[0], broken, street, held_out[0]]))
+    assert [r.model for r in results] == ["studio", "", "general", "studio"]
+    assert results[1].error and "broken.jpg" in results[1].error
+    assert results[0].mask.shape == read_mask(held_out[1]).shape
+    assert results[2].mask.shape == read_photo(street).size
+    assert dice_and_iou(results[0].mask, read_mask(held_out[1]))[0] > 0.99
+
+
+def test_the_chosen_model_beats_the_studio_model_on_held_out_outdoor_photos(auto_predictor,
+                                                                           shipped_predictor, wild):
+    _, validation = split_wild(read_wild(wild))
+    photos = [p for p in validation if p.kind == "camvid"][::20] + [p for p in validation if p.kind == "web"][::15]
+    pixels = [read_photo(p.image_path).pixels for p in photos]
+    truths = [read_mask(p.mask_path) for p in photos]
+    chosen = np.mean([dice_and_iou(m, t)[0] for m, t in zip(auto_predictor.predict(pixels), truths)])
+    studio = np.mean([dice_and_iou(m, t)[0] for m, t in zip(shipped_predictor.predict(pixels), truths)])
+    assert chosen > studio + 0.15, (chosen, studio)
+
+
+# -- confidence --------------------------------------------------------------------------------
+def landscape(seed: int = 0) -> np.ndarray:
+    """A synthetic landscape with no car: sky, hills, grass."""
+    rng = np.random.default_rng(seed)
+    height, width = 360, 480
+    picture = np.zeros((height, width, 3), np.float32)
+    ramp = np.linspace(0, 1, height)[:, None]
+    picture[:] = (np.array([90, 150, 230]) * (1 - ramp) + np.array([200, 220, 240]) * ramp)[:, None, :]
+    columns = np.arange(width)
+    hills = (height * (0.55 + 0.08 * np.sin(columns / 37.0) + 0.04 * np.sin(columns / 11.0))).astype(int)
+    for x, top in enumerate(hills):
+        picture[top:, x] = (60, 130, 50)
+    picture += rng.normal(0, 8, picture.shape)
+    return np.clip(picture, 0, 255).astype(np.uint8)
+
+
+def test_a_photo_with_no_car_is_flagged_and_a_studio_photo_is_not(auto_predictor, held_out):
+    nothing, studio = auto_predictor.predict_detailed([landscape(), read_photo(held_out[0]).pixels])
+    assert nothing.warnings, nothing.confidence
+    assert studio.warnings == [] and studio.model == "studio", studio.confidence
+
+
+def test_largest_keeps_only_the_biggest_car():
+    mask = np.zeros((50, 80), bool)
+    mask[5:20, 5:20] = True  # 225 px
+    mask[25:45, 30:75] = True  # 900 px
+    kept = largest_car(mask)
+    assert kept.sum() == 900 and kept[30, 50] and not kept[10, 10]
+    one = np.zeros((10, 10), bool)
+    one[2:5, 2:5] = True
+    assert np.array_equal(largest_car(one), one) and not largest_car(np.zeros((4, 4), bool)).any()
+
+
+def test_evaluate_scores_an_outdoor_folder_on_its_held_out_split(wild, tmp_path):
+    folder = tmp_path / "wild"
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    photos = read_wild(wild)
+    training, validation = split_wild(photos)
+    keep = {p.name for p in training[:1] + validation[:1] + validation[-1:]}
+    rows = [r for r in index_rows(wild) if r["name"] in keep]
+    for row in rows:
+        (folder / "images" / f"{row['name']}.jpg").symlink_to(wild / "images" / f"{row['name']}.jpg")
+        (folder / "masks" / f"{row['name']}.png").symlink_to(wild / "masks" / f"{row['name']}.png")
+    with (folder / "index.csv").open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=rows[0].keys())
+        writer.writeheader()
+        writer.writerows(rows)
+    result = CliRunner().invoke(app, ["evaluate", "--data", str(folder), "--cars", "val", "--json"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout.strip().splitlines()[-1])
+    assert scores["images"] == 2 and 0 < scores["dice"] <= 1
