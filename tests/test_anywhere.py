@@ -157,3 +157,24 @@ def test_evaluate_scores_an_outdoor_folder_on_its_held_out_split(wild, tmp_path)
     assert result.exit_code == 0, result.output
     scores = json.loads(result.stdout.strip().splitlines()[-1])
     assert scores["images"] == 2 and 0 < scores["dice"] <= 1
+
+
+def test_cutout_keeps_every_car_or_only_the_largest_and_says_which_model(wild, tmp_path):
+    import cv2
+    from PIL import Image
+
+    # a street frame with several cars in its true mask
+    def cars_in(mask):
+        return cv2.connectedComponents(mask.astype(np.uint8))[0] - 1
+    street = max([p for p in read_wild(wild) if p.kind == "camvid"][:40],
+                 key=lambda p: cars_in(read_mask(p.mask_path)))
+    runner = CliRunner()
+    every = runner.invoke(app, ["cutout", str(street.image_path), "--out", str(tmp_path / "every")])
+    assert every.exit_code == 0, every.output
+    assert "1 cut-outs written" in every.output and "by the general model" in every.output
+    one = runner.invoke(app, ["cutout", str(street.image_path), "--out", str(tmp_path / "one"), "--largest"])
+    assert one.exit_code == 0, one.output
+    alpha = {name: np.asarray(Image.open(tmp_path / name / f"{street.name}.png"))[..., 3] > 127
+             for name in ("every", "one")}
+    assert cars_in(alpha["every"]) > 1
+    assert cars_in(alpha["one"]) == 1 and np.array_equal(alpha["one"], largest_car(alpha["every"]))

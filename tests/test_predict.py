@@ -77,7 +77,7 @@ def test_killed_run_resumes_without_predicting_twice(model, test_folder, tmp_pat
     assert not killed.exists() and 10 <= done < 64
     resumed = carmask("predict", *args, "--out", str(killed), "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert f"{64 - done} predicted ({done} already done)" in resumed.stdout
+    assert f"{64 - done} predicted ({done} already done, {64 - done} by the studio model)" in resumed.stdout
     assert killed.read_bytes() == reference.read_bytes()
 
 
@@ -302,7 +302,7 @@ def test_resume_redoes_invalid_rows_and_says_which(model, test_folder, tmp_path)
     out.write_text("".join(lines))
     resumed = carmask("predict", *args, "--out", str(out), "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert "3 predicted (61 already done)" in resumed.stdout
+    assert "3 predicted (61 already done, 3 by the studio model)" in resumed.stdout
     assert f"redone: {out}:4: {name3}: invalid RLE" in resumed.stderr
     assert f"redone: {out}:6: {name5}: invalid RLE" in resumed.stderr
     assert f"redone: {out}:8: {name7}: invalid RLE: pair 1: run 24570+10 ends at pixel" in resumed.stderr
@@ -369,7 +369,7 @@ def test_ctrl_c_says_how_to_resume_and_that_command_finishes_the_job(model, test
     resumed = carmask(*command[1:])
     assert resumed.returncode == 0, resumed.stderr
     done = int(resumed.stdout.split("(", 1)[1].split()[0])
-    assert 5 <= done < 64 and f"{64 - done} predicted ({done} already done)" in resumed.stdout
+    assert 5 <= done < 64 and f"{64 - done} predicted ({done} already done, {64 - done} by the studio model)" in resumed.stdout
     assert check_submission(out, read_sample_names(test_folder / "sample_submission.csv"),
                             shape=(128, 192)).ok
 

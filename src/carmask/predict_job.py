@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ class JobSummary:
     submission: Path | None
     masks_dir: Path | None
     dropped: list[str] = field(default_factory=list)  # resumed rows found invalid and redone
+    models: Counter = field(default_factory=Counter)  # masks made by each model
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (image name, what to check)
 
     @property
     def complete(self) -> bool:
@@ -129,13 +132,13 @@ def run_prediction(
         for output in (submission, masks_dir):
             if output is not None:
                 locks.enter_context(output_lock(output))
-        counts, failures, missing, dropped = _run(predictor, photos, names, submission, masks_dir,
-                                                  resume, workers, track)
+        counts, failures, missing, dropped, models, warnings = _run(
+            predictor, photos, names, submission, masks_dir, resume, workers, track)
     return JobSummary(
         expected=len(names), predicted=counts[0], resumed=counts[1], failures=failures,
         missing=missing, seconds=time.perf_counter() - started,
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        submission=submission, masks_dir=masks_dir, dropped=dropped)
+        submission=submission, masks_dir=masks_dir, dropped=dropped, models=models, warnings=warnings)
 
 
 def _run(predictor, photos, names, submission, masks_dir, resume, workers, track):
@@ -161,7 +164,7 @@ def _run(predictor, photos, names, submission, masks_dir, resume, workers, track
         if future.exception() is not None:
             unsaved.append((name, f"{_mask_file(masks_dir, name)}: {future.exception()}"))
 
-    predicted = 0
+    predicted, models, warnings = 0, Counter(), []
     try:
         stream = predictor.predict_paths([photos[n] for n in todo], workers=workers)
         for name, result in track(zip(todo, stream), total=len(todo), description="predicting"):
@@ -175,6 +178,8 @@ def _run(predictor, photos, names, submission, masks_dir, resume, workers, track
                 future = saver.submit(save_mask, result.mask, _mask_file(masks_dir, name))
                 future.add_done_callback(lambda done, name=name: saved(name, done))
             predicted += 1
+            models[result.model] += 1
+            warnings.extend((name, warning) for warning in result.warnings)
     except BaseException:
         if writer:
             writer.close()  # keep the spool: --resume picks up from here
@@ -187,7 +192,7 @@ def _run(predictor, photos, names, submission, masks_dir, resume, workers, track
         writer.finalize(allow_missing=True)
     if (failures or missing) and submission:
         _write_failures(submission.with_name(submission.stem + ".failures.csv"), failures, missing)
-    return (predicted, resumed), failures, missing, writer.dropped if writer else []
+    return (predicted, resumed), failures, missing, writer.dropped if writer else [], models, warnings
 
 
 def _photo_size(path: Path | None) -> tuple[int, int] | None:

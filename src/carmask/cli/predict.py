@@ -118,12 +118,17 @@ def predict(
             raise typer.Exit(INTERRUPTED) from None
         except (OutputError, SubmissionError) as error:
             raise fail(str(error)) from None
+    for name, warning in summary.warnings[:10]:
+        warn(f"{name}: {warning}", label="check:")
+    if len(summary.warnings) > 10:
+        warn(f"... and {len(summary.warnings) - 10} more masks to check", label="check:")
     for dropped in summary.dropped[:10]:
         warn(dropped, label="redone:")
     if len(summary.dropped) > 10:
         warn(f"... and {len(summary.dropped) - 10} more rows", label="redone:")
+    models = "".join(f", {n} by the {m} model" for m, n in sorted(summary.models.items()))
     console.print(
-        f"{summary.predicted} predicted ({summary.resumed} already done) in "
+        f"{summary.predicted} predicted ({summary.resumed} already done{models}) in "
         f"{summary.seconds:.1f} s: {summary.images_per_second:.2f} images/s, "
         f"peak memory {summary.peak_rss_mb:.0f} MB"
     )
