@@ -76,8 +76,9 @@ class AutoPredictor:
     def predict_detailed(self, photos: Sequence[np.ndarray]) -> list[Prediction]:
         """Each photo through its model, in input order."""
         results: list[Prediction | None] = [None] * len(photos)
+        choices = [self.choose(photo) for photo in photos]
         for predictor in (self.studio, self.general):
-            chosen = [i for i, photo in enumerate(photos) if self.choose(photo) is predictor]
+            chosen = [i for i, choice in enumerate(choices) if choice is predictor]
             for start in range(0, len(chosen), predictor.batch):
                 batch = chosen[start:start + predictor.batch]
                 items = [(None, photos[i], photos[i].shape[:2]) for i in batch]
