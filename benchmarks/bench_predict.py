@@ -7,6 +7,12 @@ On a GPU: >= 115 images/s over 2,000 photos, the 100,064-image test set in under
 
     python benchmarks/bench_predict.py [--sizes 320x480 640x960] [--memory-size 160x240]
     python benchmarks/bench_predict.py --device cuda --sizes --throughput-count 2000 --batch 16 --skip-memory
+
+`--profile` instead times each stage of the pipeline per photo, in this process, to show where a
+photo's time goes (on a GPU: whether the model, the upsampling, the copy back or the RLE):
+
+    python benchmarks/bench_predict.py --profile --batch 1
+    python benchmarks/bench_predict.py --profile --device cuda --batch 16
 """
 
 from __future__ import annotations
@@ -61,6 +67,108 @@ def repeated(photos: list[Path], count: int) -> dict[str, str]:
     return {f"{i:06d}_{p.name}": str(p) for i, p in zip(range(count), photos * (count // len(photos) + 1))}
 
 
+STAGES = ("read+decode", "resize+normalise", "host→device", "model forward",
+          "upsample+threshold", "device→host", "RLE", "CSV write")
+
+
+def profile(photos: list[Path], out: Path) -> None:
+    """Time each stage per photo on `photos` (one untimed batch first, to warm up), and report
+    each stage's median and mean ms per photo and its share of the total. A stage that runs on a
+    batch counts its time divided among the batch's photos. Onnxruntime on the CPU, torch on a
+    GPU; on a GPU, also the alternative to the copy back and `encode`: the runs found on the
+    device (`rle.device_runs`) and only they copied back."""
+    import io
+    import statistics
+    import time
+
+    import numpy as np
+    import torch
+
+    from carmask import rle
+    from carmask.data.io import read_photo
+    from carmask.models.outputs import car_mask, upsample
+    from carmask.predict import Predictor
+
+    args = OPTIONS
+    backend = "onnx" if args.device == "cpu" else "torch"
+    predictor = Predictor(args.model or None, backend=backend, device=args.device, batch=args.batch)
+    on_torch, cuda = predictor.backend == "torch", predictor.device.type == "cuda"
+    times: dict[str, list[float]] = {stage: [] for stage in (*STAGES, "device RLE")}
+
+    def timed(stage: str, share: int, fn, *inputs, **options):  # split over `share` photos
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        result = fn(*inputs, **options)
+        if cuda:
+            torch.cuda.synchronize()
+        times[stage].extend([(time.perf_counter() - start) / share] * share)
+        return result
+
+    def forward(inputs):  # Predictor._run_torch without its copy, which is a stage of its own
+        if not on_torch:
+            return predictor.raw_outputs(inputs)
+        if predictor.half:
+            inputs = inputs.half().contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            return predictor._network(inputs).float()
+
+    def on_device(outputs, sizes):  # Predictor.to_masks, stopped before the copy back
+        return [car_mask(upsample(o[None], s), predictor.kind, predictor.threshold)[0]
+                for o, s in zip(outputs, sizes)]
+
+    def device_rle(masks):
+        return [rle.encode_runs(*runs) for runs in rle.device_runs(torch.stack(masks))]
+
+    def pipeline(chunk: list[Path], csv) -> None:
+        n = len(chunk)
+        read = [timed("read+decode", 1, read_photo, p, cover=predictor.size) for p in chunk]
+        inputs = timed("resize+normalise", n, lambda: np.stack([predictor.preprocess(p.pixels) for p in read]))
+        sizes = [p.size for p in read]
+        if on_torch:
+            inputs = timed("host→device", n, lambda x: torch.from_numpy(x).to(predictor.device), inputs)
+        else:
+            times["host→device"].extend([0.0] * n)
+        outputs = timed("model forward", n, forward, inputs)
+        if on_torch:
+            device_masks = timed("upsample+threshold", n, on_device, outputs, sizes)
+            masks = timed("device→host", n, lambda ms: [m.cpu().numpy() for m in ms], device_masks)
+            alternative = timed("device RLE", n, device_rle, device_masks)
+        else:
+            masks = timed("upsample+threshold", n, predictor.to_masks, outputs, sizes)
+            times["device→host"].extend([0.0] * n)
+        encodings = [timed("RLE", 1, rle.encode, m) for m in masks]
+        if on_torch:
+            assert alternative == encodings, "device_runs disagrees with encode"
+        for path, encoding in zip(chunk, encodings):
+            timed("CSV write", 1, csv.write, f"{path.name},{encoding}\n")
+
+    batches = [photos[i:i + args.batch] for i in range(0, len(photos), args.batch)]
+    pipeline(batches[0], io.StringIO())  # warm-up: first calls allocate and compile
+    for stage_times in times.values():
+        stage_times.clear()
+    with open(out, "w") as csv:
+        csv.write("img,rle_mask\n")
+        for chunk in batches:
+            pipeline(chunk, csv)
+    total = sum(statistics.fmean(times[stage]) for stage in STAGES)
+    common = dict(device=args.device, backend=predictor.backend, batch=args.batch, images=len(photos),
+                  size="x".join(map(str, predictor.size)))
+    for stage in STAGES:
+        report("predict_profile", stage=stage, **common,
+               median_ms=round(statistics.median(times[stage]) * 1e3, 2),
+               mean_ms=round(statistics.fmean(times[stage]) * 1e3, 2),
+               share_percent=round(100 * statistics.fmean(times[stage]) / total, 1))
+    report("predict_profile", stage="total", **common, mean_ms=round(total * 1e3, 2),
+           images_per_s=round(1 / total, 2))
+    if on_torch:  # what the copy back and RLE would cost if only the runs came back
+        replaced = sum(statistics.fmean(times[stage]) for stage in ("device→host", "RLE"))
+        report("predict_profile_device_rle", **common,
+               median_ms=round(statistics.median(times["device RLE"]) * 1e3, 2),
+               mean_ms=round(statistics.fmean(times["device RLE"]) * 1e3, 2),
+               replaces_mean_ms=round(replaced * 1e3, 2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", nargs="*", default=["320x480", "640x960"])
@@ -74,10 +182,14 @@ def main() -> None:
     parser.add_argument("--throughput-count", type=int, default=0,
                         help="also time this many photos (the real ones repeated) end to end at the "
                              "model's default size and project the 100,064-image test set; 2000 on a GPU")
+    parser.add_argument("--profile", action="store_true",
+                        help="only time each stage per photo (decode ... CSV) at the model's size")
     args = parser.parse_args(namespace=OPTIONS)
     data = require_data()
     photos = sorted((data / "test").glob("*.jpg"))
     OUTPUT.mkdir(exist_ok=True)
+    if args.profile:
+        return profile(photos, OUTPUT / "profile.csv")
     real = {p.name: str(p) for p in photos}
     default_size = "x".join(map(str, load_model_config(args.model or None)["input_size"]))
     backends = ["torch"] if args.device != "cpu" else ["torch", "onnx"]

@@ -1,3 +1,5 @@
+from itertools import islice
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -144,3 +146,57 @@ def test_encode_reads_the_mask_from_the_alpha_channel_of_a_cutout(carvana, tmp_p
         assert np.array_equal(read_mask(tmp_path / name), truth), name
         result = CliRunner().invoke(app, ["rle", "encode", str(tmp_path / name)])
         assert result.exit_code == 0 and result.output.strip() == rle.encode(truth), name
+
+
+def _device_encodings(masks) -> list[str]:
+    import torch
+    return [rle.encode_runs(starts, lengths)
+            for starts, lengths in rle.device_runs(torch.from_numpy(np.stack(masks)))]
+
+
+def test_device_runs_match_encode_on_every_real_mask(carvana):
+    """The GPU path's run finder, run here on the CPU, writes encode's string for every mask."""
+    paths = sorted((carvana / "train_masks").glob("*_mask.gif"))
+    assert paths
+    named = zip((p.name for p in paths), imap_bounded(read_mask, paths))
+    while chunk := list(islice(named, 8)):  # a few masks a batch, as a GPU would get them
+        names, masks = zip(*chunk)
+        assert _device_encodings(masks) == list(map(rle.encode, masks)), names
+
+
+@pytest.mark.parametrize("shape", [(1280, 1918), (1, 1), (3, 1), (1, 5)])
+def test_device_runs_on_empty_and_full_masks(shape):
+    assert _device_encodings([np.zeros(shape, bool)]) == [""]
+    assert _device_encodings([np.ones(shape, bool)]) == [f"1 {shape[0] * shape[1]}"]
+
+
+def test_device_runs_single_pixels_and_runs_at_the_ends():
+    shape = (1280, 1918)
+    masks = []
+    for row, col in [(0, 0), (0, 1917), (1279, 0), (1279, 1917), (640, 959)]:
+        mask = np.zeros(shape, bool)
+        mask[row, col] = True
+        masks.append(mask)
+    wrap = np.zeros(shape, bool)
+    wrap[0, -3:], wrap[1, :2], wrap[-1, -10:] = True, True, True  # a run across a row end; the last
+    masks.append(wrap)
+    expected = list(map(rle.encode, masks))
+    assert expected[-1] == f"1916 5 {1280 * 1918 - 9} 10"
+    assert _device_encodings(masks) == expected  # one batch: runs must not leak between masks
+
+
+@settings(max_examples=200, deadline=None)
+@given(arrays(np.bool_, st.tuples(st.integers(1, 4), st.integers(1, 12), st.integers(1, 12))))
+def test_device_runs_property(batch):
+    assert _device_encodings(list(batch)) == [rle.encode(mask) for mask in batch]
+
+
+def test_device_runs_accepts_uint8_and_keeps_runs_small():
+    import torch
+    mask = np.zeros((4, 6), np.uint8)
+    mask[1, 2:5] = 255
+    (starts, lengths), = rle.device_runs(torch.from_numpy(mask)[None])
+    assert starts.dtype == lengths.dtype == torch.int32
+    assert rle.encode_runs(starts, lengths) == rle.encode(mask) == "9 3"
+    with pytest.raises(ValueError, match="3-D"):
+        rle.device_runs(torch.from_numpy(mask))

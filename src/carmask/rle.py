@@ -10,8 +10,12 @@ transitions and everything after that works on the few thousand run boundaries, 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 CARVANA_SHAPE: tuple[int, int] = (1280, 1918)  # (height, width)
 # Largest mask decode() will allocate (one byte a pixel): 40x a Carvana mask, far below a typo's
@@ -53,6 +57,41 @@ def encode(mask: np.ndarray) -> str:
     if pairs.size == 0:
         return ""
     return " ".join(map(str, pairs.ravel().tolist()))
+
+
+def device_runs(masks: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Find the runs of a batch of masks (N, H, W) on the masks' own device; return per mask its
+    1-based run starts and lengths as int32 tensors on that device, in `encode`'s pixel order.
+
+    Why: on a GPU, copying a 1280x1918 mask back to the host moves 2.5 MB a photo, and `encode`
+    then reads all of it. Its runs are a few thousand numbers (a few KB), so finding them where
+    the mask was made and copying back only those keeps the host out of the per-pixel work.
+    `encode_runs` formats them. Plain torch: the same code runs on the CPU.
+    """
+    import torch  # here, not at the top: the CSV and RLE tools need no torch
+
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be 3-D (count, height, width), got shape {tuple(masks.shape)}")
+    count, height, width = masks.shape
+    flat = masks.reshape(count, height * width)  # row-major, as encode flattens
+    if flat.dtype != torch.bool:
+        flat = flat != 0
+    zeros = flat.new_zeros((count, 1))
+    padded = torch.cat((zeros, flat, zeros), dim=1)  # every run now has a rise and a fall
+    rows, edges = (padded[:, 1:] != padded[:, :-1]).nonzero(as_tuple=True)  # sorted by row
+    small = torch.int32 if height * width < 2**31 - 1 else torch.int64  # half the bytes to copy
+    edges = edges.to(small).reshape(-1, 2)  # (rise, fall) pairs, 0-based, fall exclusive
+    starts, lengths = edges[:, 0] + 1, edges[:, 1] - edges[:, 0]
+    per_mask = torch.bincount(rows[::2], minlength=count).tolist()  # a few bytes to the host
+    return list(zip(starts.split(per_mask), lengths.split(per_mask)))
+
+
+def encode_runs(starts: torch.Tensor, lengths: torch.Tensor) -> str:
+    """Format one mask's runs from `device_runs` (any device) exactly as `encode` would."""
+    import torch
+
+    pairs = torch.stack((starts, lengths), dim=1).cpu()
+    return " ".join(map(str, pairs.reshape(-1).tolist()))
 
 
 def check_shape(shape: tuple[int, int]) -> None:
