@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 UNSURE_BAND = (0.1, 0.9)
-NO_CAR_SHARE = 0.002  # a mask under 0.2% of the photo: no car found
+NO_CAR_SHARE = 0.002  # a mask under 0.2% of the photo: no car, or cars too small to trust
 UNSURE_LIMIT = 0.25  # unsure pixels per car pixel above this: say the mask may be wrong
 MIN_CAR_AREA = 0.01  # the car area never counts as less than 1% of the photo
 
@@ -26,8 +26,11 @@ class Confidence:
 
     @property
     def warnings(self) -> list[str]:
-        if self.car_share < NO_CAR_SHARE:
+        if self.car_share == 0:
             return ["no car found in this photo"]
+        if self.car_share < NO_CAR_SHARE:
+            return [f"only a speck of car found ({self.car_share:.2%} of the photo): it may hold no "
+                    "car, or cars too small to mask well"]
         if self.unsure_share > UNSURE_LIMIT:
             return [f"the model is unsure of much of this mask ({self.unsure_share:.0%} of the car's "
                     "area): the photo may be unlike those it knows; check the cut-out"]
