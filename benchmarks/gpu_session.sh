@@ -4,13 +4,16 @@
 #      100 to 160 cars) with the cosine schedule run to its end, holding out the shipped model's
 #      own 10 validation cars (--val-cars shipped; fold 0 of the grown folder would hold out cars
 #      it trained on);
-#   2. the prediction throughput of the shipped and the new model (issue 13's figure).
+#   2. continue the general model (issue 12: cars on any background) at 448x608 for many more
+#      epochs than a CPU can give, when the outdoor photos came along (WILD, 19 MB);
+#   3. the prediction throughput of the shipped and the new model (issue 13's figure).
 # The photos travel packed, in two parts, because one call carries at most 64 MiB:
 #   python benchmarks/gpu_data.py pack .gpu/packed --parts 2 --quality 70 --test-photos 8
 # then two calls of the device tool, each carrying one part (.gpu/ is git-ignored, so the data
 # unpacked into .gpu/carvana stays on the machine between calls while it is warm):
 #   run: bash benchmarks/gpu_session.sh data .gpu/packed/part0      carry [".gpu/packed/part0"]
-#   run: bash benchmarks/gpu_session.sh all .gpu/packed/part1       carry [".gpu/packed/part1"]
+#   run: bash benchmarks/gpu_session.sh all .gpu/packed/part1       carry [".gpu/packed/part1", ".gpu/wild"]
+# where .gpu/wild is a copy of ../shared/data/cars_in_the_wild (cp -r, 19 MB; part1 + it < 64 MiB).
 # Where segmentation_models_pytorch is missing there, carry its wheel in .whl/ as well.
 # Tested on the CPU with tiny sizes:
 #   DEVICE=cpu SIZE=64x96 TRAIN_SECONDS=60 EPOCHS=1 BATCH=4 THROUGHPUT=8 \
@@ -29,6 +32,10 @@ TRAIN_SECONDS=${TRAIN_SECONDS:-420}
 EPOCHS=${EPOCHS:-10}  # ~35 s an epoch for 2,400 photos at 68 photos/s: the schedule ends in time
 BATCH=${BATCH:-16}
 THROUGHPUT=${THROUGHPUT:-2000}
+WILD=${WILD:-.gpu/wild}
+GENERAL_SIZE=${GENERAL_SIZE:-448x608}
+GENERAL_SECONDS=${GENERAL_SECONDS:-240}
+GENERAL_EPOCHS=${GENERAL_EPOCHS:-40}
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -65,6 +72,21 @@ for f in model.safetensors summary.json metrics.csv curves.png; do
     cp "$OUT/run/$f" "$OUT/" 2>/dev/null
 done
 cat "$OUT/summary.json" 2>/dev/null
+
+if [ -f "$WILD/index.csv" ]; then
+    stamp "general model ${GENERAL_SECONDS}s at $GENERAL_SIZE"
+    minutes=$((GENERAL_SECONDS / 60)); seconds=$((GENERAL_SECONDS % 60))
+    timeout $((GENERAL_SECONDS + 120)) $PYTHON -m carmask -v train-general --data "$DATA" \
+        --wild "$WILD" --out "$OUT/general" --init general --size "$GENERAL_SIZE" \
+        --epochs "$GENERAL_EPOCHS" --samples 480 --batch "$BATCH" --lr 3e-4 \
+        --workers "$(($(nproc) - 1))" \
+        --max-time "00:00:$(printf %02d $minutes):$(printf %02d $seconds)" > "$OUT/general.log" 2>&1
+    echo "general exit $?"
+    grep -v "it/s\]" "$OUT/general.log" | tail -n 5
+    for f in model.safetensors summary.json metrics.csv curves.png; do
+        cp "$OUT/general/$f" "$OUT/general-$f" 2>/dev/null
+    done
+fi
 
 for model in shipped "$OUT/run"; do
     [ -f "$OUT/run/model.safetensors" ] || [ "$model" = shipped ] || continue

@@ -178,3 +178,14 @@ def test_cutout_keeps_every_car_or_only_the_largest_and_says_which_model(wild, t
              for name in ("every", "one")}
     assert cars_in(alpha["every"]) > 1
     assert cars_in(alpha["one"]) == 1 and np.array_equal(alpha["one"], largest_car(alpha["every"]))
+
+
+def test_a_submission_is_always_the_studio_models_and_loose_masks_get_the_choice(wild, tmp_path):
+    street = next(p for p in read_wild(wild) if p.kind == "camvid").image_path
+    runner = CliRunner()
+    submission = runner.invoke(app, ["predict", str(street), "--out", str(tmp_path / "sub.csv")])
+    assert submission.exit_code == 0, submission.output
+    assert "1 by the studio model" in submission.output
+    masks = runner.invoke(app, ["predict", str(street), "--masks-dir", str(tmp_path / "masks")])
+    assert masks.exit_code == 0, masks.output
+    assert "1 by the general model" in masks.output

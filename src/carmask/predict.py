@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +32,8 @@ class Prediction:
     path: Path | None
     mask: np.ndarray | None  # (H, W) bool at the photo's own size
     error: str | None = None
-    model: str = ""  # which model made the mask: "studio", "general" or the file's name
+    model: str = ""  # the role of the model that made the mask: "studio" or "general"
     confidence: Confidence | None = None
-    notes: list[str] = field(default_factory=list)  # e.g. why this model was chosen
 
     @property
     def warnings(self) -> list[str]:

@@ -137,7 +137,6 @@ class AutoPredictor:
             unsure = prediction.warnings or confidence.unsure_share > STUDIO_UNSURE_LIMIT
             if second_opinion and predictor is self.studio and unsure:
                 prediction = self._run(self.general, [item], second_opinion=False)[0]
-                prediction.notes.append("looked like a studio photo, but the studio model was unsure")
             results.append(prediction)
         return results
 
