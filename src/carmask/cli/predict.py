@@ -71,6 +71,7 @@ def predict(
     (rerun with --resume to continue).
     """
     from carmask.cutout import CutoutError
+    from carmask.distributed import join, merge_parts, part_path, torchrun_rank, wait_for_all
     from carmask.models.io import ModelFileError
     from carmask.outputs import OutputError
     from carmask.predict_job import check_outputs, run_prediction, shard_of
@@ -81,15 +82,27 @@ def predict(
         raise fail("nothing to write: give --out submission.csv and/or --masks-dir DIR")
     if resume and overwrite:
         raise fail("give --resume (continue) or --overwrite (start again), not both")
+    whole = out  # under torchrun each process writes a part of it, and rank 0 merges them
     with ExitStack() as locks:
         try:
+            rank = torchrun_rank()
+            if rank:
+                if shard:
+                    raise ValueError("--shard and torchrun both split the work: give one of them")
+                if whole is not None and whole.exists() and not overwrite:
+                    raise ValueError(f"{whole} exists; --overwrite replaces it")
+                out = part_path(whole, rank) if whole is not None else None
+                if device == "cuda":
+                    device = f"cuda:{rank.local}"
+                join()
             # Everything about the outputs is settled before the model loads: a mistake shows
             # in a second, and a second run on the same outputs is refused, naming the first.
             check_outputs(out, masks_dir, resume=resume, overwrite=overwrite, locks=locks)
             photos, names = _photos_to_predict(data, [*(images or []), *(inputs or [])],
                                                masks=masks_dir is not None)
-            if shard:
-                names = shard_of(names, _parse_shard(shard))
+            every_name = names
+            if shard or rank:
+                names = shard_of(names, (rank.index, rank.count) if rank else _parse_shard(shard))
             # A Kaggle submission is always the studio model's; loose photos get the auto choice.
             submission = out is not None or data is not None
             predictor = create_predictor(
@@ -136,6 +149,15 @@ def predict(
         console.print(f"submission: {out}")
     if masks_dir:
         console.print(f"masks: {masks_dir}")
+    if rank:
+        wait_for_all()
+        if rank.leader and whole is not None:
+            try:
+                missing = merge_parts(whole, rank, every_name)
+            except SubmissionError as error:
+                raise fail(str(error)) from None
+            console.print(f"merged {rank.count} parts into {whole}"
+                          + (f" ({len(missing)} rows without a mask)" if missing else ""))
     if not summary.complete:
         warn(
             f"{len(summary.failures)} failed, {len(summary.missing)} without a photo; see "
