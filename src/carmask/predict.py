@@ -204,11 +204,20 @@ class Predictor:
         results: list[Prediction] = []
         for start in range(0, len(photos), self.batch):
             chunk = photos[start:start + self.batch]
-            outputs = self.raw_outputs(np.stack([self.preprocess(p) for p in chunk]))
-            masks = self.to_masks(outputs, [p.shape[:2] for p in chunk], chunk)
-            results.extend(Prediction(None, mask, model=self.role, confidence=confidence)
-                           for mask, confidence in zip(masks, self.confidences(outputs)))
+            results.extend(self.run_batch([self.preprocess(p) for p in chunk],
+                                          [p.shape[:2] for p in chunk], chunk))
         return results
+
+    def run_batch(self, inputs: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]],
+                  photos: Sequence[np.ndarray | None] | None = None,
+                  paths: Sequence[Path | None] | None = None) -> list[Prediction]:
+        """Preprocessed photos (C, h, w) → a Prediction each, its mask at its photo's `size`. The
+        decoded `photos` are needed only by a refiner."""
+        outputs = self.raw_outputs(np.stack(inputs))
+        masks = self.to_masks(outputs, sizes, photos)
+        return [Prediction(path, mask, model=self.role, confidence=confidence)
+                for path, mask, confidence in zip(paths or [None] * len(masks), masks,
+                                                  self.confidences(outputs))]
 
     def predict_paths(self, paths: Iterable[str | Path], workers: int | None = None,
                       on_error: Callable[[Path, str], None] | None = None) -> Iterator[Prediction]:
@@ -216,37 +225,62 @@ class Predictor:
 
         A photo that cannot be decoded yields a Prediction with `error` set; the stream goes on.
         """
-        def decode(path):
+        def decode(path) -> Decoded:
             try:
                 photo, full = self.load(path)
                 # the refiner reads the full-size photo along the outline; otherwise let it go
-                return Path(path), (self.preprocess(photo), photo if self.refiner else None), full, None
+                return Decoded(Path(path), self, self.preprocess(photo), full,
+                               photo if self.refiner else None)
             except DataError as error:
-                return Path(path), None, None, str(error)
+                return Decoded(Path(path), error=str(error))
 
-        # A GPU runs the model in a fraction of the time a photo takes to decode, so every core
-        # decodes; on a CPU the model needs the cores.
-        workers = workers or min(4 if self.device.type == "cpu" else 16, os.cpu_count() or 1)
-        pending: list[tuple[Path, tuple[np.ndarray, np.ndarray | None], tuple[int, int]]] = []
-        for path, inputs, full, error in imap_bounded(decode, paths, workers, ahead=2 * self.batch + workers):
-            if error is not None:
-                if pending:  # keep the output in input order
-                    yield from self._flush(pending)
-                    pending = []
-                if on_error:
-                    on_error(path, error)
-                yield Prediction(path, None, error)
-                continue
-            pending.append((path, inputs, full))
-            if len(pending) == self.batch:
-                yield from self._flush(pending)
-                pending = []
-        if pending:
-            yield from self._flush(pending)
+        yield from stream_predictions(decode, paths, workers, self.device, self.batch, on_error,
+                                      run=_run_decoded)
 
-    def _flush(self, pending) -> Iterator[Prediction]:
-        outputs = self.raw_outputs(np.stack([tensor for _, (tensor, _), _ in pending]))
-        masks = self.to_masks(outputs, [full for _, _, full in pending],
-                              [photo for _, (_, photo), _ in pending])
-        for (path, _, _), mask, confidence in zip(pending, masks, self.confidences(outputs)):
-            yield Prediction(path, mask, model=self.role, confidence=confidence)
+
+@dataclass
+class Decoded:
+    """A photo read for prediction: the model's input, the mask's size and, where needed, the
+    pixels; or the error that stopped it."""
+    path: Path | None
+    predictor: Predictor | None = None  # the model it goes to
+    inputs: np.ndarray | None = None  # preprocessed (C, h, w), or the decoded photo
+    size: tuple[int, int] | None = None  # the photo's displayed (H, W)
+    photo: np.ndarray | None = None
+    error: str | None = None
+
+
+def _run_decoded(predictor: Predictor, batch: list[Decoded]) -> list[Prediction]:
+    return predictor.run_batch([d.inputs for d in batch], [d.size for d in batch],
+                               [d.photo for d in batch], [d.path for d in batch])
+
+
+def stream_predictions(decode: Callable[[str | Path], Decoded], paths: Iterable[str | Path],
+                       workers: int | None, device: torch.device, batch: int,
+                       on_error: Callable[[Path, str], None] | None,
+                       run: Callable[[Predictor, list[Decoded]], list[Prediction]]) -> Iterator[Prediction]:
+    """Decode `paths` in a bounded pool and `run` them in batches through the predictor each
+    was decoded for, keeping the input order: a batch ends at its predictor's batch size, at a
+    photo for another predictor, and at a photo that failed, which yields its error."""
+    # A GPU runs the model in a fraction of the time a photo takes to decode, so every core
+    # decodes; on a CPU the model needs the cores.
+    workers = workers or min(4 if device.type == "cpu" else 16, os.cpu_count() or 1)
+    pending: list[Decoded] = []
+    chosen: Predictor | None = None
+    for decoded in imap_bounded(decode, paths, workers, ahead=2 * batch + workers):
+        predictor = decoded.predictor
+        if pending and predictor is not chosen:
+            yield from run(chosen, pending)
+            pending = []
+        if decoded.error:
+            if on_error:
+                on_error(decoded.path, decoded.error)
+            yield Prediction(decoded.path, None, decoded.error)
+            continue
+        chosen = predictor
+        pending.append(decoded)
+        if len(pending) == chosen.batch:
+            yield from run(chosen, pending)
+            pending = []
+    if pending:
+        yield from run(chosen, pending)

@@ -12,7 +12,6 @@ unsure is masked again by the general model.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +20,7 @@ import cv2
 import numpy as np
 
 from carmask.data.io import DataError, read_photo
-from carmask.parallel import imap_bounded
-from carmask.predict import Prediction, Predictor
+from carmask.predict import Decoded, Prediction, Predictor, stream_predictions
 
 THUMB = (64, 96)  # (h, w)
 TOP_ROWS, SIDE_COLUMNS = 10, 6  # the wall: the top 15% of the picture, the outer 6% each side
@@ -87,7 +85,7 @@ class AutoPredictor:
             chosen = [i for i, choice in enumerate(choices) if choice is predictor]
             for start in range(0, len(chosen), predictor.batch):
                 batch = chosen[start:start + predictor.batch]
-                items = [(None, photos[i], photos[i].shape[:2]) for i in batch]
+                items = [Decoded(None, predictor, photos[i], photos[i].shape[:2]) for i in batch]
                 for i, prediction in zip(batch, self._run(predictor, items)):
                     results[i] = prediction
         return results
@@ -95,49 +93,27 @@ class AutoPredictor:
     def predict_paths(self, paths: Iterable[str | Path], workers: int | None = None,
                       on_error: Callable[[Path, str], None] | None = None) -> Iterator[Prediction]:
         """Like `Predictor.predict_paths`: in input order, a bad photo yields its error."""
-        def decode(path):
+        def decode(path) -> Decoded:
             try:
                 photo = read_photo(path, cover=self._cover)
-                return Path(path), photo.pixels, photo.size, self.choose(photo.pixels), None
+                return Decoded(Path(path), self.choose(photo.pixels), photo.pixels, photo.size)
             except DataError as error:
-                return Path(path), None, None, None, str(error)
+                return Decoded(Path(path), error=str(error))
 
-        workers = workers or min(4 if self.device.type == "cpu" else 16, os.cpu_count() or 1)
-        pending: list[tuple[Path, np.ndarray, tuple[int, int]]] = []
-        chosen: Predictor | None = None
-        for path, photo, size, predictor, error in imap_bounded(decode, paths, workers,
-                                                                ahead=2 * self.batch + workers):
-            if pending and (error or predictor is not chosen):  # output stays in input order
-                yield from self._run(chosen, pending)
-                pending = []
-            if error:
-                if on_error:
-                    on_error(path, error)
-                yield Prediction(path, None, error)
-                continue
-            chosen = predictor
-            pending.append((path, photo, size))
-            if len(pending) == chosen.batch:
-                yield from self._run(chosen, pending)
-                pending = []
-        if pending:
-            yield from self._run(chosen, pending)
+        yield from stream_predictions(decode, paths, workers, self.device, self.batch, on_error,
+                                      run=self._run)
 
-    def _run(self, predictor: Predictor, items: Sequence[tuple[Path | None, np.ndarray, tuple[int, int]]],
+    def _run(self, predictor: Predictor, batch: Sequence[Decoded],
              second_opinion: bool = True) -> list[Prediction]:
-        """(path, decoded photo, full size) items through one model; unsure studio masks get
+        """Decoded photos (`inputs` are their pixels) through one model; unsure studio masks get
         the general model's second opinion."""
-        photos = [photo for _, photo, _ in items]
-        outputs = predictor.raw_outputs(np.stack([predictor.preprocess(p) for p in photos]))
-        masks = predictor.to_masks(outputs, [size for _, _, size in items],
-                                   photos if predictor.refiner else None)
-        results = []
-        for item, mask, confidence in zip(items, masks, predictor.confidences(outputs)):
-            prediction = Prediction(item[0], mask, model=predictor.role, confidence=confidence)
-            unsure = prediction.warnings or confidence.unsure_share > STUDIO_UNSURE_LIMIT
+        results = predictor.run_batch([predictor.preprocess(d.inputs) for d in batch],
+                                      [d.size for d in batch], [d.inputs for d in batch],
+                                      [d.path for d in batch])
+        for index, (decoded, prediction) in enumerate(zip(batch, results)):
+            unsure = prediction.warnings or prediction.confidence.unsure_share > STUDIO_UNSURE_LIMIT
             if second_opinion and predictor is self.studio and unsure:
-                prediction = self._run(self.general, [item], second_opinion=False)[0]
-            results.append(prediction)
+                results[index] = self._run(self.general, [decoded], second_opinion=False)[0]
         return results
 
 
