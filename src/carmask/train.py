@@ -187,11 +187,7 @@ def train(config: TrainConfig, progress_bar: bool = True) -> dict:
                   source_size=source)
     train_set = SegmentationDataset(train_records, transform=train_transforms(config.augment), **common)
     val_set = _ValidationSet(val_records, **common)
-    workers = config.workers if config.workers is not None else min(4, os.cpu_count() or 1)
-    if workers > 0:
-        import cv2
-        cv2.setNumThreads(1)  # inherited by the loader processes: N of them x N threads would thrash
-    loader = dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+    loader = loader_options(config.workers)
     train_loader = DataLoader(train_set, batch_size=config.batch, shuffle=True, drop_last=len(train_set) > config.batch, **loader)
     val_loader = DataLoader(val_set, batch_size=config.batch, **loader)
 
@@ -207,12 +203,7 @@ def train(config: TrainConfig, progress_bar: bool = True) -> dict:
         task = task.to(memory_format=torch.channels_last)
     precision = config.precision or (("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed")
                                      if gpu else "32-true")
-    best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_dice_full",
-                           mode="max", save_top_k=1, save_last=True)
-    steps_between_saves = max(1, min(50, len(train_loader) // 4))
-    crash_safe = ModelCheckpoint(dirpath=out / "checkpoints", filename="latest",
-                                 every_n_train_steps=steps_between_saves, save_top_k=1,
-                                 enable_version_counter=False)
+    best, crash_safe = checkpoints(out, steps_between_saves=max(1, min(50, len(train_loader) // 4)))
     callbacks = [best, crash_safe, EarlyStopping("val_dice_full", mode="max", patience=config.patience)]
     multi = config.num_nodes > 1 or (isinstance(config.devices, int) and config.devices > 1)
     trainer = L.Trainer(
@@ -232,8 +223,7 @@ def train(config: TrainConfig, progress_bar: bool = True) -> dict:
     checksums = trainer.strategy.all_gather(torch.tensor(state_checksum(task.model), dtype=torch.float64))
     if not trainer.is_global_zero:
         return {}
-    best_path = best.best_model_path or str(out / "checkpoints" / "last.ckpt")
-    restored = SegmentationTask.load_from_checkpoint(best_path, map_location="cpu", weights_only=False)
+    restored = best_task(best, out)
     summary = {
         "model": config.model, "size": list(size), "epochs_run": trainer.current_epoch,
         "best_val_dice_full": _score(best.best_model_score),
@@ -253,6 +243,32 @@ def train(config: TrainConfig, progress_bar: bool = True) -> dict:
     log.info("best full-resolution val Dice %.5f; model written to %s",
              summary["best_val_dice_full"] or float("nan"), out / "model.safetensors")
     return summary
+
+
+def loader_options(workers: int | None) -> dict:
+    """DataLoader keywords for `workers` loader processes (default: up to 4)."""
+    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+    if workers > 0:
+        import cv2
+        cv2.setNumThreads(1)  # inherited by the loader processes: N of them x N threads would thrash
+    return dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+
+
+def checkpoints(out: Path, steps_between_saves: int) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+    """The best weights by full-resolution validation Dice (and last.ckpt at each validation),
+    and latest.ckpt every few steps, so a killed run loses little (--resume)."""
+    best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_dice_full",
+                           mode="max", save_top_k=1, save_last=True)
+    crash_safe = ModelCheckpoint(dirpath=out / "checkpoints", filename="latest",
+                                 every_n_train_steps=steps_between_saves, save_top_k=1,
+                                 enable_version_counter=False)
+    return best, crash_safe
+
+
+def best_task(best: ModelCheckpoint, out: Path) -> SegmentationTask:
+    """The task as it was at its best checkpoint (the last one when none was scored)."""
+    path = best.best_model_path or str(out / "checkpoints" / "last.ckpt")
+    return SegmentationTask.load_from_checkpoint(path, map_location="cpu", weights_only=False)
 
 
 def _log_lightning_once() -> None:

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
@@ -27,7 +25,7 @@ from carmask.data.wild import read_wild, split_wild
 from carmask.models import model_info
 from carmask.models.io import load_model, model_config, save_model
 from carmask.train import SegmentationTask, _log_lightning_once, _resume_checkpoint, _score, \
-    _write_metrics, held_out_cars
+    _write_metrics, best_task, checkpoints, held_out_cars, loader_options
 
 log = logging.getLogger(__name__)
 GENERAL_SIZE = (352, 480)  # the outdoor photos are 480x360; multiples of 32 for the U-Net
@@ -76,21 +74,14 @@ def train_anywhere(config: AnywhereConfig, progress_bar: bool = True) -> dict:
     train_set = AnywhereDataset(wild_train, studio_train, config.size, config.samples_per_epoch,
                                 config.mix, registry_pictures(), info.mean, info.std)
     val_set = WildValidationSet(wild_val, config.size, info.mean, info.std)
-    workers = config.workers if config.workers is not None else min(4, os.cpu_count() or 1)
-    if workers > 0:
-        import cv2
-        cv2.setNumThreads(1)
-    loader = dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+    loader = loader_options(config.workers)
     train_loader = DataLoader(train_set, batch_size=config.batch, shuffle=True, drop_last=True, **loader)
     val_loader = DataLoader(val_set, batch_size=config.batch, **loader)
 
     task = SegmentationTask(architecture, {"pretrained": False} if info.takes_pretrained else {},
                             config.lr, config.weight_decay)
     task.model.load_state_dict(start.state_dict(), strict=True)
-    best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_dice_full",
-                           mode="max", save_top_k=1, save_last=True)
-    crash_safe = ModelCheckpoint(dirpath=out / "checkpoints", filename="latest", every_n_train_steps=10,
-                                 save_top_k=1, enable_version_counter=False)
+    best, crash_safe = checkpoints(out, steps_between_saves=10)
     gpu = torch.cuda.is_available()
     trainer = L.Trainer(
         accelerator="auto", devices=1, precision="bf16-mixed" if gpu else "32-true",
@@ -101,8 +92,7 @@ def train_anywhere(config: AnywhereConfig, progress_bar: bool = True) -> dict:
     resume_from = _resume_checkpoint(out) if config.resume else None
     started = time.time()
     trainer.fit(task, train_loader, val_loader, ckpt_path=resume_from)
-    best_path = best.best_model_path or str(out / "checkpoints" / "last.ckpt")
-    restored = SegmentationTask.load_from_checkpoint(best_path, map_location="cpu", weights_only=False)
+    restored = best_task(best, out)
     summary = {
         "model": architecture, "size": list(config.size), "epochs_run": trainer.current_epoch,
         "best_outdoor_val_dice": _score(best.best_model_score), "init": config.init,

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from carmask.data.dataset import IMAGENET_MEAN, IMAGENET_STD, fit_photo
+from carmask.data.dataset import IMAGENET_MEAN, IMAGENET_STD, fit_mask, fit_photo, load_mask
 from carmask.data.io import read_image, read_mask, read_photo
 from carmask.data.layout import Record
 from carmask.data.paste import PasteConfig, paste_car
@@ -116,17 +116,17 @@ class AnywhereDataset(Dataset):
             target.as_subclass(torch.Tensor).float()
 
     def _wild_photo(self, photo: WildPhoto) -> tuple[np.ndarray, np.ndarray]:
-        return fit_photo(read_image(photo.image_path), self.size), _fit_mask(read_mask(photo.mask_path), self.size)
+        return fit_photo(read_image(photo.image_path), self.size), load_mask(photo.mask_path, self.size)
 
     @staticmethod
     def _studio_photo(record: Record, size: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
         """A studio photo decoded at about 480x320, plenty for any pasted car (a quarter of an
         original, half of the half-size photos a GPU machine gets)."""
         photo = read_photo(record.image_path, cover=(320, 480)).pixels
-        mask = _fit_mask(read_mask(record.mask_path), photo.shape[:2])
+        mask = fit_mask(read_mask(record.mask_path), photo.shape[:2])
         if size is None:
             return photo, mask
-        return fit_photo(photo, size), _fit_mask(mask, size)
+        return fit_photo(photo, size), fit_mask(mask, size)
 
     def _background(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
         draw = rng.random()
@@ -146,13 +146,6 @@ class AnywhereDataset(Dataset):
         return picture, mask
 
 
-def _fit_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    if mask.shape == tuple(size):
-        return mask
-    scaled = cv2.resize(mask.astype(np.uint8) * 255, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-    return scaled >= 128
-
-
 class WildValidationSet(Dataset):
     """Held-out outdoor photos at the model's `size`, with the mask at the photo's own size for the
     full-resolution Dice: (image, mask at size, mask at full size). All photos must share a size."""
@@ -168,7 +161,7 @@ class WildValidationSet(Dataset):
         photo = self.photos[index]
         full = read_mask(photo.mask_path)
         image = torch.from_numpy(fit_photo(read_image(photo.image_path), self.size)).permute(2, 0, 1)
-        small = torch.from_numpy(_fit_mask(full, self.size)).float()[None]
+        small = torch.from_numpy(fit_mask(full, self.size)).float()[None]
         return normalize(image, self.mean, self.std), small, torch.from_numpy(full)
 
 

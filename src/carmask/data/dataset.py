@@ -43,14 +43,17 @@ def load_photo(path: Path, size: tuple[int, int] | None, source_size: tuple[int,
     return fit_photo(image, size, channels)
 
 
+def fit_mask(mask: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """Resize a bool mask to `size` (h, w): area-average, then threshold at one half."""
+    if not size or mask.shape == tuple(size):
+        return mask
+    scaled = cv2.resize(mask.astype(np.uint8) * 255, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    return scaled >= 128
+
+
 def load_mask(path: Path, size: tuple[int, int] | None) -> np.ndarray:
-    """Decode a mask and resize it to `size` (h, w); area-average then threshold at one half."""
-    mask = read_mask(path)
-    if size and mask.shape != tuple(size):
-        scaled = cv2.resize(mask.astype(np.uint8) * 255, (size[1], size[0]),
-                            interpolation=cv2.INTER_AREA)
-        mask = scaled >= 128
-    return mask
+    """Decode a mask and resize it to `size` (h, w) with `fit_mask`."""
+    return fit_mask(read_mask(path), size)
 
 
 class SegmentationDataset(Dataset):
