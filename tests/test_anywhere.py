@@ -189,3 +189,21 @@ def test_a_submission_is_always_the_studio_models_and_loose_masks_get_the_choice
     masks = runner.invoke(app, ["predict", str(street), "--masks-dir", str(tmp_path / "masks")])
     assert masks.exit_code == 0, masks.output
     assert "1 by the general model" in masks.output
+
+
+def test_train_general_writes_a_general_model_that_keeps_the_studio_cars_out(carvana, wild, tmp_path):
+    from carmask.models.io import load_model_config, read_config
+
+    out = tmp_path / "general"
+    result = CliRunner().invoke(app, ["train-general", "--data", str(carvana), "--wild", str(wild),
+                                      "--out", str(out), "--size", "64x96", "--epochs", "1",
+                                      "--samples", "16", "--batch", "8", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    config = read_config(out / "model.safetensors")
+    assert config["role"] == "general" and config["input_size"] == [64, 96]
+    # the studio model's validation cars are never pasted: its figure stays checkable
+    assert config["training"]["val_car_ids"] == sorted(load_model_config("studio")["training"]["val_car_ids"])
+    _, validation = split_wild(read_wild(wild))
+    assert config["training"]["outdoor_val_photos"] == [p.name for p in validation]
+    bad = CliRunner().invoke(app, ["train-general", "--data", str(carvana), "--size", "60x96"])
+    assert bad.exit_code != 0 and "multiples of 32" in bad.output

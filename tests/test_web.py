@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -201,9 +202,9 @@ def test_screenshots_at_laptop_and_phone_widths(loaded):
     assert console.unexpected() == []
 
 
-def test_a_file_that_is_not_an_image_shows_the_servers_message(browser, server, tmp_path):
-    fake = tmp_path / "notes.jpg"
-    fake.write_text("these are my notes, not a photo\n")
+@contextmanager
+def fresh_upload(browser, server, photo: Path):
+    """A new laptop-sized page with `photo` uploaded: (page, console, the /v1/cutout response)."""
     context = browser.new_context(viewport={"width": 1366, "height": 768})
     try:
         page = context.new_page()
@@ -211,9 +212,18 @@ def test_a_file_that_is_not_an_image_shows_the_servers_message(browser, server, 
         console = Console(page)
         page.goto(server.url + "/")
         with page.expect_response(lambda r: r.url.endswith("/v1/cutout")) as answer:
-            page.set_input_files("#file-input", str(fake))
-        assert answer.value.status == 415
-        message = answer.value.json()["error"]["message"]
+            page.set_input_files("#file-input", str(photo))
+        yield page, console, answer.value
+    finally:
+        context.close()
+
+
+def test_a_file_that_is_not_an_image_shows_the_servers_message(browser, server, tmp_path):
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("these are my notes, not a photo\n")
+    with fresh_upload(browser, server, fake) as (page, console, response):
+        assert response.status == 415
+        message = response.json()["error"]["message"]
         assert "not an image" in message
         page.wait_for_selector("#error", state="visible")
         assert message in page.inner_text("#error-message")
@@ -221,29 +231,18 @@ def test_a_file_that_is_not_an_image_shows_the_servers_message(browser, server, 
         assert page.is_disabled("#download")
         # Chromium itself logs the refused request; nothing else may appear
         assert console.unexpected(allowed=(r"status of 415",)) == []
-    finally:
-        context.close()
 
 
 def test_a_photo_with_no_car_shows_a_warning(browser, server, tmp_path):
     from test_anywhere import landscape
     hills = tmp_path / "hills.png"
     Image.fromarray(landscape()).save(hills)
-    context = browser.new_context(viewport={"width": 1366, "height": 768})
-    try:
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        console = Console(page)
-        page.goto(server.url + "/")
-        with page.expect_response(lambda r: r.url.endswith("/v1/cutout")) as answer:
-            page.set_input_files("#file-input", str(hills))
-        assert answer.value.status == 200
+    with fresh_upload(browser, server, hills) as (page, console, response):
+        assert response.status == 200
         page.wait_for_selector("#warning", state="visible")
         assert "no car" in page.inner_text("#warning-message")
         assert "by the general model" in page.inner_text("#status")
         assert console.unexpected() == []
-    finally:
-        context.close()
 
 
 def test_the_api_docs_render_offline(browser, server):

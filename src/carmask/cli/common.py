@@ -65,6 +65,11 @@ def warn(message: str, label: str = "warning:") -> None:
     err.print(styled((label, "yellow"), " ", message))
 
 
+def by_model(counts) -> str:
+    """"1 by the general model, 2 by the studio model" from a Counter of model roles."""
+    return ", ".join(f"{count} by the {model} model" for model, count in sorted(counts.items()))
+
+
 INCOMPLETE = 3  # exit code of a prediction that finished with failed or missing images
 
 DataDir = Annotated[

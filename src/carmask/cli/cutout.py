@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from carmask.cli.common import INCOMPLETE, ModelOption, console, err, fail, progress, warn
+from carmask.cli.common import INCOMPLETE, ModelOption, by_model, console, err, fail, progress, warn
 from carmask.cli.predict import BackendOption, BatchOption
 
 
@@ -51,7 +51,7 @@ def cutout(
         raise fail(str(error)) from None
     for path, warning in summary.warnings:
         warn(f"{path}: {warning}", label="check:")
-    models = ", ".join(f"{count} by the {name} model" for name, count in sorted(summary.models.items()))
+    models = by_model(summary.models)
     console.print(f"{len(summary.written)} cut-outs written to {out}/"
                   + (f" ({models})" if models else "")
                   + (f", {len(summary.skipped)} already there (--overwrite replaces them)"

@@ -12,6 +12,7 @@ import typer
 from carmask.cli.common import (
     INCOMPLETE,
     DataDir,
+    by_model,
     ModelOption,
     console,
     err,
@@ -139,7 +140,7 @@ def predict(
         warn(dropped, label="redone:")
     if len(summary.dropped) > 10:
         warn(f"... and {len(summary.dropped) - 10} more rows", label="redone:")
-    models = "".join(f", {n} by the {m} model" for m, n in sorted(summary.models.items()))
+    models = f", {by_model(summary.models)}" if summary.models else ""
     console.print(
         f"{summary.predicted} predicted ({summary.resumed} already done{models}) in "
         f"{summary.seconds:.1f} s: {summary.images_per_second:.2f} images/s, "
