@@ -149,3 +149,22 @@ def test_a_street_photos_own_cars_stay_in_the_mask(held_out):
     assert mask[parked].all()  # the parked cars are still car (the pasted one stands below them)
     pasted = mask & ~parked
     assert pasted.sum() > 1000 and not (image[pasted] == 90).all(axis=1).all()
+
+
+def test_small_pasted_cars_are_as_small_as_distant_street_cars(held_out):
+    """With `small` set, that share of pasted cars is drawn a few percent of the picture wide
+    (the street's distant cars), and their masks still hold the car."""
+    from carmask.data.io import read_mask, read_photo
+    from carmask.data.paste import PasteConfig, paste_car
+
+    photo, truth = read_photo(held_out[0]).pixels, read_mask(held_out[1])
+    wall = np.full((360, 480, 3), 90, np.uint8)
+    tiny = PasteConfig(colour=0.0, blur=(0.0, 0.0), shadow=(0.0, 0.0), small=1.0, small_width=(0.03, 0.06))
+    for seed in range(5):
+        image, mask = paste_car(photo, truth, wall, np.random.default_rng(seed), tiny)
+        cols = np.nonzero(mask.any(axis=0))[0]
+        assert 0.02 * 480 <= cols[-1] - cols[0] + 1 <= 0.07 * 480
+        assert not (image[mask] == 90).all(axis=1).all()  # the car is there, not the wall
+    # by default (small=0) no car is pasted that small
+    cols = np.nonzero(paste_car(photo, truth, wall, np.random.default_rng(0), PasteConfig())[1].any(axis=0))[0]
+    assert cols[-1] - cols[0] + 1 >= 0.3 * 480

@@ -156,3 +156,23 @@ def test_val_cars_hold_out_exactly_the_cars_named(synth_data, trained_run):
     out, summary = trained_run  # a model file names its own validation cars
     assert summary["val_car_ids"] == sorted(summary["val_car_ids"]) and len(summary["val_car_ids"]) == 2
     assert {r.car_id for r in held_out_cars(records, str(out))} == set(summary["val_car_ids"])
+
+
+def test_per_photo_soft_dice_counts_a_small_car_as_much_as_a_big_one():
+    """Missing a photo's only (tiny) car costs the per-photo loss half of its worth in a batch of
+    two, where the batch-wide soft Dice hardly notices it."""
+    import torch
+    from segmentation_models_pytorch.losses import DiceLoss
+
+    from carmask.train import soft_dice_per_photo
+
+    target = torch.zeros(2, 1, 64, 64)
+    target[0, 0, 4:60, 4:60] = 1  # a big car, found
+    target[1, 0, 30:33, 30:33] = 1  # a tiny one, missed
+    probability = target.clone()
+    probability[1] = 0
+    per_photo = soft_dice_per_photo(probability, target).item()
+    batch_wide = DiceLoss(mode="binary", from_logits=False)(probability, target).item()
+    assert per_photo > 0.4 and batch_wide < 0.01
+    assert soft_dice_per_photo(target, target).item() < 1e-6  # perfect, including no car at all
+    assert soft_dice_per_photo(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8)).item() == 0

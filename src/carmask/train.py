@@ -75,12 +75,14 @@ class SegmentationTask(L.LightningModule):
     """Wraps a registry model with the loss and metrics its output kind needs."""
 
     def __init__(self, model_name: str, build: dict, lr: float, weight_decay: float,
-                 full_size: tuple[int, int] = CARVANA_SHAPE) -> None:
+                 full_size: tuple[int, int] = CARVANA_SHAPE, dice_per_photo: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = create_model(model_name, **build)
         self.kind = model_info(model_name).output
-        self.dice_loss = DiceLoss(mode="binary", from_logits=False)
+        # The soft Dice over a whole batch barely notices a photo whose only cars are a few
+        # hundred pixels; per photo, every photo counts alike, as in the metric.
+        self.dice_loss = soft_dice_per_photo if dice_per_photo else DiceLoss(mode="binary", from_logits=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
@@ -137,6 +139,15 @@ def cosine_with_warmup(step: int, warmup: int, total: int) -> float:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def soft_dice_per_photo(probability: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """1 - the mean over photos of each photo's soft Dice; `smooth` makes a photo with no car
+    score 1 only when nothing is predicted."""
+    probability, target = probability.flatten(1), target.flatten(1)
+    intersection = (probability * target).sum(1)
+    total = probability.sum(1) + target.sum(1)
+    return 1 - ((2 * intersection + smooth) / (total + smooth)).mean()
 
 
 def dice_per_image(prediction: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:

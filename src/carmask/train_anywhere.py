@@ -48,6 +48,7 @@ class AnywhereConfig:
     max_time: str | None = None  # "DD:HH:MM:SS"
     resume: bool = False
     export_half: bool = True
+    dice_per_photo: bool = True  # the soft Dice of the loss per photo, as the metric counts
     mix: MixConfig = field(default_factory=MixConfig)
 
 
@@ -79,7 +80,7 @@ def train_anywhere(config: AnywhereConfig, progress_bar: bool = True) -> dict:
     val_loader = DataLoader(val_set, batch_size=config.batch, **loader)
 
     task = SegmentationTask(architecture, {"pretrained": False} if info.takes_pretrained else {},
-                            config.lr, config.weight_decay)
+                            config.lr, config.weight_decay, dice_per_photo=config.dice_per_photo)
     task.model.load_state_dict(start.state_dict(), strict=True)
     best, crash_safe = checkpoints(out, steps_between_saves=10)
     gpu = torch.cuda.is_available()
@@ -99,7 +100,7 @@ def train_anywhere(config: AnywhereConfig, progress_bar: bool = True) -> dict:
         "outdoor_train_photos": len(wild_train), "outdoor_val_photos": [p.name for p in wild_val],
         # the studio model's held-out cars: never pasted here, so its figure can be re-checked
         "val_car_ids": sorted(kept_out), "seconds": round(time.time() - started), "seed": config.seed,
-        "mix": asdict(config.mix),
+        "mix": asdict(config.mix), "dice_per_photo": config.dice_per_photo,
     }
     save_model(restored.model, out / "model.safetensors",
                model_config(architecture, config.size, training=summary, role="general"),

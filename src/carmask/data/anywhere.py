@@ -41,8 +41,10 @@ class MixConfig:
     two_cars: float = 0.2  # chance a pasted picture gets a second car
     synthetic: float = 0.35  # share of synthetic backgrounds among pasted pictures
     registry: float = 0.15  # share of registry photos among pasted pictures (street frames: the rest)
-    paste: PasteConfig = PasteConfig()
-    augment: AugmentConfig = AugmentConfig(scale=(0.9, 1.25), shift=0.08, color_jitter=0.3)
+    # a third of pasted cars as small as the distant cars of a street (general-r3; r1 had none)
+    paste: PasteConfig = PasteConfig(small=0.35)
+    # zooming in as far as 1.6x shows small cars at more sizes (r1: 0.9-1.25)
+    augment: AugmentConfig = AugmentConfig(scale=(0.8, 1.6), shift=0.08, color_jitter=0.3)
 
 
 def registry_pictures() -> list[np.ndarray]:

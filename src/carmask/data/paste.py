@@ -18,6 +18,10 @@ import numpy as np
 @dataclass(frozen=True)
 class PasteConfig:
     width: tuple[float, float] = (0.35, 0.9)  # the car's width as a share of the background's
+    # Street photos are full of distant cars a few dozen pixels wide, the ones a model misses:
+    # this share of pasted cars is drawn that small instead (width log-uniform in `small_width`).
+    small: float = 0.0
+    small_width: tuple[float, float] = (0.02, 0.2)
     flip: float = 0.5  # chance of a mirrored car
     colour: float = 0.2  # brightness/contrast/saturation jitter of the car, ± this share
     blur: tuple[float, float] = (0.0, 1.0)  # Gaussian sigma of the whole picture, px
@@ -68,7 +72,11 @@ def paste_car(photo: np.ndarray, mask: np.ndarray, background: np.ndarray,
     if rng.random() < config.flip:
         car, alpha = car[:, ::-1], alpha[:, ::-1]
     height, width = background.shape[:2]
-    scale = rng.uniform(*config.width) * width / car.shape[1]
+    if rng.random() < config.small:
+        share = float(np.exp(rng.uniform(*np.log(config.small_width))))
+    else:
+        share = rng.uniform(*config.width)
+    scale = share * width / car.shape[1]
     scale = min(scale, 0.95 * height / car.shape[0])  # the whole car fits
     size = (max(1, round(car.shape[1] * scale)), max(1, round(car.shape[0] * scale)))
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
