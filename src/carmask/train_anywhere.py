@@ -38,6 +38,9 @@ class AnywhereConfig:
     out: Path = Path("runs/general")
     init: str = "shipped"  # the carmask model to start from
     size: tuple[int, int] = GENERAL_SIZE
+    # The size the exported model runs at (None: `size`). Trained with zoom, the model finds
+    # more of the distant cars when run a little larger than it trained (docs/models.md).
+    predict_size: tuple[int, int] | None = None
     samples_per_epoch: int = 480
     epochs: int = 12
     batch: int = 8
@@ -54,8 +57,9 @@ class AnywhereConfig:
 
 def train_anywhere(config: AnywhereConfig, progress_bar: bool = True) -> dict:
     """Train, export the best weights (by outdoor validation Dice) to `out/model.safetensors`."""
-    if any(side % 32 for side in config.size):
-        raise ValueError(f"size {config.size[0]}x{config.size[1]}: both sides must be multiples of 32")
+    for size in (config.size, config.predict_size or config.size):
+        if any(side % 32 for side in size):
+            raise ValueError(f"size {size[0]}x{size[1]}: both sides must be multiples of 32")
     _log_lightning_once()
     out = Path(config.out)
     L.seed_everything(config.seed, workers=True, verbose=False)
@@ -103,7 +107,8 @@ def train_anywhere(config: AnywhereConfig, progress_bar: bool = True) -> dict:
         "mix": asdict(config.mix), "dice_per_photo": config.dice_per_photo,
     }
     save_model(restored.model, out / "model.safetensors",
-               model_config(architecture, config.size, training=summary, role="general"),
+               model_config(architecture, config.predict_size or config.size, training=summary,
+                            role="general"),
                half=config.export_half)
     _write_metrics(trainer, out)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -20,6 +20,9 @@ def train_general(
     init: Annotated[str, typer.Option(help="The model to start from (default: the studio model); its "
                                            "validation cars are never pasted.")] = "shipped",
     size: Annotated[str, typer.Option(help="Training HEIGHTxWIDTH, multiples of 32.")] = "352x480",
+    predict_size: Annotated[Optional[str], typer.Option(
+        help="HEIGHTxWIDTH the exported model runs at (default: --size); a little larger than "
+             "--size finds more distant cars.")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs of --samples random samples.")] = 12,
     samples: Annotated[int, typer.Option(min=1, help="Samples drawn per epoch.")] = 480,
     batch: Annotated[int, typer.Option(min=1, help="Samples per step.")] = 8,
@@ -42,6 +45,7 @@ def train_general(
     try:
         config = AnywhereConfig(carvana=data, wild=wild or wild_folder_beside(data), out=out, init=init,
                                 size=parse_size(size, "HEIGHTxWIDTH"), samples_per_epoch=samples,
+                                predict_size=parse_size(predict_size, "HEIGHTxWIDTH") if predict_size else None,
                                 epochs=epochs, batch=batch, lr=lr, seed=seed, workers=workers,
                                 max_time=max_time, resume=resume)
         summary = train_anywhere(config)
