@@ -1,6 +1,7 @@
 """A whole prediction job: photos → a Kaggle submission (streamed in sample order, resumable,
 shardable) and/or one mask file per photo, with its outputs checked and locked before the model
-loads, and photos that fail listed rather than fatal. The masks come from carmask.predict."""
+loads, and photos that fail listed rather than fatal. The masks come from carmask.predict; a
+submission alone, on the torch backend, takes its fast path (`Predictor.predict_runs`)."""
 
 from __future__ import annotations
 
@@ -112,9 +113,14 @@ def run_prediction(
     resume: bool = False,
     workers: int | None = None,
     track=None,
+    fast: bool | None = None,
 ) -> JobSummary:
     """Predict `names` (photo names, e.g. 0a0e3fb8f782_01.jpg) found in `photos` and stream them
     into a submission (sample order, atomic, resumable) and/or mask files.
+
+    `fast`: take `Predictor.predict_runs` (the mask runs found on the device; byte for byte the
+    same submission); None takes it where it serves: a submission and no mask files, from a
+    Predictor that `finds_runs` (the torch backend).
 
     Names with no photo and photos that fail to decode are listed, the rest goes on; with any
     of them the submission is written with empty rows for them and marked incomplete.
@@ -132,8 +138,13 @@ def run_prediction(
         for output in (submission, masks_dir):
             if output is not None:
                 locks.enter_context(output_lock(output))
+        if fast is None:
+            fast = (submission is not None and masks_dir is None
+                    and isinstance(predictor, Predictor) and predictor.finds_runs)
+        elif fast and masks_dir is not None:
+            raise ValueError("the fast path writes a submission only, not mask files")
         counts, failures, missing, dropped, models, warnings = _run(
-            predictor, photos, names, submission, masks_dir, resume, workers, track)
+            predictor, photos, names, submission, masks_dir, resume, workers, track, fast)
     return JobSummary(
         expected=len(names), predicted=counts[0], resumed=counts[1], failures=failures,
         missing=missing, seconds=time.perf_counter() - started,
@@ -141,7 +152,7 @@ def run_prediction(
         submission=submission, masks_dir=masks_dir, dropped=dropped, models=models, warnings=warnings)
 
 
-def _run(predictor, photos, names, submission, masks_dir, resume, workers, track):
+def _run(predictor, photos, names, submission, masks_dir, resume, workers, track, fast):
     from carmask.data.io import save_mask
     from carmask.parallel import BoundedExecutor
     from carmask.submission_writer import SubmissionWriter
@@ -166,13 +177,16 @@ def _run(predictor, photos, names, submission, masks_dir, resume, workers, track
 
     predicted, models, warnings = 0, Counter(), []
     try:
-        stream = predictor.predict_paths([photos[n] for n in todo], workers=workers)
+        predict = predictor.predict_runs if fast else predictor.predict_paths
+        stream = predict([photos[n] for n in todo], workers=workers)
         for name, result in track(zip(todo, stream), total=len(todo), description="predicting"):
             if result.error is not None:
                 failures.append((name, result.error))
                 log.warning("%s", result.error)
                 continue
-            if writer:
+            if writer and result.runs is not None:
+                writer.add_runs(name, result.runs)
+            elif writer:
                 writer.add(name, result.mask)
             if saver:
                 future = saver.submit(save_mask, result.mask, _mask_file(masks_dir, name))

@@ -53,10 +53,12 @@ def runs(mask: np.ndarray) -> np.ndarray:
 
 def encode(mask: np.ndarray) -> str:
     """Encode a 2-D mask (bool, or any dtype where non-zero means car) as a Kaggle RLE string."""
-    pairs = runs(mask)
-    if pairs.size == 0:
-        return ""
-    return " ".join(map(str, pairs.ravel().tolist()))
+    return format_runs(runs(mask))
+
+
+def format_runs(pairs: np.ndarray) -> str:
+    """(k, 2) 1-based (start, length) pairs, as `runs` gives them, → the Kaggle RLE text."""
+    return " ".join(map(str, np.asarray(pairs).ravel().tolist()))
 
 
 def device_runs(masks: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -68,6 +70,13 @@ def device_runs(masks: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
     the mask was made and copying back only those keeps the host out of the per-pixel work.
     `encode_runs` formats them. Plain torch: the same code runs on the CPU.
     """
+    pairs, per_mask = device_run_pairs(masks)
+    return [(mine[:, 0], mine[:, 1]) for mine in pairs.split(per_mask)]
+
+
+def device_run_pairs(masks: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """`device_runs` as one (K, 2) tensor of (start, length) pairs for all the masks in order,
+    and how many of them each mask has: one copy brings a whole batch's runs to the host."""
     import torch  # here, not at the top: the CSV and RLE tools need no torch
 
     if masks.ndim != 3:
@@ -81,17 +90,16 @@ def device_runs(masks: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
     rows, edges = (padded[:, 1:] != padded[:, :-1]).nonzero(as_tuple=True)  # sorted by row
     small = torch.int32 if height * width < 2**31 - 1 else torch.int64  # half the bytes to copy
     edges = edges.to(small).reshape(-1, 2)  # (rise, fall) pairs, 0-based, fall exclusive
-    starts, lengths = edges[:, 0] + 1, edges[:, 1] - edges[:, 0]
+    pairs = torch.stack((edges[:, 0] + 1, edges[:, 1] - edges[:, 0]), dim=1)
     per_mask = torch.bincount(rows[::2], minlength=count).tolist()  # a few bytes to the host
-    return list(zip(starts.split(per_mask), lengths.split(per_mask)))
+    return pairs, per_mask
 
 
 def encode_runs(starts: torch.Tensor, lengths: torch.Tensor) -> str:
     """Format one mask's runs from `device_runs` (any device) exactly as `encode` would."""
     import torch
 
-    pairs = torch.stack((starts, lengths), dim=1).cpu()
-    return " ".join(map(str, pairs.reshape(-1).tolist()))
+    return format_runs(torch.stack((starts, lengths), dim=1).cpu().numpy())
 
 
 def check_shape(shape: tuple[int, int]) -> None:

@@ -112,6 +112,13 @@ class SubmissionWriter:
         future = self._pool.submit(rle.encode, mask)
         future.add_done_callback(lambda done: self._encoded(name, done))
 
+    def add_runs(self, name: str, runs: np.ndarray) -> None:
+        """Queue a mask's (k, 2) `rle.runs` pairs for formatting, as `add` queues a mask: the
+        text is made in the pool, off the thread that feeds the device."""
+        self._claim(name)
+        future = self._pool.submit(rle.format_runs, runs)
+        future.add_done_callback(lambda done: self._encoded(name, done))
+
     def add_rle(self, name: str, encoding: str) -> None:
         """Add a row whose mask is already run-length encoded."""
         self._claim(name)
