@@ -1,7 +1,10 @@
 """A whole prediction job: photos → a Kaggle submission (streamed in sample order, resumable,
 shardable) and/or one mask file per photo, with its outputs checked and locked before the model
 loads, and photos that fail listed rather than fatal. The masks come from carmask.predict; a
-submission alone, on the torch backend, takes its fast path (`Predictor.predict_runs`)."""
+submission alone, on the torch backend, takes its fast path (`Predictor.predict_runs`).
+
+`share_job` settles one process's part of a job: all of it, its `--shard`, or under torchrun its
+rank's share into a part file, which rank 0 merges when every rank is done (`JobShare.finish`)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from carmask.data.io import DataError, read_photo_header
+from carmask.distributed import Rank
 from carmask.predict import Predictor
 
 log = logging.getLogger(__name__)
@@ -41,6 +45,65 @@ class JobSummary:
     @property
     def images_per_second(self) -> float:
         return self.predicted / self.seconds if self.seconds else 0.0
+
+
+@dataclass(frozen=True)
+class JobShare:
+    """One process's part of a prediction job (see `share_job`)."""
+    out: Path | None  # the submission file this process writes (a part of `whole` under torchrun)
+    device: str  # under torchrun, cuda is this rank's own GPU
+    whole: Path | None = None  # the job's submission
+    split: tuple[int, int] | None = None  # (index, count): this process predicts every count-th
+    rank: Rank | None = None  # under torchrun
+
+    def names(self, names: Sequence[str]) -> list[str]:
+        """This process's share of the job's `names`."""
+        return shard_of(names, self.split)
+
+    def finish(self, names: Sequence[str]) -> list[str] | None:
+        """Call when this process's part is written. Under torchrun, wait for every rank; rank 0
+        then merges the parts into `whole` in `names` order (SubmissionError if one is bad) and
+        returns the names without a mask. None where this process merged nothing."""
+        if self.rank is None:
+            return None
+        from carmask.distributed import merge_parts, wait_for_all
+
+        wait_for_all()
+        if not self.rank.leader or self.whole is None:
+            return None
+        return merge_parts(self.whole, self.rank, list(names))
+
+
+def share_job(out: Path | None, device: str = "cpu", shard: str | tuple[int, int] | None = None,
+              overwrite: bool = False) -> JobShare:
+    """What this process does of a job writing the submission `out`: with `shard` ("i/n" or
+    (i, n)) that share; under torchrun (RANK, WORLD_SIZE) its rank's share, into a part file
+    beside `out`, on its own GPU, after joining the other ranks. ValueError for --shard under
+    torchrun (two ways of splitting) and for an existing `out` there without `overwrite`
+    (the merge would replace it), before any work."""
+    from carmask.distributed import join, part_path, torchrun_rank
+
+    split = parse_shard(shard) if isinstance(shard, str) else shard
+    rank = torchrun_rank()
+    if rank is None:
+        return JobShare(out, device, out, split)
+    if split:
+        raise ValueError("--shard and torchrun both split the work: give one of them")
+    if out is not None and out.exists() and not overwrite:
+        raise ValueError(f"{out} exists; --overwrite replaces it")
+    join()
+    return JobShare(part_path(out, rank) if out is not None else None,
+                    f"cuda:{rank.local}" if device == "cuda" else device, out,
+                    (rank.index, rank.count), rank)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """"i/n" → (i, n); ValueError naming the option otherwise."""
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
+    return index, count
 
 
 def shard_of(names: Sequence[str], shard: tuple[int, int] | None) -> list[str]:

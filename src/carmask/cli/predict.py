@@ -72,10 +72,9 @@ def predict(
     (rerun with --resume to continue).
     """
     from carmask.cutout import CutoutError
-    from carmask.distributed import join, merge_parts, part_path, torchrun_rank, wait_for_all
     from carmask.models.io import ModelFileError
     from carmask.outputs import OutputError
-    from carmask.predict_job import check_outputs, run_prediction, shard_of
+    from carmask.predict_job import check_outputs, run_prediction, share_job
     from carmask.route import create_predictor
     from carmask.submission import SubmissionError
 
@@ -83,32 +82,22 @@ def predict(
         raise fail("nothing to write: give --out submission.csv and/or --masks-dir DIR")
     if resume and overwrite:
         raise fail("give --resume (continue) or --overwrite (start again), not both")
-    whole = out  # under torchrun each process writes a part of it, and rank 0 merges them
     with ExitStack() as locks:
         try:
-            rank = torchrun_rank()
-            if rank:
-                if shard:
-                    raise ValueError("--shard and torchrun both split the work: give one of them")
-                if whole is not None and whole.exists() and not overwrite:
-                    raise ValueError(f"{whole} exists; --overwrite replaces it")
-                out = part_path(whole, rank) if whole is not None else None
-                if device == "cuda":
-                    device = f"cuda:{rank.local}"
-                join()
+            # this process's part: all, --shard's, or under torchrun its rank's into a part file
+            share = share_job(out, device, shard, overwrite=overwrite)
+            out = share.out
             # Everything about the outputs is settled before the model loads: a mistake shows
             # in a second, and a second run on the same outputs is refused, naming the first.
             check_outputs(out, masks_dir, resume=resume, overwrite=overwrite, locks=locks)
-            photos, names = _photos_to_predict(data, [*(images or []), *(inputs or [])],
-                                               masks=masks_dir is not None)
-            every_name = names
-            if shard or rank:
-                names = shard_of(names, (rank.index, rank.count) if rank else _parse_shard(shard))
+            photos, every_name = _photos_to_predict(data, [*(images or []), *(inputs or [])],
+                                                    masks=masks_dir is not None)
+            names = share.names(every_name)
             # A Kaggle submission is always the studio model's; loose photos get the auto choice.
             submission = out is not None or data is not None
             predictor = create_predictor(
                 model or ("studio" if submission else None),
-                device=device,
+                device=share.device,
                 backend=backend,
                 tta=tta,
                 batch=batch,
@@ -150,15 +139,13 @@ def predict(
         console.print(f"submission: {out}")
     if masks_dir:
         console.print(f"masks: {masks_dir}")
-    if rank:
-        wait_for_all()
-        if rank.leader and whole is not None:
-            try:
-                missing = merge_parts(whole, rank, every_name)
-            except SubmissionError as error:
-                raise fail(str(error)) from None
-            console.print(f"merged {rank.count} parts into {whole}"
-                          + (f" ({len(missing)} rows without a mask)" if missing else ""))
+    try:
+        missing = share.finish(every_name)
+    except SubmissionError as error:
+        raise fail(str(error)) from None
+    if missing is not None:
+        console.print(f"merged {share.rank.count} parts into {share.whole}"
+                      + (f" ({len(missing)} rows without a mask)" if missing else ""))
     if not summary.complete:
         warn(
             f"{len(summary.failures)} failed, {len(summary.missing)} without a photo; see "
@@ -180,14 +167,6 @@ def _resume_command() -> str:
     if "--resume" not in args:
         args.append("--resume")
     return shlex.join(["carmask", *args])
-
-
-def _parse_shard(text: str) -> tuple[int, int]:
-    try:
-        index, count = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
-    return index, count
 
 
 def _photos_to_predict(data: Path | None, specs: list[str],
