@@ -221,7 +221,7 @@ class Predictor:
         def decode(path) -> Decoded:
             try:
                 photo, full = self.load(path)
-                pixels = torch.from_numpy(fit_photo(photo, self.size, self.channels))
+                pixels = torch.from_numpy(np.ascontiguousarray(fit_photo(photo, self.size, self.channels)))
                 return Decoded(Path(path), self, pixels.pin_memory() if pin else pixels, full)
             except DataError as error:
                 return Decoded(Path(path), error=str(error))
