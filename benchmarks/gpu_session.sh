@@ -6,7 +6,8 @@
 #      it trained on);
 #   2. continue the general model (issue 12: cars on any background) at 448x608 for many more
 #      epochs than a CPU can give, when the outdoor photos came along (WILD, 19 MB);
-#   3. the prediction throughput of the shipped and the new model (issue 13's figure).
+#   3. the prediction throughput of the shipped and the new model (issue 13's figure): the fast
+#      path (runs found on the GPU) against the plain path as the baseline, in the same run.
 # The photos travel packed, in two parts, because one call carries at most 64 MiB:
 #   python benchmarks/gpu_data.py pack .gpu/packed --parts 2 --quality 70 --test-photos 8
 # then two calls of the device tool, each carrying one part (.gpu/ is git-ignored, so the data
@@ -18,6 +19,8 @@
 # Tested on the CPU with tiny sizes:
 #   DEVICE=cpu SIZE=64x96 TRAIN_SECONDS=60 EPOCHS=1 BATCH=4 THROUGHPUT=8 \
 #       bash benchmarks/gpu_session.sh all .gpu/packed/part1
+# The stage `throughput` skips both trainings (the data must be unpacked already, or given):
+#   run: bash benchmarks/gpu_session.sh throughput .gpu/packed/part1   carry [".gpu/packed/part1"]
 # Results go to $OUT: train.log, summary.json, metrics.csv, curves.png, model.safetensors, and
 # the benchmark lines. The Dice it prints is on re-encoded photos; the figure to report comes
 # from `carmask evaluate --cars val --model OUT/model.safetensors` on the originals afterwards.
@@ -59,6 +62,7 @@ print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'light
 lightning.__version__, 'smp', smp.__version__, torch.cuda.is_available())" || exit 1
 echo "photos: $(ls "$DATA/train" | wc -l), masks: $(ls "$DATA/train_masks" | wc -l)"
 
+if [ "$STAGE" != throughput ]; then
 stamp "training ${TRAIN_SECONDS}s at $SIZE"
 minutes=$((TRAIN_SECONDS / 60)); seconds=$((TRAIN_SECONDS % 60))
 timeout $((TRAIN_SECONDS + 120)) $PYTHON -m carmask train --data "$DATA" --model unet-mnv2 \
@@ -87,12 +91,14 @@ if [ -f "$WILD/index.csv" ]; then
         cp "$OUT/general/$f" "$OUT/general-$f" 2>/dev/null
     done
 fi
+fi  # the trainings
 
 for model in shipped "$OUT/run"; do
     [ -f "$OUT/run/model.safetensors" ] || [ "$model" = shipped ] || continue
     stamp "throughput, $model"
-    timeout 150 $PYTHON benchmarks/bench_predict.py --device "$DEVICE" --sizes --model "$model" \
-        --throughput-count "$THROUGHPUT" --batch "$BATCH" --skip-memory \
+    # --fast: the plain path (baseline), then the fast one, each photos/s, the ratio, same bytes?
+    timeout 300 $PYTHON benchmarks/bench_predict.py --device "$DEVICE" --sizes --model "$model" \
+        --throughput-count "$THROUGHPUT" --batch "$BATCH" --skip-memory --fast \
         | tee -a "$OUT/bench.jsonl"
 done
 stamp done
