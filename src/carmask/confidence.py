@@ -44,7 +44,12 @@ def assess(probability: np.ndarray) -> Confidence:
     """The confidence of one (h, w) car probability map (at the model's size: the signal does not
     need the full resolution)."""
     probability = np.asarray(probability, np.float32)
-    total = probability.size
     car = np.count_nonzero(probability > 0.5)
     unsure = np.count_nonzero((probability > UNSURE_BAND[0]) & (probability < UNSURE_BAND[1]))
+    return from_counts(car, unsure, probability.size)
+
+
+def from_counts(car: int, unsure: int, total: int) -> Confidence:
+    """The confidence from a map's car pixels (> 0.5), unsure pixels (in UNSURE_BAND) and size,
+    counted wherever the map is (the fast path counts them on the device)."""
     return Confidence(car / total, unsure / max(car, MIN_CAR_AREA * total))

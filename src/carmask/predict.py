@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from carmask import rle
-from carmask.confidence import MIN_CAR_AREA, UNSURE_BAND, Confidence, assess
+from carmask.confidence import UNSURE_BAND, Confidence, assess, from_counts
 from carmask.data.dataset import fit_photo
 from carmask.data.io import DataError, read_photo
 from carmask.models.io import load_model, read_config, resolve_model_path
@@ -251,7 +251,7 @@ class Predictor:
                     runs[i] = mine
         total = outputs.shape[-2] * outputs.shape[-1]
         return [Prediction(path, None, model=self.role, runs=mine,
-                           confidence=_confidence(car, unsure, total))
+                           confidence=from_counts(car, unsure, total))
                 for path, mine, (car, unsure) in zip(paths or [None] * len(sizes), runs,
                                                      counts.cpu().tolist())]
 
@@ -357,11 +357,6 @@ def _run_decoded(predictor: Predictor, batch: list[Decoded]) -> list[Prediction]
 def _run_runs(predictor: Predictor, batch: list[Decoded]) -> list[Prediction]:
     return predictor.run_batch_runs([d.inputs for d in batch], [d.size for d in batch],
                                     [d.path for d in batch])
-
-
-def _confidence(car: int, unsure: int, total: int) -> Confidence:
-    """`assess`'s Confidence from its two counts, which the fast path makes on the device."""
-    return Confidence(car / total, unsure / max(car, MIN_CAR_AREA * total))
 
 
 def stream_predictions(decode: Callable[[str | Path], Decoded], paths: Iterable[str | Path],
