@@ -1,8 +1,9 @@
 """The full prediction pipeline (decode → model → upsample → threshold → RLE → CSV) with the
 shipped model on the 45 real test photos, for the torch and onnx backends and several input sizes.
 
-Target (CPU, 2 cores): >= 4 images/s with onnx at the model's default size (issue 13; it was 1). Also: peak RSS of a long run
-(2,000 photos: the real ones repeated) within 10% of a short one (200), in separate processes.
+Target (CPU, 2 cores): >= 4 images/s with onnx at the model's default size (issue 13; it was 1).
+Also: peak RSS of a long run (2,000 photos: the real ones repeated) within 10% of a short one
+(200), in separate processes.
 On a GPU: >= 335 images/s over 2,000 photos (issue 13; it was 115), the 100,064-image test set
 in under 5 minutes.
 
