@@ -18,10 +18,11 @@
 # where .gpu/wild is a copy of ../shared/data/cars_in_the_wild (cp -r, 19 MB; part1 + it < 64 MiB).
 # Where segmentation_models_pytorch is missing there, carry its wheel in .whl/ as well.
 # Tested on the CPU with tiny sizes:
-#   DEVICE=cpu SIZE=64x96 TRAIN_SECONDS=60 EPOCHS=1 BATCH=4 THROUGHPUT=8 \
-#       bash benchmarks/gpu_session.sh all .gpu/packed/part1
-# The stage `throughput` skips both trainings (the data must be unpacked already, or given):
-#   run: bash benchmarks/gpu_session.sh throughput .gpu/packed/part1   carry [".gpu/packed/part1"]
+#   DEVICE=cpu SIZE=64x96 TRAIN_SECONDS=60 EPOCHS=1 BATCH=4 THROUGHPUT=8 GENERAL_SIZE=64x96 \
+#       GENERAL_PREDICT_SIZE=96x128 GENERAL_SECONDS=60 GENERAL_EPOCHS=1 DATA=../shared/data/carvana \
+#       WILD=../shared/data/cars_in_the_wild PYTHON=.venv/bin/python bash benchmarks/gpu_session.sh all
+# The stage `throughput` skips both trainings; the test photos travel in part0:
+#   run: bash benchmarks/gpu_session.sh throughput .gpu/packed/part0   carry [".gpu/packed/part0"]
 # Results go to $OUT: train.log, summary.json, metrics.csv, curves.png, model.safetensors, and
 # the benchmark lines. The Dice it prints is on re-encoded photos; the figure to report comes
 # from `carmask evaluate --cars val --model OUT/model.safetensors` on the originals afterwards.
