@@ -23,6 +23,9 @@ def train_general(
     predict_size: Annotated[Optional[str], typer.Option(
         help="HEIGHTxWIDTH the exported model runs at (default: --size); a little larger than "
              "--size finds more distant cars.")] = None,
+    outdoor_share: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Share of samples that are real outdoor photos; the rest are "
+                               "pasted cars and (a tenth) studio photos.")] = 0.45,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs of --samples random samples.")] = 12,
     samples: Annotated[int, typer.Option(min=1, help="Samples drawn per epoch.")] = 480,
     batch: Annotated[int, typer.Option(min=1, help="Samples per step.")] = 8,
@@ -35,7 +38,9 @@ def train_general(
     """Fine-tune a model for cars on any background: real outdoor photos, studio cars pasted onto
     street frames, registry photos and synthetic scenes, and plain studio photos. Validated on
     the outdoor photos' held-out split."""
-    from carmask.data.anywhere import wild_folder_beside
+    from dataclasses import replace
+
+    from carmask.data.anywhere import MixConfig, wild_folder_beside
     from carmask.data.io import DataError
     from carmask.models.io import ModelFileError
     from carmask.train_anywhere import AnywhereConfig, train_anywhere
@@ -47,7 +52,8 @@ def train_general(
                                 size=parse_size(size, "HEIGHTxWIDTH"), samples_per_epoch=samples,
                                 predict_size=parse_size(predict_size, "HEIGHTxWIDTH") if predict_size else None,
                                 epochs=epochs, batch=batch, lr=lr, seed=seed, workers=workers,
-                                max_time=max_time, resume=resume)
+                                max_time=max_time, resume=resume,
+                                mix=replace(MixConfig(), wild=outdoor_share))
         summary = train_anywhere(config)
     except (DataError, ModelFileError, ValueError) as error:
         raise fail(str(error)) from None
