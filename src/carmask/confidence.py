@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
+import torch
 
 UNSURE_BAND = (0.1, 0.9)
 NO_CAR_SHARE = 0.002  # a mask under 0.2% of the photo: no car, or cars too small to trust
@@ -40,16 +40,12 @@ class Confidence:
         return {"car_share": round(self.car_share, 4), "unsure_share": round(self.unsure_share, 4)}
 
 
-def assess(probability: np.ndarray) -> Confidence:
-    """The confidence of one (h, w) car probability map (at the model's size: the signal does not
-    need the full resolution)."""
-    probability = np.asarray(probability, np.float32)
-    car = np.count_nonzero(probability > 0.5)
-    unsure = np.count_nonzero((probability > UNSURE_BAND[0]) & (probability < UNSURE_BAND[1]))
-    return from_counts(car, unsure, probability.size)
-
-
-def from_counts(car: int, unsure: int, total: int) -> Confidence:
-    """The confidence from a map's car pixels (> 0.5), unsure pixels (in UNSURE_BAND) and size,
-    counted wherever the map is (the fast path counts them on the device)."""
-    return Confidence(car / total, unsure / max(car, MIN_CAR_AREA * total))
+def assess(probability: torch.Tensor) -> list[Confidence]:
+    """The confidence of each (h, w) car probability map of an (N, h, w) batch, counted where the
+    maps are (a GPU sends back two numbers a photo). The maps are at the model's size: the
+    signal does not need the full resolution."""
+    car = (probability > 0.5).sum((1, 2))
+    unsure = ((probability > UNSURE_BAND[0]) & (probability < UNSURE_BAND[1])).sum((1, 2))
+    total = probability.shape[-2] * probability.shape[-1]
+    return [Confidence(car / total, unsure / max(car, MIN_CAR_AREA * total))
+            for car, unsure in torch.stack((car, unsure), dim=1).tolist()]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from carmask import rle
-from carmask.confidence import UNSURE_BAND, Confidence, assess, from_counts
+from carmask.confidence import Confidence, assess
 from carmask.data.dataset import fit_photo
 from carmask.data.io import DataError, read_photo
 from carmask.models.io import load_model, read_config, resolve_model_path
@@ -241,7 +241,7 @@ class Predictor:
             outputs = self._forward(inputs)
             if self.tta:
                 outputs = (outputs + self._forward(inputs.flip(-1)).flip(-1)) / 2
-            counts = self._confidence_counts(outputs)
+            confidences = self.confidences(outputs)
             runs = [None] * len(sizes)
             for size in dict.fromkeys(map(tuple, sizes)):  # one upsampling per photo size
                 group = [i for i, s in enumerate(sizes) if tuple(s) == size]
@@ -249,11 +249,8 @@ class Predictor:
                 pairs, per_mask = rle.device_run_pairs(masks)
                 for i, mine in zip(group, np.split(pairs.cpu().numpy(), np.cumsum(per_mask)[:-1])):
                     runs[i] = mine
-        total = outputs.shape[-2] * outputs.shape[-1]
-        return [Prediction(path, None, model=self.role, runs=mine,
-                           confidence=from_counts(car, unsure, total))
-                for path, mine, (car, unsure) in zip(paths or [None] * len(sizes), runs,
-                                                     counts.cpu().tolist())]
+        return [Prediction(path, None, model=self.role, runs=mine, confidence=confidence)
+                for path, mine, confidence in zip(paths or [None] * len(sizes), runs, confidences)]
 
     def normalise(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 (N, h, w, C) at the model's size, on the device → `preprocess`'s float32
@@ -262,13 +259,6 @@ class Predictor:
         pixels = batch.permute(0, 3, 1, 2).float()
         return ((pixels / self._scale - self._mean) / self._std).contiguous(
             memory_format=torch.channels_last)
-
-    def _confidence_counts(self, outputs: torch.Tensor) -> torch.Tensor:
-        """(N, 2): car pixels and unsure pixels of each raw output, as `assess` counts them."""
-        probability = car_probability(outputs.float(), self.kind)[:, 0]
-        car = (probability > 0.5).sum((1, 2))
-        unsure = ((probability > UNSURE_BAND[0]) & (probability < UNSURE_BAND[1])).sum((1, 2))
-        return torch.stack((car, unsure), dim=1)
 
     # -- the plain path: masks on the host ---------------------------------------------------
     def to_masks(self, outputs: torch.Tensor, sizes: Sequence[tuple[int, int]],
@@ -284,8 +274,9 @@ class Predictor:
         return masks
 
     def confidences(self, outputs: torch.Tensor) -> list[Confidence]:
-        """How sure the model is of each photo's mask, from its raw outputs at the model's size."""
-        return [assess(p[0].numpy()) for p in car_probability(outputs.float().cpu(), self.kind)]
+        """How sure the model is of each photo's mask, from its raw outputs at the model's size,
+        counted on their device."""
+        return assess(car_probability(outputs.float(), self.kind)[:, 0])
 
     def to_probabilities(self, outputs: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
         """Like to_masks, but the car probability (float32 0..1) for soft edges in cut-outs."""
