@@ -23,9 +23,10 @@ def train_general(
     predict_size: Annotated[Optional[str], typer.Option(
         help="HEIGHTxWIDTH the exported model runs at (default: --size); a little larger than "
              "--size finds more distant cars.")] = None,
-    outdoor_share: Annotated[float, typer.Option(
-        min=0.0, max=1.0, help="Share of samples that are real outdoor photos; the rest are "
-                               "pasted cars and (a tenth) studio photos.")] = 0.45,
+    outdoor_share: Annotated[Optional[float], typer.Option(
+        min=0.0, max=1.0, help="Share of samples that are real outdoor photos (default: the "
+                               "training mix's own); the rest are pasted cars and (a tenth) "
+                               "studio photos.")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs of --samples random samples.")] = 12,
     samples: Annotated[int, typer.Option(min=1, help="Samples drawn per epoch.")] = 480,
     batch: Annotated[int, typer.Option(min=1, help="Samples per step.")] = 8,
@@ -47,13 +48,13 @@ def train_general(
 
     if not data.is_dir():
         raise fail(f"{data}: data folder does not exist")
+    mix = MixConfig() if outdoor_share is None else replace(MixConfig(), wild=outdoor_share)
+    run_size = parse_size(predict_size, "HEIGHTxWIDTH") if predict_size else None
     try:
         config = AnywhereConfig(carvana=data, wild=wild or wild_folder_beside(data), out=out, init=init,
                                 size=parse_size(size, "HEIGHTxWIDTH"), samples_per_epoch=samples,
-                                predict_size=parse_size(predict_size, "HEIGHTxWIDTH") if predict_size else None,
-                                epochs=epochs, batch=batch, lr=lr, seed=seed, workers=workers,
-                                max_time=max_time, resume=resume,
-                                mix=replace(MixConfig(), wild=outdoor_share))
+                                predict_size=run_size, epochs=epochs, batch=batch, lr=lr, seed=seed,
+                                workers=workers, max_time=max_time, resume=resume, mix=mix)
         summary = train_anywhere(config)
     except (DataError, ModelFileError, ValueError) as error:
         raise fail(str(error)) from None
