@@ -144,3 +144,34 @@ def test_rle_decode_out_paths(tmp_path):
         assert len(result.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "folder", "new"]
     assert not list((tmp_path / "folder").iterdir())
+
+
+def test_average_writes_the_mean_of_fine_tuned_models_and_refuses_a_mix(tmp_path):
+    import torch
+
+    from carmask.models import create_bare_model
+    from carmask.models.io import load_model, model_config, save_model
+
+    paths = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        path = tmp_path / f"run{seed}.safetensors"
+        save_model(create_bare_model("seed-cnn"), path, model_config("seed-cnn", (224, 224), training={"seed": seed}))
+        paths.append(path)
+    out = tmp_path / "soup.safetensors"
+    result = carmask("average", *map(str, paths), "--out", str(out), "--no-half", "--min-car-area", "0.0002")
+    assert result.returncode == 0, result.stderr
+    soup, config = load_model(out)
+    models = [load_model(p)[0].state_dict() for p in paths]
+    for key, tensor in soup.state_dict().items():
+        if tensor.is_floating_point():
+            assert torch.allclose(tensor, sum(m[key] for m in models) / 3, atol=1e-6), key
+    # the first model's config and training record, with the change asked for
+    assert config["training"] == {"seed": 0} and config["min_car_area"] == 0.0002
+    assert config["averaged"] == [str(p) for p in paths]
+    other = tmp_path / "other.safetensors"
+    save_model(create_bare_model("refiner-mnv2"), other, model_config("refiner-mnv2", (64, 64)))
+    mixed = carmask("average", str(paths[0]), str(other), "--out", str(tmp_path / "mixed.safetensors"))
+    assert mixed.returncode != 0 and "other.safetensors" in mixed.stderr and not (tmp_path / "mixed.safetensors").exists()
+    alone = carmask("average", str(paths[0]), "--out", str(tmp_path / "alone.safetensors"))
+    assert alone.returncode != 0 and "at least two" in alone.stderr

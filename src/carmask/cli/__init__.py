@@ -16,7 +16,7 @@ from carmask.cli.cutout import cutout, serve
 from carmask.cli.data import data_app, eda
 from carmask.cli.demo import demo
 from carmask.cli.general import train_general
-from carmask.cli.models import export, models, train
+from carmask.cli.models import average, export, models, train
 from carmask.cli.predict import evaluate, predict
 from carmask.cli.refine import train_refiner
 from carmask.cli.rle_submission import rle_app, submission_app
@@ -38,6 +38,7 @@ app.command("train-general")(train_general)
 app.command("predict")(predict)
 app.command("evaluate")(evaluate)
 app.command("export")(export)
+app.command("average")(average)
 app.command("cutout")(cutout)
 app.command("serve")(serve)
 app.add_typer(rle_app, name="rle")

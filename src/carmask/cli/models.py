@@ -155,3 +155,32 @@ def export(
         f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB, input "
         f"{input_size[0]}x{input_size[1]}, {'fp16' if fp16 else 'fp32'} weights)"
     )
+
+
+def average(
+    models: Annotated[list[str], typer.Argument(help="Two or more model files or run folders of "
+                                                     "one architecture, fine-tuned from one start.")],
+    out: Annotated[Path, typer.Option("--out", help="The model file to write.")],
+    size: Annotated[
+        Optional[str], typer.Option(help="Input HEIGHTxWIDTH it runs at (default: the first model's).")
+    ] = None,
+    min_car_area: Annotated[
+        Optional[float], typer.Option(min=0.0, max=0.01, help="Drop predicted regions smaller than this "
+                                      "share of the photo (default: the first model's setting).")
+    ] = None,
+    half: Annotated[bool, typer.Option(help="Store the weights in fp16 (half the file).")] = True,
+) -> None:
+    """Average the weights of fine-tuned runs (a model soup): often better than any one of them,
+    at no cost when predicting. The first model's config and training record are kept."""
+    from carmask.models.io import ModelFileError, average_models
+
+    changes = {}
+    if size:
+        changes["input_size"] = list(parse_size(size, "HEIGHTxWIDTH"))
+    if min_car_area is not None:
+        changes["min_car_area"] = min_car_area
+    try:
+        path = average_models(models, out, half=half, **changes)
+    except ModelFileError as error:
+        raise fail(str(error)) from None
+    console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB), the average of {len(models)} models")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -142,6 +143,28 @@ def attach_refiner(coarse: str | Path | None, refiner_file: str | Path, out: str
                                    "training": refiner_config.get("training")})
     state = dict(coarse_net.state_dict())
     state.update({REFINER_PREFIX + k: v for k, v in refiner_net.state_dict().items()})
+    return save_state(state, out, config, half=half)
+
+
+def average_models(paths: Sequence[str | Path], out: str | Path, half: bool = True,
+                   **config_changes) -> Path:
+    """Average the weights of models fine-tuned from one start (a "model soup", Wortsman et al.
+    2022): often better than any one of them, at no cost when predicting. The first model's config
+    is kept (its training record names the held-out photos), with `config_changes` over it and
+    the averaged files listed under "averaged"."""
+    if len(paths) < 2:
+        raise ModelFileError("averaging needs at least two model files")
+    first, config = load_model(paths[0])
+    total = {k: v.double() for k, v in first.state_dict().items()}
+    for path in paths[1:]:
+        model, other = load_model(path)
+        if other["architecture"] != config["architecture"]:
+            raise ModelFileError(f"{path}: a {other['architecture']}, not a {config['architecture']} "
+                                 f"like {paths[0]}: only one architecture can be averaged")
+        for key, tensor in model.state_dict().items():
+            total[key] += tensor.double()
+    state = {k: (v / len(paths)).to(first.state_dict()[k].dtype) for k, v in total.items()}
+    config = {**config, **config_changes, "averaged": [str(p) for p in paths]}
     return save_state(state, out, config, half=half)
 
 
