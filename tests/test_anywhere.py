@@ -138,6 +138,42 @@ def test_largest_keeps_only_the_biggest_car():
     assert np.array_equal(largest_car(one), one) and not largest_car(np.zeros((4, 4), bool)).any()
 
 
+def test_drop_specks_keeps_only_regions_of_at_least_the_share():
+    from carmask.models.outputs import drop_specks
+
+    mask = np.zeros((100, 100), bool)
+    mask[10:40, 10:40] = True  # 900 px: 9% of the picture
+    mask[70:72, 70:72] = True  # 4 px: 0.04%
+    mask[80:85, 10:15] = True  # 25 px: 0.25%
+    kept = drop_specks(mask, 0.001)
+    assert kept.sum() == 925 and not kept[70, 70] and kept[82, 12]
+    assert np.array_equal(drop_specks(mask, 0.0), mask)
+    assert not drop_specks(mask, 0.1).any()
+    assert not drop_specks(np.zeros((8, 8), bool), 0.5).any()
+
+
+def test_the_general_model_drops_specks_of_false_car_and_keeps_small_cars():
+    from carmask.predict import Predictor
+
+    general = Predictor("general", backend="torch")
+    assert 0 < general.min_car_area <= 0.001 and not general.finds_runs
+    assert Predictor("studio", backend="torch").min_car_area == 0  # the studio's masks as they were
+    height, width = 360, 480
+    logits = torch.full((1, 1, *general.size), -8.0)
+    h, w = general.size
+    logits[..., h // 4:h // 2, w // 4:w // 2] = 8.0  # a car
+    logits[..., h - 20:h - 18, w - 20:w - 18] = 8.0  # a speck: under 0.01% of the photo
+    small_car = (slice(3 * h // 4, 3 * h // 4 + 8), slice(w // 10, w // 10 + 12))
+    logits[(..., *small_car)] = 8.0  # a distant car of ~160 px at 480x360: kept
+    mask = general.to_masks(logits, [(height, width)])[0]
+    everything = Predictor("general", backend="torch", min_car_area=0).to_masks(logits, [(height, width)])[0]
+    assert mask.shape == (height, width) and mask[height // 3, width // 3]
+    assert mask[3 * height // 4 + 4, width // 10 + 6]
+    dropped = np.argwhere(everything & ~mask)  # only the speck, in the bottom-right corner
+    assert 0 < len(dropped) < 0.0002 * height * width
+    assert (dropped > [0.9 * height, 0.9 * width]).all() and not mask[int(0.9 * height):, int(0.9 * width):].any()
+
+
 def test_evaluate_scores_an_outdoor_folder_on_its_held_out_split(wild, tmp_path):
     folder = tmp_path / "wild"
     (folder / "images").mkdir(parents=True)

@@ -27,7 +27,7 @@ from carmask.confidence import Confidence, assess
 from carmask.data.dataset import fit_photo
 from carmask.data.io import DataError, read_photo
 from carmask.models.io import load_model, read_config, resolve_model_path
-from carmask.models.outputs import car_mask, car_probability, upsample
+from carmask.models.outputs import car_mask, car_probability, drop_specks, upsample
 from carmask.parallel import imap_bounded
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,8 @@ class Predictor:
     `backend` auto is onnxruntime on the CPU and torch on a GPU; `batch` None is
     `default_batch(backend)`. A model file that holds an outline refiner (carmask.refine) gets
     its full-resolution second stage unless `refine` is False: photos are then decoded at full
-    size, since the refiner reads the pixels along the outline.
+    size, since the refiner reads the pixels along the outline. `min_car_area` overrides the
+    model's share of the photo under which predicted regions are dropped (0: keep all).
     """
 
     def __init__(
@@ -109,6 +110,7 @@ class Predictor:
         threshold: float | None = None,
         threads: int | None = None,
         refine: bool = True,
+        min_car_area: float | None = None,
     ) -> None:
         self.device = resolve_device(device)
         backend = resolve_backend(backend, self.device)
@@ -125,6 +127,10 @@ class Predictor:
         self.size = tuple(size or self.config["input_size"])
         self.kind = self.config["output"]
         self.threshold = self.config.get("threshold", 0.5) if threshold is None else threshold
+        # regions under this share of the photo are dropped from masks (None: as the model's
+        # config says; the general model's sets it, docs/models.md)
+        self.min_car_area = float(self.config.get("min_car_area", 0.0) if min_car_area is None
+                                  else min_car_area)
         self.mean = np.array(self.config["mean"], np.float32).reshape(1, 1, -1)
         self.std = np.array(self.config["std"], np.float32).reshape(1, 1, -1)
         self.channels = self.config["channels"]
@@ -201,9 +207,9 @@ class Predictor:
     # -- the fast path: runs found on the device ----------------------------------------------
     @property
     def finds_runs(self) -> bool:
-        """Whether `predict_runs` can serve this model: torch, and no refiner (which works on
-        the full-size photo on the host)."""
-        return self.backend == "torch" and self.refiner is None
+        """Whether `predict_runs` can serve this model: torch, no refiner (which works on the
+        full-size photo on the host) and no dropping of small regions (which needs the mask)."""
+        return self.backend == "torch" and self.refiner is None and not self.min_car_area
 
     def predict_runs(self, paths: Iterable[str | Path], workers: int | None = None,
                      on_error: Callable[[Path, str], None] | None = None) -> Iterator[Prediction]:
@@ -264,13 +270,15 @@ class Predictor:
     def to_masks(self, outputs: torch.Tensor, sizes: Sequence[tuple[int, int]],
                  photos: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
         """Upsample each raw output to its photo's size, refine its outline where the model has a
-        refiner (which needs the full-size `photos`), then threshold."""
+        refiner (which needs the full-size `photos`), threshold, and drop the specks under
+        `min_car_area` where the model asks for it."""
         masks = []
         for output, size, photo in zip(outputs, sizes, photos or [None] * len(sizes)):
             full = upsample(output[None], size)
             if self.refiner is not None and photo is not None:
                 full = torch.from_numpy(self.refiner(photo, full[0, 0].cpu().numpy()))[None, None]
-            masks.append(car_mask(full, self.kind, self.threshold)[0].cpu().numpy())
+            mask = car_mask(full, self.kind, self.threshold)[0].cpu().numpy()
+            masks.append(drop_specks(mask, self.min_car_area) if self.min_car_area else mask)
         return masks
 
     def confidences(self, outputs: torch.Tensor) -> list[Confidence]:
