@@ -38,8 +38,8 @@ EPOCHS=${EPOCHS:-10}  # ~35 s an epoch for 2,400 photos at 68 photos/s: the sche
 BATCH=${BATCH:-16}
 THROUGHPUT=${THROUGHPUT:-2000}
 WILD=${WILD:-.gpu/wild}
-GENERAL_SIZE=${GENERAL_SIZE:-352x480}
-GENERAL_PREDICT_SIZE=${GENERAL_PREDICT_SIZE:-448x608}  # it runs larger than it trains (docs/models.md)
+GENERAL_SIZE=${GENERAL_SIZE:-448x608}  # r7 trained at the size it runs at and beat r6 (docs/models.md)
+GENERAL_PREDICT_SIZE=${GENERAL_PREDICT_SIZE:-448x608}
 GENERAL_SECONDS=${GENERAL_SECONDS:-240}
 GENERAL_EPOCHS=${GENERAL_EPOCHS:-40}
 mkdir -p "$OUT"
