@@ -175,3 +175,10 @@ def test_average_writes_the_mean_of_fine_tuned_models_and_refuses_a_mix(tmp_path
     assert mixed.returncode != 0 and "other.safetensors" in mixed.stderr and not (tmp_path / "mixed.safetensors").exists()
     alone = carmask("average", str(paths[0]), "--out", str(tmp_path / "alone.safetensors"))
     assert alone.returncode != 0 and "at least two" in alone.stderr
+    # a file with an outline refiner would lose it: refused, with what to do instead
+    from carmask.models.io import attach_refiner
+
+    save_model(create_bare_model("refiner-mnv2"), other, model_config("refiner-mnv2", (64, 64), geometry={}))
+    combined = attach_refiner(paths[1], other, tmp_path / "combined.safetensors")
+    refused = carmask("average", str(paths[0]), str(combined), "--out", str(tmp_path / "r.safetensors"))
+    assert refused.returncode != 0 and "refiner" in refused.stderr and not (tmp_path / "r.safetensors").exists()

@@ -156,6 +156,10 @@ def average_models(paths: Sequence[str | Path], out: str | Path, half: bool = Tr
         raise ModelFileError("averaging needs at least two model files")
     first, config = load_model(paths[0])
     total = {k: v.double() for k, v in first.state_dict().items()}
+    for path in paths:
+        if read_config(resolve_model_path(path)).get("refiner"):
+            raise ModelFileError(f"{path}: holds an outline refiner; average the coarse models, "
+                                 "then attach the refiner (carmask.models.io.attach_refiner)")
     for path in paths[1:]:
         model, other = load_model(path)
         if other["architecture"] != config["architecture"]:
