@@ -174,6 +174,19 @@ def test_the_general_model_drops_specks_of_false_car_and_keeps_small_cars():
     assert (dropped > [0.9 * height, 0.9 * width]).all() and not mask[int(0.9 * height):, int(0.9 * width):].any()
 
 
+def test_held_out_street_frames_without_a_car_get_an_empty_mask(auto_predictor, wild):
+    _, validation = split_wild(read_wild(wild))
+    empty = [p for p in validation if p.kind == "camvid" and not read_mask(p.mask_path).any()]
+    if not empty:
+        pytest.skip("no held-out street frame without a car in this folder")
+    results = list(auto_predictor.predict_paths([p.image_path for p in empty]))
+    assert [r.model for r in results] == ["general"] * len(empty)
+    # a speck of false car would cost each its whole Dice; the user is told no car was found
+    assert [int(r.mask.sum()) for r in results] == [0] * len(empty)
+    assert all(r.warnings for r in results)
+    assert not any("0.00%" in w for r in results for w in r.warnings)  # says "under 0.01%"
+
+
 def test_evaluate_scores_an_outdoor_folder_on_its_held_out_split(wild, tmp_path):
     folder = tmp_path / "wild"
     (folder / "images").mkdir(parents=True)

@@ -29,8 +29,9 @@ class Confidence:
         if self.car_share == 0:
             return ["no car found in this photo"]
         if self.car_share < NO_CAR_SHARE:
-            return [f"only a speck of car found ({self.car_share:.2%} of the photo): it may hold no "
-                    "car, or cars too small to mask well"]
+            share = f"{self.car_share:.2%}" if self.car_share >= 0.0001 else "under 0.01%"
+            return [f"only a speck of car found ({share} of the photo): it may hold no car, or "
+                    "cars too small to mask well"]
         if self.unsure_share > UNSURE_LIMIT:
             return [f"the model is unsure of much of this mask ({self.unsure_share:.0%} of the car's "
                     "area): the photo may be unlike those it knows; check the cut-out"]
