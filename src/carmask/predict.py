@@ -277,8 +277,8 @@ class Predictor:
             full = upsample(output[None], size)
             if self.refiner is not None and photo is not None:
                 full = torch.from_numpy(self.refiner(photo, full[0, 0].cpu().numpy()))[None, None]
-            mask = car_mask(full, self.kind, self.threshold)[0].cpu().numpy()
-            masks.append(drop_specks(mask, self.min_car_area) if self.min_car_area else mask)
+            masks.append(drop_specks(car_mask(full, self.kind, self.threshold)[0].cpu().numpy(),
+                                     self.min_car_area))
         return masks
 
     def confidences(self, outputs: torch.Tensor) -> list[Confidence]:

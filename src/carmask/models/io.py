@@ -154,20 +154,20 @@ def average_models(paths: Sequence[str | Path], out: str | Path, half: bool = Tr
     the averaged files listed under "averaged"."""
     if len(paths) < 2:
         raise ModelFileError("averaging needs at least two model files")
-    first, config = load_model(paths[0])
-    total = {k: v.double() for k, v in first.state_dict().items()}
-    for path in paths:
-        if read_config(resolve_model_path(path)).get("refiner"):
+    total: dict[str, torch.Tensor] = {}
+    for index, path in enumerate(paths):
+        model, other = load_model(path)
+        if other.get("refiner"):
             raise ModelFileError(f"{path}: holds an outline refiner; average the coarse models, "
                                  "then attach the refiner (carmask.models.io.attach_refiner)")
-    for path in paths[1:]:
-        model, other = load_model(path)
-        if other["architecture"] != config["architecture"]:
+        if index == 0:
+            config, dtypes = other, {k: v.dtype for k, v in model.state_dict().items()}
+        elif other["architecture"] != config["architecture"]:
             raise ModelFileError(f"{path}: a {other['architecture']}, not a {config['architecture']} "
                                  f"like {paths[0]}: only one architecture can be averaged")
         for key, tensor in model.state_dict().items():
-            total[key] += tensor.double()
-    state = {k: (v / len(paths)).to(first.state_dict()[k].dtype) for k, v in total.items()}
+            total[key] = total.get(key, 0) + tensor.double()
+    state = {k: (v / len(paths)).to(dtypes[k]) for k, v in total.items()}
     config = {**config, **config_changes, "averaged": [str(p) for p in paths]}
     return save_state(state, out, config, half=half)
 
