@@ -51,7 +51,7 @@ def test_a_broken_outdoor_folder_is_named(tmp_path, wild):
 
 
 def test_training_samples_mix_real_pasted_and_studio_photos(wild, carvana):
-    from carmask.data.anywhere import AnywhereDataset, synthetic_background
+    from carmask.data.anywhere import AnywhereDataset, MixConfig, synthetic_background
     from carmask.data.layout import index_dataset
 
     training, _ = split_wild(read_wild(wild))
@@ -66,8 +66,58 @@ def test_training_samples_mix_real_pasted_and_studio_photos(wild, carvana):
     assert min(cars) < 0.05 and max(cars) > 0.2  # small street cars and big pasted ones
     again = dataset[5]  # a seeded run repeats itself
     assert torch.equal(again[0], samples[5][0]) and torch.equal(again[1], samples[5][1])
+    with_street_cars = AnywhereDataset(training, studio, (96, 128), length=24,
+                                       config=MixConfig(wild=1.0, street_cars=1.0))
+    street = next(p for p in training if p.kind == "camvid")
+    _, own_cars = with_street_cars._wild_photo(street)
+    gained = 0
+    for seed in range(4):  # a street frame gains cars of other frames and keeps its own
+        _, mask = with_street_cars._real_photo(street, np.random.default_rng(seed))
+        assert mask[own_cars].all()
+        gained += int(mask.sum() > own_cars.sum())
+    assert gained >= 2
     scene = synthetic_background((60, 80), np.random.default_rng(0))
     assert scene.shape == (60, 80, 3) and scene.dtype == np.uint8 and scene.std() > 5
+
+
+def test_street_cars_pasted_into_another_frame_keep_their_masks_pixel_for_pixel(wild):
+    """Cars cut from one real street frame and laid on a plain wall: away from the outline's own
+    pixel every mask pixel is car and every other pixel untouched wall; a frame's own cars stay."""
+    import cv2
+
+    from carmask.data.paste import StreetPasteConfig, paste_street_cars
+
+    training, _ = split_wild(read_wild(wild))
+    streets = [p for p in training if p.kind == "camvid"]
+    donors = [(read_photo(p.image_path).pixels, read_mask(p.mask_path)) for p in streets[::20]]
+    donors = [(photo, truth) for photo, truth in donors if truth.sum() > 2000]
+    assert donors, "no street frame with cars among the training frames tried"
+    wall = np.zeros((448, 608, 3), np.uint8)
+    wall[...] = (255, 0, 255)
+    kernel = np.ones((3, 3), np.uint8)
+    pasted_any = 0
+    for seed, (photo, truth) in enumerate(donors):
+        image, mask = paste_street_cars(wall, np.zeros(wall.shape[:2], bool), photo, truth,
+                                        np.random.default_rng(seed), StreetPasteConfig(cars=(1, 3)))
+        assert image.shape == wall.shape and mask.shape == wall.shape[:2]
+        inside = cv2.erode(mask.astype(np.uint8), kernel).astype(bool)
+        outside = ~cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
+        # within 2 levels: the resized alpha's faint tail may round a wall pixel by one
+        is_wall = (np.abs(image.astype(int) - (255, 0, 255)) <= 2).all(axis=2)
+        assert is_wall[outside].all()  # nothing of a car leaks out of its mask
+        assert not is_wall[inside].any()  # and the mask covers car, not wall
+        pasted_any += int(mask.any())
+    assert pasted_any >= len(donors) / 2  # a frame whose cars all touch its edge gives none
+
+    photo, truth = donors[0]
+    parked = np.zeros(wall.shape[:2], bool)
+    parked[:10] = True  # cars along the top edge, where no pasted car stands
+    _, mask = paste_street_cars(wall, parked, photo, truth, np.random.default_rng(0))
+    assert mask[parked].all() and mask[10:].any()
+    cut_off = np.zeros_like(truth)
+    cut_off[200:260, :50] = True  # a car half out of the frame would bring a straight cut along
+    _, mask = paste_street_cars(wall, np.zeros(wall.shape[:2], bool), photo, cut_off, np.random.default_rng(0))
+    assert not mask.any()
 
 
 # -- which model -------------------------------------------------------------------------------

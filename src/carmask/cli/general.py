@@ -27,6 +27,9 @@ def train_general(
         min=0.0, max=1.0, help="Share of samples that are real outdoor photos (default: the "
                                "training mix's own); the rest are pasted cars and (a tenth) "
                                "studio photos.")] = None,
+    street_cars: Annotated[Optional[float], typer.Option(
+        min=0.0, max=1.0, help="Share of real street frames that get 1-3 cars cut from another "
+                               "training frame (default: the training mix's own).")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs of --samples random samples.")] = 12,
     samples: Annotated[int, typer.Option(min=1, help="Samples drawn per epoch.")] = 480,
     batch: Annotated[int, typer.Option(min=1, help="Samples per step.")] = 8,
@@ -48,7 +51,11 @@ def train_general(
 
     if not data.is_dir():
         raise fail(f"{data}: data folder does not exist")
-    mix = MixConfig() if outdoor_share is None else replace(MixConfig(), wild=outdoor_share)
+    mix = MixConfig()
+    if outdoor_share is not None:
+        mix = replace(mix, wild=outdoor_share)
+    if street_cars is not None:
+        mix = replace(mix, street_cars=street_cars)
     run_size = parse_size(predict_size, "HEIGHTxWIDTH") if predict_size else None
     try:
         config = AnywhereConfig(carvana=data, wild=wild or wild_folder_beside(data), out=out, init=init,

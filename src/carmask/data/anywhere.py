@@ -6,6 +6,7 @@ Each sample is one of three kinds, drawn at random:
   the mask), a registry photo (scikit-image's bundled pictures, when installed) or a synthetic
   scene of sky, ground and walls; sometimes two cars;
 - a plain studio photo, so the studio stays known.
+A real street frame may also get cars cut from another street frame (`paste_street_cars`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torchvision import tv_tensors
 from carmask.data.dataset import IMAGENET_MEAN, IMAGENET_STD, fit_mask, fit_photo, load_mask
 from carmask.data.io import read_image, read_mask, read_photo
 from carmask.data.layout import Record
-from carmask.data.paste import PasteConfig, paste_car
+from carmask.data.paste import PasteConfig, StreetPasteConfig, paste_car, paste_street_cars
 from carmask.data.transforms import AugmentConfig, normalize, train_transforms
 from carmask.data.wild import WildPhoto
 
@@ -45,6 +46,9 @@ class MixConfig:
     paste: PasteConfig = PasteConfig(small=0.35)
     # zooming in as far as 1.6x shows small cars at more sizes (r1: 0.9-1.25)
     augment: AugmentConfig = AugmentConfig(scale=(0.8, 1.6), shift=0.08, color_jitter=0.3)
+    # share of real street frames that get cars cut from another training frame (r1-r8: none)
+    street_cars: float = 0.0
+    street_paste: StreetPasteConfig = StreetPasteConfig()
 
 
 def registry_pictures() -> list[np.ndarray]:
@@ -104,7 +108,7 @@ class AnywhereDataset(Dataset):
         rng = np.random.default_rng([torch.initial_seed() % 2**32, index])
         draw = rng.random()
         if self.wild and (draw < self.config.wild or not self.studio):
-            photo, mask = self._wild_photo(self.wild[rng.integers(len(self.wild))])
+            photo, mask = self._real_photo(self.wild[rng.integers(len(self.wild))], rng)
         elif draw < self.config.wild + self.config.studio:
             photo, mask = self._studio_photo(self.studio[rng.integers(len(self.studio))], self.size)
         else:
@@ -119,6 +123,14 @@ class AnywhereDataset(Dataset):
 
     def _wild_photo(self, photo: WildPhoto) -> tuple[np.ndarray, np.ndarray]:
         return fit_photo(read_image(photo.image_path), self.size), load_mask(photo.mask_path, self.size)
+
+    def _real_photo(self, photo: WildPhoto, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """A real outdoor photo; a street frame sometimes with cars of another frame laid in."""
+        picture, mask = self._wild_photo(photo)
+        if photo.kind == "camvid" and self.config.street_cars and rng.random() < self.config.street_cars:
+            donor = self._wild_photo(self.streets[rng.integers(len(self.streets))])
+            picture, mask = paste_street_cars(picture, mask, *donor, rng, self.config.street_paste)
+        return picture, mask
 
     @staticmethod
     def _studio_photo(record: Record, size: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:

@@ -101,3 +101,61 @@ def paste_car(photo: np.ndarray, mask: np.ndarray, background: np.ndarray,
     out_mask = np.zeros((height, width), bool) if background_mask is None else background_mask.copy()
     out_mask[region] |= alpha > 0.5
     return np.clip(picture + 0.5, 0, 255).astype(np.uint8), out_mask
+
+
+@dataclass(frozen=True)
+class StreetPasteConfig:
+    """Cars cut from one street frame and laid into another ("copy-paste", Ghiasi et al. 2021):
+    real street cars, dark, dirty, half hidden, in more places than 177 frames show them."""
+    cars: tuple[int, int] = (1, 3)  # how many of the donor's cars are taken, at most
+    scale: tuple[float, float] = (0.7, 1.4)
+    horizon: float = 0.45  # a dashboard camera's horizon, as a share of the frame's height
+    min_pixels: int = 24  # smaller pieces are slivers of a hidden car, not cars
+    shift: float = 0.2  # sideways move, ± this share of the width: parked cars stay by the kerb
+    flip: float = 0.5
+
+
+def paste_street_cars(picture: np.ndarray, mask: np.ndarray, donor: np.ndarray, donor_mask: np.ndarray,
+                      rng: np.random.Generator,
+                      config: StreetPasteConfig = StreetPasteConfig()) -> tuple[np.ndarray, np.ndarray]:
+    """Lay some of the cars of street frame `donor` (RGB, bool `donor_mask`) into `picture` (bool
+    car `mask`, any size): returns the new picture and its mask (the old cars stay car wherever
+    they are not covered). Each car moves along the road as a camera sees it: scaled by s, its
+    wheels move to s times their distance below the horizon, so a nearer car is larger. The
+    donor's mask is the alpha, so the returned mask stays exact; a bollard that hid part of the
+    donor's car leaves the same hole in the pasted one, as the label does."""
+    count, labels, boxes, _ = cv2.connectedComponentsWithStats(donor_mask.astype(np.uint8), connectivity=8)
+    donor_width = donor.shape[1]
+    # a car cut off by the frame's edge would bring a straight cut into the middle of a picture
+    cars = [k for k in range(1, count) if boxes[k, cv2.CC_STAT_AREA] >= config.min_pixels
+            and boxes[k, cv2.CC_STAT_LEFT] > 0 and boxes[k, cv2.CC_STAT_LEFT] + boxes[k, cv2.CC_STAT_WIDTH] < donor_width]
+    if not cars:
+        return picture, mask
+    height, width = picture.shape[:2]
+    scale_to_picture = height / donor.shape[0], width / donor_width
+    horizon = config.horizon * height
+    out, out_mask = picture.astype(np.float32), mask.copy()
+    chosen = rng.permutation(cars)[:rng.integers(config.cars[0], config.cars[1] + 1)]
+    for k in chosen:
+        x, y, w, h = boxes[k, :4]
+        car = donor[y:y + h, x:x + w]
+        alpha = (labels[y:y + h, x:x + w] == k).astype(np.float32)
+        if rng.random() < config.flip:
+            car, alpha = car[:, ::-1], alpha[:, ::-1]
+        s = rng.uniform(*config.scale)
+        size = (max(1, min(width, round(w * s * scale_to_picture[1]))),
+                max(1, min(height, round(h * s * scale_to_picture[0]))))
+        interpolation = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+        car = cv2.resize(np.ascontiguousarray(car), size, interpolation=interpolation).astype(np.float32)
+        alpha = cv2.resize(np.ascontiguousarray(alpha), size, interpolation=interpolation)
+        bottom = (y + h) * scale_to_picture[0]
+        if bottom > horizon:
+            bottom = horizon + (bottom - horizon) * s
+        bottom = int(np.clip(round(bottom), size[1], height))
+        centre = (x + w / 2) * scale_to_picture[1] + rng.uniform(-config.shift, config.shift) * width
+        left = int(np.clip(round(centre - size[0] / 2), 0, width - size[0]))
+        region = (slice(bottom - size[1], bottom), slice(left, left + size[0]))
+        a = alpha[..., None]
+        out[region] = out[region] * (1 - a) + car * a
+        out_mask[region] |= alpha > 0.5
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8), out_mask
