@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -312,9 +312,11 @@ class Predictor:
         decoded `photos` are needed only by a refiner."""
         outputs = self.raw_outputs(np.stack(inputs))
         masks = self.to_masks(outputs, sizes, photos)
+        # a mask whose only specks were dropped is empty: its warning should say no car was found
+        confidences = [c if mask.any() else replace(c, car_share=0.0)
+                       for c, mask in zip(self.confidences(outputs), masks)]
         return [Prediction(path, mask, model=self.role, confidence=confidence)
-                for path, mask, confidence in zip(paths or [None] * len(masks), masks,
-                                                  self.confidences(outputs))]
+                for path, mask, confidence in zip(paths or [None] * len(masks), masks, confidences)]
 
     def predict_paths(self, paths: Iterable[str | Path], workers: int | None = None,
                       on_error: Callable[[Path, str], None] | None = None) -> Iterator[Prediction]:
