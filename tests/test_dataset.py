@@ -151,6 +151,30 @@ def test_a_street_photos_own_cars_stay_in_the_mask(held_out):
     assert pasted.sum() > 1000 and not (image[pasted] == 90).all(axis=1).all()
 
 
+def test_a_panning_shot_streaks_the_background_and_not_the_car(held_out):
+    """With `motion`, the background is smeared sideways (a camera panning with the car); the
+    car stays sharp and its mask exact, and a street's own cars, which would be smeared into
+    neither car nor not, are painted out of the picture and the mask."""
+    import cv2
+
+    from carmask.data.io import read_mask, read_photo
+    from carmask.data.paste import PasteConfig, motion_blur, paste_car
+
+    photo, truth = read_photo(held_out[0]).pixels, read_mask(held_out[1])
+    stripes = np.zeros((360, 480, 3), np.uint8)
+    stripes[:, ::8] = 255  # vertical lines: a sideways streak turns them grey
+    panning = PasteConfig(colour=0.0, blur=(0.0, 0.0), shadow=(0.0, 0.0), motion=1.0, motion_length=(0.1, 0.1))
+    parked = np.zeros((360, 480), bool)
+    parked[20:60, 10:470] = True
+    image, mask = paste_car(photo, truth, stripes, np.random.default_rng(0), panning, background_mask=parked)
+    streaked = motion_blur(stripes, 48)
+    outside = ~cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    outside[:80] = False  # where the parked cars were painted out
+    assert np.abs(image[outside].astype(int) - streaked[outside]).max() <= 1
+    assert 20 < streaked[outside].mean() < 60 and not np.isin(streaked[outside], (0, 255)).all()
+    assert not mask[parked].any() and mask.sum() > 1000
+
+
 def test_small_pasted_cars_are_as_small_as_distant_street_cars(held_out):
     """With `small` set, that share of pasted cars is drawn a few percent of the picture wide
     (the street's distant cars), and their masks still hold the car."""

@@ -27,6 +27,10 @@ class PasteConfig:
     blur: tuple[float, float] = (0.0, 1.0)  # Gaussian sigma of the whole picture, px
     shadow: tuple[float, float] = (0.25, 0.55)  # darkening under the car (0: no shadow)
     ground: tuple[float, float] = (0.55, 0.98)  # where the wheels stand, as a share of the height
+    # A panning shot: a sharp car on a background streaked sideways. Streaks are not car (r1-r9
+    # took a blurred road for car).
+    motion: float = 0.0  # chance of a streaked background
+    motion_length: tuple[float, float] = (0.02, 0.15)  # the streak, as a share of the width
 
 
 def car_cutout(photo: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -36,6 +40,14 @@ def car_cutout(photo: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndar
         raise ValueError("the mask holds no car")
     box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
     return photo[box], mask[box].astype(np.float32)
+
+
+def motion_blur(picture: np.ndarray, length: int) -> np.ndarray:
+    """`picture` smeared sideways over `length` pixels, as a camera panning with a car sees it."""
+    if length < 2:
+        return picture
+    kernel = np.full((1, length), 1 / length, np.float32)
+    return cv2.filter2D(picture, -1, kernel, borderType=cv2.BORDER_REFLECT)
 
 
 def _jitter_colour(car: np.ndarray, amount: float, rng: np.random.Generator) -> np.ndarray:
@@ -69,6 +81,12 @@ def paste_car(photo: np.ndarray, mask: np.ndarray, background: np.ndarray,
     own comes with their `background_mask`: they stay in the returned mask wherever the pasted
     car does not hide them, so every car in the picture is labelled."""
     car, alpha = car_cutout(photo, mask)
+    if config.motion and rng.random() < config.motion:
+        if background_mask is not None and background_mask.any():
+            # a smeared car is neither clearly car nor not: paint the street's own cars out first
+            cars = cv2.dilate(background_mask.astype(np.uint8), np.ones((5, 5), np.uint8))
+            background, background_mask = cv2.inpaint(background, cars, 5, cv2.INPAINT_TELEA), None
+        background = motion_blur(background, round(rng.uniform(*config.motion_length) * background.shape[1]))
     if rng.random() < config.flip:
         car, alpha = car[:, ::-1], alpha[:, ::-1]
     height, width = background.shape[:2]
