@@ -163,7 +163,7 @@ def paste_street_cars(picture: np.ndarray, mask: np.ndarray, donor: np.ndarray, 
         s = rng.uniform(*config.scale)
         size = (max(1, min(width, round(w * s * scale_to_picture[1]))),
                 max(1, min(height, round(h * s * scale_to_picture[0]))))
-        interpolation = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+        interpolation = cv2.INTER_AREA if size[0] < w else cv2.INTER_LINEAR
         car = cv2.resize(np.ascontiguousarray(car), size, interpolation=interpolation).astype(np.float32)
         alpha = cv2.resize(np.ascontiguousarray(alpha), size, interpolation=interpolation)
         bottom = (y + h) * scale_to_picture[0]
