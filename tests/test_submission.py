@@ -46,8 +46,23 @@ def test_writer_output_is_in_sample_order_and_decodes_to_the_masks(real_masks, t
     for line in lines[1:]:
         name, encoding = line.split(",")
         assert np.array_equal(rle.decode(encoding, SHAPE), real_masks[name])
-    assert not (tmp_path / "s.csv.spool").exists() and not (tmp_path / "s.csv.tmp").exists()
+    assert not (tmp_path / "s.csv.spool").exists() and not list(tmp_path.glob(".s.csv.*"))
     assert check_submission(path, names).ok
+
+
+def test_an_atomic_write_that_fails_keeps_the_old_file_and_leaves_nothing_behind(tmp_path):
+    from carmask.atomic import atomic_path, write_bytes
+
+    path = write_bytes(tmp_path / "out" / "masks.csv", b"old")
+    with pytest.raises(RuntimeError), atomic_path(path) as tmp:
+        tmp.write_bytes(b"half of the new")
+        raise RuntimeError("the job died")
+    assert path.read_bytes() == b"old" and sorted(p.name for p in path.parent.iterdir()) == ["masks.csv"]
+    with atomic_path(path) as tmp:
+        assert tmp.parent == path.parent and not tmp.exists()
+        tmp.write_bytes(b"new")
+        assert path.read_bytes() == b"old"  # readers see the old file until the block ends
+    assert path.read_bytes() == b"new" and sorted(p.name for p in path.parent.iterdir()) == ["masks.csv"]
 
 
 def test_many_producers_bounded_memory(real_masks, tmp_path, monkeypatch):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import glob
 import io
 import logging
-import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageColor
 
+from carmask.atomic import write_bytes
 from carmask.data.io import DataError, read_photo
 from carmask.parallel import imap_bounded
 from carmask.progress import Track, silent_track
@@ -185,11 +185,6 @@ def encode_image(image: Image.Image, fmt: str = "png") -> bytes:
     return buffer.getvalue()
 
 
-def write_atomic(data: bytes, path: Path) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
 
 # -- the batch job -------------------------------------------------------------------------------
 def expand_inputs(specs: Sequence[str | Path]) -> list[Path]:
@@ -277,7 +272,7 @@ def cutout_files(predictor, inputs: Iterable[str | Path], out_dir: str | Path,
             mask = largest_car(prediction.mask) if largest else prediction.mask
             image = composite(photo, mask, background, feather=feather, shadow=shadow)
             target = targets[prediction.path]
-            write_atomic(encode_image(image, fmt), target)
+            write_bytes(target, encode_image(image, fmt))
             return prediction, target, None
         except DataError as error:  # names the file itself
             return prediction, None, str(error)

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from carmask.atomic import atomic_path
+
 log = logging.getLogger(__name__)
 CACHE = Path(os.environ.get("CARMASK_CACHE", Path.home() / ".cache" / "carmask"))
 
@@ -19,18 +21,15 @@ CACHE = Path(os.environ.get("CARMASK_CACHE", Path.home() / ".cache" / "carmask")
 def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int], channels: int = 3,
                 fp16: bool = False) -> Path:
     """Export with a dynamic batch axis at a fixed (H, W); written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().float()
     example = torch.zeros(1, channels, *size)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.onnx.export(model, (example,), str(tmp), input_names=["image"], output_names=["output"],
-                      dynamic_axes={"image": {0: "batch"}, "output": {0: "batch"}},
-                      opset_version=17, dynamo=False)
-    if fp16:
-        _store_weights_in_fp16(str(tmp))
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        torch.onnx.export(model, (example,), str(tmp), input_names=["image"], output_names=["output"],
+                          dynamic_axes={"image": {0: "batch"}, "output": {0: "batch"}},
+                          opset_version=17, dynamo=False)
+        if fp16:
+            _store_weights_in_fp16(str(tmp))
+    return Path(path)
 
 
 def _store_weights_in_fp16(path: str) -> None:

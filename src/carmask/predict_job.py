@@ -9,13 +9,13 @@ rank's share into a part file, which rank 0 merges when every rank is done (`Job
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from carmask.atomic import atomic_path
 from carmask.data.io import DataError, read_photo_header
 from carmask.distributed import Rank
 from carmask.predict import Predictor
@@ -287,10 +287,8 @@ def _mask_file(masks_dir: Path, name: str) -> Path:
 
 def _write_failures(path: Path, failures: list[tuple[str, str]], missing: list[str]) -> None:
     import csv
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as file:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as file:
         out = csv.writer(file)
         out.writerow(["img", "error"])
         out.writerows(failures)
         out.writerows((name, "no photo for this name") for name in missing)
-    os.replace(tmp, path)

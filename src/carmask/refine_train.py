@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, Dataset
 
+from carmask.atomic import atomic_path
 from carmask.data.io import read_image, read_mask
 from carmask.data.layout import Record, index_dataset
 from carmask.models import create_model
@@ -69,10 +69,8 @@ def coarse_logit(predictor, record: Record, cache: Path) -> np.ndarray:
             raise FileNotFoundError(f"{path}: coarse logit not cached and no coarse model given")
         photo, _ = predictor.load(record.image_path)
         logit = predictor.raw_outputs(predictor.preprocess(photo)[None])[0, 0].numpy()
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = cache / f"{record.image_id}.tmp.npy"
-        np.save(tmp, logit.astype(np.float16))
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".npy") as tmp:  # np.save would add .npy to another name
+            np.save(tmp, logit.astype(np.float16))
     return np.load(path).astype(np.float32)
 
 

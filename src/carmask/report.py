@@ -10,9 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 import sys
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -20,6 +18,8 @@ import cv2
 import numpy as np
 import pandas as pd
 from PIL import Image
+
+from carmask.atomic import write_bytes
 
 CSS = """
 :root{--bg:#f5f6f8;--card:#fff;--ink:#1d2330;--muted:#5f6b7a;--line:#e3e6eb;--accent:#2f6fde;
@@ -207,16 +207,4 @@ def overlay(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (
 
 def write_html(path: str | Path, text: str) -> Path:
     """Write `text` to `path` atomically: a reader sees the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a fresh name in the same folder (os.replace is atomic only within one file system);
-    # opened with the umask's permissions, unlike mkstemp's 0600
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_bytes(path, text.encode("utf-8"))

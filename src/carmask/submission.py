@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 from carmask import rle
+from carmask.atomic import atomic_path
 
 HEADER = "img,rle_mask"
 
@@ -219,10 +220,9 @@ def merge_submissions(shards: Sequence[str | Path], out: str | Path,
                 if not encoding:
                     empty.add(name)
     missing = [name for name in expected if name not in where or name in empty]
-    tmp = out.with_name(out.name + ".tmp")
     files = [open(shard, "rb") for shard in shards]
     try:
-        with open(tmp, "wb") as target:
+        with atomic_path(out) as tmp, open(tmp, "wb") as target:
             target.write(f"{HEADER}\n".encode())
             for name in expected:
                 if name not in where:
@@ -236,5 +236,4 @@ def merge_submissions(shards: Sequence[str | Path], out: str | Path,
     finally:
         for file in files:
             file.close()
-    tmp.replace(out)
     return missing

@@ -24,6 +24,7 @@ from typing import BinaryIO
 import numpy as np
 
 from carmask import rle
+from carmask.atomic import atomic_path
 from carmask.outputs import acquire, check_output_file, lock_path, release
 from carmask.parallel import BoundedExecutor
 from carmask.submission import HEADER, SubmissionError
@@ -173,8 +174,7 @@ class SubmissionWriter:
             raise SubmissionError(
                 f"{len(missing)} of {len(self.names)} images have no mask yet "
                 f"(first: {missing[0]}); the spool {self.spool_path} is kept for resume")
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(self.spool_path, "rb") as spool, open(tmp, "wb") as out:
+        with atomic_path(self.path) as tmp, open(self.spool_path, "rb") as spool, open(tmp, "wb") as out:
             out.write(f"{HEADER}\n".encode())
             for name in self.names:
                 if name in self._offsets:
@@ -185,7 +185,6 @@ class SubmissionWriter:
                     out.write(f"{name},\n".encode())
             out.flush()
             os.fsync(out.fileno())
-        tmp.replace(self.path)
         if not missing:
             self.spool_path.unlink()
         log.info("wrote %s (%d rows, %d missing)", self.path, len(self.names), len(missing))

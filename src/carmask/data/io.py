@@ -17,6 +17,8 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from carmask.atomic import atomic_path
+
 cv2.setNumThreads(1)  # decoding runs in our own worker pools; nested threads only contend
 # read_photo checks every photo's pixel count against its own limit before decoding; Pillow's
 # warning for big ones would only repeat that, once per process, on stderr.
@@ -345,11 +347,6 @@ def save_mask(mask: np.ndarray, path: str | Path) -> None:
         image.putpalette([0, 0, 0, 255, 255, 255])
     else:
         image = Image.fromarray(mask.astype(np.uint8) * 255)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    with atomic_path(path) as tmp:
         # optimize=False: Pillow would otherwise drop unused palette entries and renumber pixels
         image.save(tmp, format="GIF" if suffix == ".gif" else "PNG", optimize=False)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -13,6 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from carmask.atomic import atomic_path
 from carmask.models import create_bare_model, model_info
 
 log = logging.getLogger(__name__)
@@ -42,17 +43,14 @@ def save_model(model: nn.Module, path: str | Path, config: dict, half: bool = Fa
 
 def save_state(weights: dict[str, torch.Tensor], path: str | Path, config: dict, half: bool = False) -> Path:
     """Write a state dict (fp16 when `half`) and config atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {}
     for key, tensor in weights.items():
         tensor = tensor.detach().cpu().contiguous()
         state[key] = tensor.half() if half and tensor.is_floating_point() else tensor
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(config)})
-    os.chmod(tmp, 0o644)  # safetensors creates its file owner-only; a model is meant to be shared
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(config)})
+        os.chmod(tmp, 0o644)  # safetensors creates its file owner-only; a model is meant to be shared
+    return Path(path)
 
 
 def read_config(path: str | Path) -> dict:
