@@ -169,6 +169,10 @@ def test_average_writes_the_mean_of_fine_tuned_models_and_refuses_a_mix(tmp_path
     # the first model's config and training record, with the change asked for
     assert config["training"] == {"seed": 0} and config["min_car_area"] == 0.0002
     assert config["averaged"] == [str(p) for p in paths]
+    # an average of an average keeps the inner one's list: the lineage stays readable
+    again = tmp_path / "soup2.safetensors"
+    assert carmask("average", str(out), str(paths[0]), "--out", str(again)).returncode == 0
+    assert load_model(again)[1]["averaged"] == [{"file": str(out), "averaged": [str(p) for p in paths]}, str(paths[0])]
     other = tmp_path / "other.safetensors"
     save_model(create_bare_model("refiner-mnv2"), other, model_config("refiner-mnv2", (64, 64)))
     mixed = carmask("average", str(paths[0]), str(other), "--out", str(tmp_path / "mixed.safetensors"))

@@ -43,12 +43,13 @@ class MixConfig:
     synthetic: float = 0.35  # share of synthetic backgrounds among pasted pictures
     registry: float = 0.15  # share of registry photos among pasted pictures (street frames: the rest)
     # a third of pasted cars as small as the distant cars of a street (general-r3; r1 had none)
-    # r11: a quarter of the backgrounds streaked as in a panning shot
+    # a quarter of the backgrounds streaked as in a panning shot (r11)
     paste: PasteConfig = PasteConfig(small=0.35, motion=0.25)
     # zooming in as far as 1.6x shows small cars at more sizes (r1: 0.9-1.25)
     augment: AugmentConfig = AugmentConfig(scale=(0.8, 1.6), shift=0.08, color_jitter=0.3)
-    # share of real street frames that get cars cut from another training frame (r1-r8: none)
-    street_cars: float = 0.0
+    # share of real street frames that get cars cut from another training frame (r1-r9: none;
+    # r10 and r11, the runs in the shipped average: 0.7)
+    street_cars: float = 0.7
     street_paste: StreetPasteConfig = StreetPasteConfig()
 
 

@@ -149,12 +149,14 @@ def average_models(paths: Sequence[str | Path], out: str | Path, half: bool = Tr
     """Average the weights of models fine-tuned from one start (a "model soup", Wortsman et al.
     2022): often better than any one of them, at no cost when predicting. The first model's config
     is kept (its training record names the held-out photos), with `config_changes` over it and
-    the averaged files listed under "averaged"."""
+    the averaged files listed under "averaged" (an average among them with its own list)."""
     if len(paths) < 2:
         raise ModelFileError("averaging needs at least two model files")
     total: dict[str, torch.Tensor] = {}
+    members: list[str | dict] = []
     for index, path in enumerate(paths):
         model, other = load_model(path)
+        members.append({"file": str(path), "averaged": other["averaged"]} if other.get("averaged") else str(path))
         if other.get("refiner"):
             raise ModelFileError(f"{path}: holds an outline refiner; average the coarse models, "
                                  "then attach the refiner (carmask.models.io.attach_refiner)")
@@ -166,7 +168,7 @@ def average_models(paths: Sequence[str | Path], out: str | Path, half: bool = Tr
         for key, tensor in model.state_dict().items():
             total[key] = total.get(key, 0) + tensor.double()
     state = {k: (v / len(paths)).to(dtypes[k]) for k, v in total.items()}
-    config = {**config, **config_changes, "averaged": [str(p) for p in paths]}
+    config = {**config, **config_changes, "averaged": members}
     return save_state(state, out, config, half=half)
 
 
