@@ -3,7 +3,8 @@ photo and runs the studio or the general model. The baseline, measured in the sa
 studio model alone on the same photos (the default before).
 
 Target: at most 1.5x the baseline's time per photo, on outdoor photos (480x360) and on Carvana
-studio photos (1918x1280).
+studio photos (1918x1280). The street frames of distant cars are also timed alone: the general
+model looks at them twice (carmask.predict.SecondLook), so they are its dearest photos.
 
     python benchmarks/bench_general.py [--photos 40]
 """
@@ -38,6 +39,7 @@ def main() -> None:
     wild = CARVANA.parent / "cars_in_the_wild"
     _, held_out = split_wild(read_wild(wild))
     sets = {"outdoor 480x360": [p.image_path for p in held_out][: args.photos],
+            "street frames 480x360": [p.image_path for p in held_out if p.kind == "camvid"][: args.photos],
             "studio 1918x1280": sorted((data / "test").glob("*.jpg"))[: args.photos]}
     auto, studio = AutoPredictor(backend="onnx"), Predictor("studio", backend="onnx")
     for name, paths in sets.items():

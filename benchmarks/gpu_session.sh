@@ -19,7 +19,7 @@
 # Where segmentation_models_pytorch is missing there, carry its wheel in .whl/ as well.
 # Tested on the CPU with tiny sizes:
 #   DEVICE=cpu SIZE=64x96 TRAIN_SECONDS=60 EPOCHS=1 BATCH=4 THROUGHPUT=8 GENERAL_SIZE=64x96 \
-#       GENERAL_PREDICT_SIZE=96x128 GENERAL_SECONDS=60 GENERAL_EPOCHS=1 DATA=../shared/data/carvana \
+#       GENERAL_PREDICT_SIZE=96x128 GENERAL_SECOND_LOOK=128x160 GENERAL_SECONDS=60 GENERAL_EPOCHS=1 DATA=../shared/data/carvana \
 #       WILD=../shared/data/cars_in_the_wild PYTHON=.venv/bin/python bash benchmarks/gpu_session.sh all
 # The stage `throughput` skips both trainings; the test photos travel in part0:
 #   run: bash benchmarks/gpu_session.sh throughput .gpu/packed/part0   carry [".gpu/packed/part0"]
@@ -40,6 +40,7 @@ THROUGHPUT=${THROUGHPUT:-2000}
 WILD=${WILD:-.gpu/wild}
 GENERAL_SIZE=${GENERAL_SIZE:-448x608}  # r7 trained at the size it runs at and beat r6 (docs/models.md)
 GENERAL_PREDICT_SIZE=${GENERAL_PREDICT_SIZE:-448x608}
+GENERAL_SECOND_LOOK=${GENERAL_SECOND_LOOK:-544x736}
 GENERAL_SECONDS=${GENERAL_SECONDS:-240}
 GENERAL_EPOCHS=${GENERAL_EPOCHS:-40}
 mkdir -p "$OUT"
@@ -85,7 +86,7 @@ if [ -f "$WILD/index.csv" ]; then
     minutes=$((GENERAL_SECONDS / 60)); seconds=$((GENERAL_SECONDS % 60))
     timeout $((GENERAL_SECONDS + 120)) $PYTHON -m carmask -v train-general --data "$DATA" \
         --wild "$WILD" --out "$OUT/general" --init general --size "$GENERAL_SIZE" \
-        --predict-size "$GENERAL_PREDICT_SIZE" \
+        --predict-size "$GENERAL_PREDICT_SIZE" --second-look "$GENERAL_SECOND_LOOK" \
         --epochs "$GENERAL_EPOCHS" --samples 480 --batch "$BATCH" --lr 3e-4 \
         --workers "$(($(nproc) - 1))" \
         --max-time "00:00:$(printf %02d $minutes):$(printf %02d $seconds)" > "$OUT/general.log" 2>&1

@@ -159,7 +159,8 @@ def test_average_writes_the_mean_of_fine_tuned_models_and_refuses_a_mix(tmp_path
         save_model(create_bare_model("seed-cnn"), path, model_config("seed-cnn", (224, 224), training={"seed": seed}))
         paths.append(path)
     out = tmp_path / "soup.safetensors"
-    result = carmask("average", *map(str, paths), "--out", str(out), "--no-half", "--min-car-area", "0.0002")
+    result = carmask("average", *map(str, paths), "--out", str(out), "--no-half", "--min-car-area", "0.0002",
+                     "--second-look", "288x288")
     assert result.returncode == 0, result.stderr
     soup, config = load_model(out)
     models = [load_model(p)[0].state_dict() for p in paths]
@@ -168,10 +169,12 @@ def test_average_writes_the_mean_of_fine_tuned_models_and_refuses_a_mix(tmp_path
             assert torch.allclose(tensor, sum(m[key] for m in models) / 3, atol=1e-6), key
     # the first model's config and training record, with the change asked for
     assert config["training"] == {"seed": 0} and config["min_car_area"] == 0.0002
+    assert config["second_look"] == {"size": [288, 288], "below": 0.05}
     assert config["averaged"] == [str(p) for p in paths]
     # an average of an average keeps the inner one's list: the lineage stays readable
     again = tmp_path / "soup2.safetensors"
-    assert carmask("average", str(out), str(paths[0]), "--out", str(again)).returncode == 0
+    assert carmask("average", str(out), str(paths[0]), "--out", str(again), "--second-look", "none").returncode == 0
+    assert load_model(again)[1].get("second_look") is None
     assert load_model(again)[1]["averaged"] == [{"file": str(out), "averaged": [str(p) for p in paths]}, str(paths[0])]
     other = tmp_path / "other.safetensors"
     save_model(create_bare_model("refiner-mnv2"), other, model_config("refiner-mnv2", (64, 64)))

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from carmask import rle
 from carmask.confidence import Confidence, assess
@@ -95,7 +96,8 @@ class Predictor:
     `default_batch(backend)`. A model file that holds an outline refiner (carmask.refine) gets
     its full-resolution second stage unless `refine` is False: photos are then decoded at full
     size, since the refiner reads the pixels along the outline. `min_car_area` overrides the
-    model's share of the photo under which predicted regions are dropped (0: keep all).
+    model's share of the photo under which predicted regions are dropped (0: keep all). A model
+    whose config asks for a `SecondLook` gets it unless `second_look` is False.
     """
 
     def __init__(
@@ -111,6 +113,7 @@ class Predictor:
         threads: int | None = None,
         refine: bool = True,
         min_car_area: float | None = None,
+        second_look: bool = True,
     ) -> None:
         self.device = resolve_device(device)
         backend = resolve_backend(backend, self.device)
@@ -131,6 +134,10 @@ class Predictor:
         # config says; the general model's sets it, docs/models.md)
         self.min_car_area = float(self.config.get("min_car_area", 0.0) if min_car_area is None
                                   else min_car_area)
+        look = self.config.get("second_look") if second_look else None
+        self.second_look = SecondLook(tuple(look["size"]), float(look["below"])) if look else None
+        if self.second_look and np.prod(self.second_look.size) <= np.prod(self.size):
+            self.second_look = None  # run at --size as large: a second look adds nothing
         self.mean = np.array(self.config["mean"], np.float32).reshape(1, 1, -1)
         self.std = np.array(self.config["std"], np.float32).reshape(1, 1, -1)
         self.channels = self.config["channels"]
@@ -138,6 +145,9 @@ class Predictor:
         if backend == "onnx":
             from carmask.onnx import OnnxModel
             self._run = OnnxModel.from_model_file(self.path, self.size, self.channels, threads)
+            if self.second_look:
+                self._run_closer = OnnxModel.from_model_file(self.path, self.second_look.size,
+                                                             self.channels, threads)
         else:
             if threads:
                 torch.set_num_threads(threads)  # process-wide: torch has one intra-op pool
@@ -146,7 +156,7 @@ class Predictor:
             if self.half:
                 network = network.half().to(memory_format=torch.channels_last)
             self._network = network
-            self._run = self._run_torch
+            self._run = self._run_closer = self._run_torch  # a fully convolutional net: any size
             # for the device-side normalisation: tensors, not Python scalars, so the division is
             # a true one (CUDA multiplies by the reciprocal of a scalar divisor) and the model
             # sees exactly what `preprocess` makes
@@ -188,10 +198,34 @@ class Predictor:
         return photo.pixels, photo.size
 
     def raw_outputs(self, batch: np.ndarray) -> torch.Tensor:
-        """(N, C, h, w) normalised → raw outputs (N, K, h, w) float32 on the CPU, TTA averaged."""
-        outputs = self._run(batch)
+        """(N, C, h, w) normalised → raw outputs (N, K, h, w) float32, TTA averaged, with the
+        second look averaged in where the model has one and the cars found are small."""
+        outputs = self._look(self._run, batch)
+        return self._look_closer(batch, outputs) if self.second_look else outputs
+
+    def _look(self, run: Callable[[np.ndarray], torch.Tensor], batch: np.ndarray) -> torch.Tensor:
+        outputs = run(batch)
         if self.tta:
-            outputs = (outputs + self._run(np.ascontiguousarray(batch[..., ::-1])).flip(-1)) / 2
+            outputs = (outputs + run(np.ascontiguousarray(batch[..., ::-1])).flip(-1)) / 2
+        return outputs
+
+    def _look_closer(self, batch: np.ndarray, outputs: torch.Tensor) -> torch.Tensor:
+        """Run again, larger, the photos whose cars cover under `second_look.below` of them, and
+        average the two looks' raw outputs (at the first look's size)."""
+        look = self.second_look
+        shares = car_mask(outputs, self.kind, self.threshold).float().mean((1, 2))
+        again = torch.nonzero(shares < look.below).flatten().tolist()
+        if not again:
+            return outputs
+        # the inputs are the photo resized and normalised: resizing them again is linear, as
+        # resizing the photo is
+        closer = F.interpolate(torch.from_numpy(batch[again]), size=look.size, mode="bilinear",
+                               align_corners=False).numpy()
+        second = self._look(self._run_closer, closer).to(outputs.device)
+        second = F.interpolate(second, size=tuple(outputs.shape[-2:]), mode="bilinear",
+                               align_corners=False, antialias=True)
+        outputs = outputs.clone()
+        outputs[again] = (outputs[again] + second) / 2
         return outputs
 
     def _run_torch(self, batch: np.ndarray) -> torch.Tensor:
@@ -208,8 +242,10 @@ class Predictor:
     @property
     def finds_runs(self) -> bool:
         """Whether `predict_runs` can serve this model: torch, no refiner (which works on the
-        full-size photo on the host) and no dropping of small regions (which needs the mask)."""
-        return self.backend == "torch" and self.refiner is None and not self.min_car_area
+        full-size photo on the host), no dropping of small regions (which needs the mask) and no
+        second look."""
+        return (self.backend == "torch" and self.refiner is None and not self.min_car_area
+                and self.second_look is None)
 
     def predict_runs(self, paths: Iterable[str | Path], workers: int | None = None,
                      on_error: Callable[[Path, str], None] | None = None) -> Iterator[Prediction]:
@@ -335,6 +371,28 @@ class Predictor:
 
         yield from stream_predictions(decode, paths, workers, self.device, self.batch, on_error,
                                       run=_run_decoded)
+
+
+# Photos whose cars cover less than this get the second look: street scenes of distant cars.
+# A product photo's car, its subject, covers more (50 of the 52 held out; docs/models.md).
+SECOND_LOOK_BELOW = 0.05
+
+
+def second_look_config(size: tuple[int, int], below: float = SECOND_LOOK_BELOW) -> dict:
+    """The `second_look` entry of a model config, checked."""
+    if any(side % 32 for side in size):
+        raise ValueError(f"second look {size[0]}x{size[1]}: both sides must be multiples of 32")
+    return {"size": list(size), "below": below}
+
+
+@dataclass(frozen=True)
+class SecondLook:
+    """A model config's `second_look`: photos whose cars cover under `below` of them are run
+    again at `size` (H, W), larger, and the two outputs averaged. Distant street cars are a few
+    hundred pixels; the two looks together mask them better than either (docs/models.md, "A
+    second look")."""
+    size: tuple[int, int]
+    below: float
 
 
 @dataclass

@@ -24,6 +24,7 @@ from carmask.data.layout import index_dataset
 from carmask.data.wild import read_wild, split_wild
 from carmask.models import model_info
 from carmask.models.io import load_model, model_config, save_model
+from carmask.predict import second_look_config
 from carmask.train import SegmentationTask, _log_lightning_once, _resume_checkpoint, _score, \
     _write_metrics, best_task, checkpoints, held_out_cars, loader_options
 
@@ -55,6 +56,9 @@ class AnywhereConfig:
     # The exported model drops predicted regions under this share of the photo: specks of false
     # car (17 pixels at 480x360), which cost a street frame without a car its whole Dice.
     min_car_area: float = 1e-4
+    # Photos whose cars are small are run again at this (H, W), larger, and the two outputs
+    # averaged (carmask.predict.SecondLook; None: no second look).
+    second_look: tuple[int, int] | None = None
     mix: MixConfig = field(default_factory=MixConfig)
 
 
@@ -63,6 +67,8 @@ def train_anywhere(config: AnywhereConfig, progress_bar: bool = True) -> dict:
     for size in (config.size, config.predict_size or config.size):
         if any(side % 32 for side in size):
             raise ValueError(f"size {size[0]}x{size[1]}: both sides must be multiples of 32")
+    if config.second_look:
+        second_look_config(config.second_look)  # checked before hours of training, not after
     _log_lightning_once()
     out = Path(config.out)
     L.seed_everything(config.seed, workers=True, verbose=False)
@@ -111,7 +117,9 @@ def train_anywhere(config: AnywhereConfig, progress_bar: bool = True) -> dict:
     }
     save_model(restored.model, out / "model.safetensors",
                model_config(architecture, config.predict_size or config.size, training=summary,
-                            role="general", min_car_area=config.min_car_area),
+                            role="general", min_car_area=config.min_car_area,
+                            **({"second_look": second_look_config(config.second_look)}
+                               if config.second_look else {})),
                half=config.export_half)
     _write_metrics(trainer, out)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -95,6 +95,18 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def parse_second_look(text: str) -> dict | None:
+    """'544x736' → a model config's `second_look` entry; 'none' → None (no second look)."""
+    from carmask.predict import second_look_config
+
+    if text.lower() == "none":
+        return None
+    try:
+        return second_look_config(parse_size(text, "HEIGHTxWIDTH"))
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+
+
 def parse_size(text: str, order: str) -> tuple[int, int]:
     """'480x320' → (480, 320); `order` names the two numbers for the error message."""
     try:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from carmask.cli.common import DataDir, ModelOption, console, fail, parse_size
+from carmask.cli.common import DataDir, ModelOption, console, fail, parse_second_look, parse_size
 
 
 def models() -> None:
@@ -168,6 +168,11 @@ def average(
         Optional[float], typer.Option(min=0.0, max=0.01, help="Drop predicted regions smaller than this "
                                       "share of the photo (default: the first model's setting).")
     ] = None,
+    second_look: Annotated[
+        Optional[str], typer.Option(help="HEIGHTxWIDTH, larger than --size, at which photos whose cars "
+                                         "cover under 5% of them are run again (default: the first "
+                                         "model's setting; 'none' turns it off).")
+    ] = None,
     half: Annotated[bool, typer.Option(help="Store the weights in fp16 (half the file).")] = True,
 ) -> None:
     """Average the weights of fine-tuned runs (a model soup): often better than any one of them,
@@ -179,6 +184,8 @@ def average(
         changes["input_size"] = list(parse_size(size, "HEIGHTxWIDTH"))
     if min_car_area is not None:
         changes["min_car_area"] = min_car_area
+    if second_look:
+        changes["second_look"] = parse_second_look(second_look)
     try:
         path = average_models(models, out, half=half, **changes)
     except ModelFileError as error:
