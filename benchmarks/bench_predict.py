@@ -118,13 +118,8 @@ def profile(photos: list[Path], out: Path) -> None:
         times[stage].extend([(time.perf_counter() - start) / share] * share)
         return result
 
-    def forward(inputs):  # Predictor._run_torch without its copy, which is a stage of its own
-        if not on_torch:
-            return predictor.raw_outputs(inputs)
-        if predictor.half:
-            inputs = inputs.half().contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            return predictor._network(inputs).float()
+    def forward(inputs):  # on torch, without the copy to the device: a stage of its own
+        return predictor._forward(inputs) if on_torch else predictor.raw_outputs(inputs)
 
     def on_device(outputs, sizes):  # Predictor.to_masks, stopped before the copy back
         return [car_mask(upsample(o[None], s), predictor.kind, predictor.threshold)[0]
