@@ -182,7 +182,9 @@ class Predictor:
     @property
     def name(self) -> str:
         stages = self.config["architecture"] + (f" + {self.refiner.architecture}" if self.refiner else "")
-        return f"{stages} ({self.path.name})"
+        look = (f"; small cars looked at again at {self.second_look.size[0]}x{self.second_look.size[1]}"
+                if self.second_look else "")
+        return f"{stages} ({self.path.name}{look})"
 
     # -- the stages ---------------------------------------------------------------------------
     def preprocess(self, photo: np.ndarray) -> np.ndarray:
