@@ -332,6 +332,20 @@ def test_a_submission_is_always_the_studio_models_and_loose_masks_get_the_choice
     assert "1 by the general model" in masks.output
 
 
+def test_a_retrained_general_model_keeps_the_second_look_of_the_model_it_started_from():
+    from carmask.models.io import load_model_config
+    from carmask.train_anywhere import exported_second_look
+
+    general = load_model_config("general")
+    assert general["second_look"] is not None
+    assert exported_second_look("init", general) == general["second_look"]
+    assert exported_second_look("init", load_model_config("studio")) is None
+    assert exported_second_look((640, 864), general) == {"size": [640, 864], "below": 0.05}
+    assert exported_second_look(None, general) is None
+    with pytest.raises(ValueError, match="multiples of 32"):
+        exported_second_look((650, 864), general)
+
+
 def test_train_general_writes_a_general_model_that_keeps_the_studio_cars_out(carvana, wild, tmp_path):
     from carmask.models.io import load_model_config, read_config
 

@@ -57,9 +57,16 @@ class AnywhereConfig:
     # car (17 pixels at 480x360), which cost a street frame without a car its whole Dice.
     min_car_area: float = 1e-4
     # Photos whose cars are small are run again at this (H, W), larger, and the two outputs
-    # averaged (carmask.predict.SecondLook; None: no second look).
-    second_look: tuple[int, int] | None = None
+    # averaged (carmask.predict.SecondLook). "init": as the model it starts from; None: none.
+    second_look: tuple[int, int] | str | None = "init"
     mix: MixConfig = field(default_factory=MixConfig)
+
+
+def exported_second_look(requested: tuple[int, int] | str | None, start_config: dict) -> dict | None:
+    """The `second_look` entry the trained model gets: the one asked for, or the start model's."""
+    if requested == "init":
+        return start_config.get("second_look")
+    return second_look_config(requested) if requested else None
 
 
 def train_anywhere(config: AnywhereConfig, progress_bar: bool = True) -> dict:
@@ -67,7 +74,7 @@ def train_anywhere(config: AnywhereConfig, progress_bar: bool = True) -> dict:
     for size in (config.size, config.predict_size or config.size):
         if any(side % 32 for side in size):
             raise ValueError(f"size {size[0]}x{size[1]}: both sides must be multiples of 32")
-    if config.second_look:
+    if config.second_look not in (None, "init"):
         second_look_config(config.second_look)  # checked before hours of training, not after
     _log_lightning_once()
     out = Path(config.out)
@@ -118,8 +125,7 @@ def train_anywhere(config: AnywhereConfig, progress_bar: bool = True) -> dict:
     save_model(restored.model, out / "model.safetensors",
                model_config(architecture, config.predict_size or config.size, training=summary,
                             role="general", min_car_area=config.min_car_area,
-                            **({"second_look": second_look_config(config.second_look)}
-                               if config.second_look else {})),
+                            second_look=exported_second_look(config.second_look, start_config)),
                half=config.export_half)
     _write_metrics(trainer, out)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -25,7 +25,8 @@ def train_general(
              "--size finds more distant cars.")] = None,
     second_look: Annotated[Optional[str], typer.Option(
         help="HEIGHTxWIDTH, larger than the run size, at which the exported model looks again at "
-             "photos whose cars cover under 5% of them, averaging both looks (default: none).")] = None,
+             "photos whose cars cover under 5% of them, averaging both looks; 'none' for no second "
+             "look (default: as the --init model).")] = None,
     outdoor_share: Annotated[Optional[float], typer.Option(
         min=0.0, max=1.0, help="Share of samples that are real outdoor photos (default: the "
                                "training mix's own); the rest are pasted cars and (a tenth) "
@@ -60,11 +61,13 @@ def train_general(
     if street_cars is not None:
         mix = replace(mix, street_cars=street_cars)
     run_size = parse_size(predict_size, "HEIGHTxWIDTH") if predict_size else None
-    look_size = parse_size(second_look, "HEIGHTxWIDTH") if second_look else None
+    look_size = ("init" if second_look is None else None if second_look.lower() == "none"
+                 else parse_size(second_look, "HEIGHTxWIDTH"))
     try:
         config = AnywhereConfig(carvana=data, wild=wild or wild_folder_beside(data), out=out, init=init,
                                 size=parse_size(size, "HEIGHTxWIDTH"), samples_per_epoch=samples,
-                                predict_size=run_size, second_look=look_size, epochs=epochs, batch=batch, lr=lr, seed=seed,
+                                predict_size=run_size, second_look=look_size, epochs=epochs,
+                                batch=batch, lr=lr, seed=seed,
                                 workers=workers, max_time=max_time, resume=resume, mix=mix)
         summary = train_anywhere(config)
     except (DataError, ModelFileError, ValueError) as error:
