@@ -14,7 +14,6 @@ Its runs are exactly `rle.runs` of the masks `predict_paths` gives (tests/test_f
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,33 +28,9 @@ from carmask.data.dataset import fit_photo
 from carmask.data.io import DataError, read_photo
 from carmask.models.io import load_model, read_config, resolve_model_path
 from carmask.models.outputs import car_mask, car_probability, drop_specks, upsample
-from carmask.parallel import imap_bounded
+from carmask.streaming import Decoded, Prediction, stream_predictions
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Prediction:
-    path: Path | None
-    mask: np.ndarray | None  # (H, W) bool at the photo's own size; None from predict_runs
-    error: str | None = None
-    model: str = ""  # the role of the model that made the mask: "studio" or "general"
-    confidence: Confidence | None = None
-    runs: np.ndarray | None = None  # from predict_runs: the mask's (k, 2) rle.runs, not the mask
-
-    @property
-    def rle(self) -> str:
-        """The mask as Kaggle RLE text, from whichever of `mask` and `runs` it carries."""
-        if self.runs is not None:
-            return rle.format_runs(self.runs)
-        if self.mask is None:
-            raise ValueError(f"{self.path}: no mask ({self.error})")
-        return rle.encode(self.mask)
-
-    @property
-    def warnings(self) -> list[str]:
-        """What a user should know before trusting the mask; empty when all is well."""
-        return self.confidence.warnings if self.confidence else []
 
 
 BACKENDS = ("auto", "torch", "onnx")
@@ -397,19 +372,6 @@ class SecondLook:
     below: float
 
 
-@dataclass
-class Decoded:
-    """A photo read for prediction: the model's input, the mask's size and, where needed, the
-    pixels; or the error that stopped it."""
-    path: Path | None
-    predictor: Predictor | None = None  # the model it goes to
-    inputs: np.ndarray | torch.Tensor | None = None  # preprocessed (C, h, w), the decoded
-    # photo, or for predict_runs the uint8 (h, w, C) at the model's size
-    size: tuple[int, int] | None = None  # the photo's displayed (H, W)
-    photo: np.ndarray | None = None
-    error: str | None = None
-
-
 def _run_decoded(predictor: Predictor, batch: list[Decoded]) -> list[Prediction]:
     return predictor.run_batch([d.inputs for d in batch], [d.size for d in batch],
                                [d.photo for d in batch], [d.path for d in batch])
@@ -418,34 +380,3 @@ def _run_decoded(predictor: Predictor, batch: list[Decoded]) -> list[Prediction]
 def _run_runs(predictor: Predictor, batch: list[Decoded]) -> list[Prediction]:
     return predictor.run_batch_runs([d.inputs for d in batch], [d.size for d in batch],
                                     [d.path for d in batch])
-
-
-def stream_predictions(decode: Callable[[str | Path], Decoded], paths: Iterable[str | Path],
-                       workers: int | None, device: torch.device, batch: int,
-                       on_error: Callable[[Path, str], None] | None,
-                       run: Callable[[Predictor, list[Decoded]], list[Prediction]]) -> Iterator[Prediction]:
-    """Decode `paths` in a bounded pool and `run` them in batches through the predictor each
-    was decoded for, keeping the input order: a batch ends at its predictor's batch size, at a
-    photo for another predictor, and at a photo that failed, which yields its error."""
-    # A GPU runs the model in a fraction of the time a photo takes to decode, so every core
-    # decodes; on a CPU the model needs the cores.
-    workers = workers or min(4 if device.type == "cpu" else 16, os.cpu_count() or 1)
-    pending: list[Decoded] = []
-    chosen: Predictor | None = None
-    for decoded in imap_bounded(decode, paths, workers, ahead=2 * batch + workers):
-        predictor = decoded.predictor
-        if pending and predictor is not chosen:
-            yield from run(chosen, pending)
-            pending = []
-        if decoded.error:
-            if on_error:
-                on_error(decoded.path, decoded.error)
-            yield Prediction(decoded.path, None, decoded.error)
-            continue
-        chosen = predictor
-        pending.append(decoded)
-        if len(pending) == chosen.batch:
-            yield from run(chosen, pending)
-            pending = []
-    if pending:
-        yield from run(chosen, pending)

@@ -20,7 +20,8 @@ import cv2
 import numpy as np
 
 from carmask.data.io import DataError, read_photo
-from carmask.predict import Decoded, Prediction, Predictor, stream_predictions
+from carmask.predict import Predictor
+from carmask.streaming import Decoded, Prediction, stream_predictions
 
 THUMB = (64, 96)  # (h, w)
 TOP_ROWS, SIDE_COLUMNS = 10, 6  # the wall: the top 15% of the picture, the outer 6% each side
