@@ -38,7 +38,9 @@ EPOCHS=${EPOCHS:-10}  # ~35 s an epoch for 2,400 photos at 68 photos/s: the sche
 BATCH=${BATCH:-16}
 THROUGHPUT=${THROUGHPUT:-2000}
 WILD=${WILD:-.gpu/wild}
-GENERAL_SIZE=${GENERAL_SIZE:-448x608}  # r7 trained at the size it runs at and beat r6 (docs/models.md)
+# trained at the second look's size, where the photos it misses most are looked at (the shipped
+# average's r13 and r14 trained there; docs/models.md)
+GENERAL_SIZE=${GENERAL_SIZE:-544x736}
 GENERAL_PREDICT_SIZE=${GENERAL_PREDICT_SIZE:-448x608}
 GENERAL_SECOND_LOOK=${GENERAL_SECOND_LOOK:-544x736}
 GENERAL_SECONDS=${GENERAL_SECONDS:-240}
