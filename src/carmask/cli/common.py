@@ -95,16 +95,18 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def parse_second_look(text: str) -> dict | None:
-    """'544x736' → a model config's `second_look` entry; 'none' → None (no second look)."""
+def parse_second_look(text: str) -> tuple[int, int] | None:
+    """'544x736' → (544, 736), checked as a second look's size; 'none' → None (no second look)."""
     from carmask.predict import second_look_config
 
     if text.lower() == "none":
         return None
+    size = parse_size(text, "HEIGHTxWIDTH")
     try:
-        return second_look_config(parse_size(text, "HEIGHTxWIDTH"))
+        second_look_config(size)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
+    return size
 
 
 def parse_size(text: str, order: str) -> tuple[int, int]:

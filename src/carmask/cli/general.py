@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from carmask.cli.common import DataDir, console, fail, parse_size
+from carmask.cli.common import DataDir, console, fail, parse_second_look, parse_size
 
 
 def train_general(
@@ -61,8 +61,7 @@ def train_general(
     if street_cars is not None:
         mix = replace(mix, street_cars=street_cars)
     run_size = parse_size(predict_size, "HEIGHTxWIDTH") if predict_size else None
-    look_size = ("init" if second_look is None else None if second_look.lower() == "none"
-                 else parse_size(second_look, "HEIGHTxWIDTH"))
+    look_size = "init" if second_look is None else parse_second_look(second_look)
     try:
         config = AnywhereConfig(carvana=data, wild=wild or wild_folder_beside(data), out=out, init=init,
                                 size=parse_size(size, "HEIGHTxWIDTH"), samples_per_epoch=samples,

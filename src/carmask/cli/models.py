@@ -178,6 +178,7 @@ def average(
     """Average the weights of fine-tuned runs (a model soup): often better than any one of them,
     at no cost when predicting. The first model's config and training record are kept."""
     from carmask.models.io import ModelFileError, average_models
+    from carmask.predict import second_look_config
 
     changes = {}
     if size:
@@ -185,7 +186,8 @@ def average(
     if min_car_area is not None:
         changes["min_car_area"] = min_car_area
     if second_look:
-        changes["second_look"] = parse_second_look(second_look)
+        look_size = parse_second_look(second_look)
+        changes["second_look"] = second_look_config(look_size) if look_size else None
     try:
         path = average_models(models, out, half=half, **changes)
     except ModelFileError as error:
