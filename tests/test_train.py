@@ -164,7 +164,7 @@ def test_per_photo_soft_dice_counts_a_small_car_as_much_as_a_big_one():
     import torch
     from segmentation_models_pytorch.losses import DiceLoss
 
-    from carmask.train import soft_dice_per_photo
+    from carmask.losses import soft_dice_per_photo
 
     target = torch.zeros(2, 1, 64, 64)
     target[0, 0, 4:60, 4:60] = 1  # a big car, found
@@ -176,3 +176,42 @@ def test_per_photo_soft_dice_counts_a_small_car_as_much_as_a_big_one():
     assert per_photo > 0.4 and batch_wide < 0.01
     assert soft_dice_per_photo(target, target).item() < 1e-6  # perfect, including no car at all
     assert soft_dice_per_photo(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8)).item() == 0
+
+
+def test_small_car_weights_lift_each_small_piece_of_car_by_its_own_size():
+    """A near car weighs 1, a distant one sqrt(0.5% / its share), a sliver at most the cap, and the
+    background 1; each photo of a batch is weighed on its own."""
+    import torch
+
+    from carmask.losses import small_car_weights
+
+    target = torch.zeros(2, 1, 100, 100)
+    target[0, 0, 10:60, 10:60] = 1  # 25% of the photo
+    target[0, 0, 80:85, 80:84] = 1  # 20 pixels: 0.2%
+    target[0, 0, 95, 0] = 1  # 1 pixel: capped
+    target[1, 0, 0:2, 0:2] = 1  # 4 pixels, alone in its photo
+    weights = small_car_weights(target, below=0.005, cap=5.0)
+    assert weights.shape == target.shape and weights.dtype == torch.float32
+    assert weights[0, 0, 30, 30] == 1 and weights[0, 0, 70, 70] == 1
+    assert weights[0, 0, 82, 82].item() == pytest.approx((0.005 / 0.002) ** 0.5)
+    assert weights[0, 0, 95, 0] == 5  # sqrt(50) = 7.1, capped
+    assert weights[1, 0, 1, 1].item() == pytest.approx((0.005 / 0.0004) ** 0.5)
+    assert (weights[1, 0, 50:] == 1).all()
+    assert (small_car_weights(target, cap=1.0) == 1).all()  # off
+
+
+def test_the_small_car_boost_weighs_a_missed_distant_car_in_training_only():
+    """Missing a distant car costs the training loss more with the boost; validation is unweighed."""
+    import torch
+
+    from carmask.train import SegmentationTask
+
+    target = torch.zeros(1, 1, 64, 64)
+    target[0, 0, 4:40, 4:40] = 1
+    target[0, 0, 60:62, 60:62] = 1  # a distant car, missed
+    logits = torch.where(target > 0, 4.0, -4.0)
+    logits[0, 0, 60:62, 60:62] = -4.0
+    plain = SegmentationTask("unet-scratch", {}, 1e-3, 0.0, small_car_boost=1.0)
+    boosted = SegmentationTask("unet-scratch", {}, 1e-3, 0.0, small_car_boost=8.0)
+    assert boosted.loss(logits, target, boost=True) > plain.loss(logits, target, boost=True) + 1e-4
+    assert boosted.loss(logits, target) == plain.loss(logits, target)

@@ -28,6 +28,7 @@ from carmask.data.io import read_mask
 from carmask.data.layout import index_dataset
 from carmask.data.split import split_by_car
 from carmask.data.transforms import AugmentConfig, train_transforms
+from carmask.losses import small_car_weights, soft_dice_per_photo
 from carmask.models import create_model, model_info
 from carmask.models.io import model_config, save_model, state_checksum
 from carmask.models.outputs import car_mask, car_probability, upsample
@@ -75,7 +76,8 @@ class SegmentationTask(L.LightningModule):
     """Wraps a registry model with the loss and metrics its output kind needs."""
 
     def __init__(self, model_name: str, build: dict, lr: float, weight_decay: float,
-                 full_size: tuple[int, int] = CARVANA_SHAPE, dice_per_photo: bool = False) -> None:
+                 full_size: tuple[int, int] = CARVANA_SHAPE, dice_per_photo: bool = False,
+                 small_car_boost: float = 1.0) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = create_model(model_name, **build)
@@ -87,10 +89,14 @@ class SegmentationTask(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
 
-    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def loss(self, output: torch.Tensor, target: torch.Tensor, boost: bool = False) -> torch.Tensor:
+        """BCE + soft Dice; with `boost` (training only) and a `small_car_boost` above 1, the
+        pixels of small cars weigh more in the BCE (carmask.losses.small_car_weights)."""
         output = output.float()  # losses in fp32 even under AMP
         if self.kind == "logit":
-            bce = F.binary_cross_entropy_with_logits(output, target)
+            weight = small_car_weights(target, cap=self.hparams.small_car_boost) \
+                if boost and self.hparams.small_car_boost > 1 else None
+            bce = F.binary_cross_entropy_with_logits(output, target, weight=weight)
         elif self.kind == "softmax3":
             bce = F.cross_entropy(output, target[:, 0].long())
         else:  # sigmoid3: each channel is a sigmoid; the target is one-hot over 3 classes
@@ -101,7 +107,7 @@ class SegmentationTask(L.LightningModule):
     def training_step(self, batch, batch_index):
         images, targets = batch
         output = self(images)
-        loss = self.loss(output, targets)
+        loss = self.loss(output, targets, boost=True)
         dice = dice_per_image(car_mask(output, self.kind), targets[:, 0] > 0.5).mean()
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
         self.log("train_dice", dice, prog_bar=True, on_step=False, on_epoch=True, sync_dist=True)
@@ -139,15 +145,6 @@ def cosine_with_warmup(step: int, warmup: int, total: int) -> float:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def soft_dice_per_photo(probability: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """1 - the mean over photos of each photo's soft Dice; `smooth` makes a photo with no car
-    score 1 only when nothing is predicted."""
-    probability, target = probability.flatten(1), target.flatten(1)
-    intersection = (probability * target).sum(1)
-    total = probability.sum(1) + target.sum(1)
-    return 1 - ((2 * intersection + smooth) / (total + smooth)).mean()
 
 
 def dice_per_image(prediction: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:

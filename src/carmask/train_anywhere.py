@@ -53,6 +53,9 @@ class AnywhereConfig:
     resume: bool = False
     export_half: bool = True
     dice_per_photo: bool = True  # the soft Dice of the loss per photo, as the metric counts
+    # Pixels of true cars under 0.5% of the photo weigh up to this many times more in the BCE
+    # (carmask.losses.small_car_weights); 1: all pixels alike.
+    small_car_boost: float = 1.0
     # The exported model drops predicted regions under this share of the photo: specks of false
     # car (17 pixels at 480x360), which cost a street frame without a car its whole Dice.
     min_car_area: float = 1e-4
@@ -100,7 +103,8 @@ def train_anywhere(config: AnywhereConfig, progress_bar: bool = True) -> dict:
     val_loader = DataLoader(val_set, batch_size=config.batch, **loader)
 
     task = SegmentationTask(architecture, {"pretrained": False} if info.takes_pretrained else {},
-                            config.lr, config.weight_decay, dice_per_photo=config.dice_per_photo)
+                            config.lr, config.weight_decay, dice_per_photo=config.dice_per_photo,
+                            small_car_boost=config.small_car_boost)
     task.model.load_state_dict(start.state_dict(), strict=True)
     best, crash_safe = checkpoints(out, steps_between_saves=10)
     gpu = torch.cuda.is_available()
@@ -121,6 +125,7 @@ def train_anywhere(config: AnywhereConfig, progress_bar: bool = True) -> dict:
         # the studio model's held-out cars: never pasted here, so its figure can be re-checked
         "val_car_ids": sorted(kept_out), "seconds": round(time.time() - started), "seed": config.seed,
         "mix": asdict(config.mix), "dice_per_photo": config.dice_per_photo,
+        "small_car_boost": config.small_car_boost,
     }
     save_model(restored.model, out / "model.safetensors",
                model_config(architecture, config.predict_size or config.size, training=summary,

@@ -34,6 +34,9 @@ def train_general(
     street_cars: Annotated[Optional[float], typer.Option(
         min=0.0, max=1.0, help="Share of real street frames that get 1-3 cars cut from another "
                                "training frame (default: the training mix's own).")] = None,
+    small_car_boost: Annotated[float, typer.Option(
+        min=1.0, help="Pixels of true cars under 0.5% of the photo weigh up to this many times more "
+                      "in the loss (the square root of 0.5% over their share); 1: all alike.")] = 1.0,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs of --samples random samples.")] = 12,
     samples: Annotated[int, typer.Option(min=1, help="Samples drawn per epoch.")] = 480,
     batch: Annotated[int, typer.Option(min=1, help="Samples per step.")] = 8,
@@ -66,7 +69,7 @@ def train_general(
         config = AnywhereConfig(carvana=data, wild=wild or wild_folder_beside(data), out=out, init=init,
                                 size=parse_size(size, "HEIGHTxWIDTH"), samples_per_epoch=samples,
                                 predict_size=run_size, second_look=look_size, epochs=epochs,
-                                batch=batch, lr=lr, seed=seed,
+                                batch=batch, lr=lr, seed=seed, small_car_boost=small_car_boost,
                                 workers=workers, max_time=max_time, resume=resume, mix=mix)
         summary = train_anywhere(config)
     except (DataError, ModelFileError, ValueError) as error:
