@@ -53,7 +53,7 @@ class AnywhereConfig:
     resume: bool = False
     export_half: bool = True
     dice_per_photo: bool = True  # the soft Dice of the loss per photo, as the metric counts
-    # Pixels of true cars under 0.5% of the photo weigh up to this many times more in the BCE
+    # Pixels of true cars under 2% of the photo weigh up to this many times more in the BCE
     # (carmask.losses.small_car_weights); 1: all pixels alike.
     small_car_boost: float = 1.0
     # The exported model drops predicted regions under this share of the photo: specks of false

@@ -35,8 +35,8 @@ def train_general(
         min=0.0, max=1.0, help="Share of real street frames that get 1-3 cars cut from another "
                                "training frame (default: the training mix's own).")] = None,
     small_car_boost: Annotated[float, typer.Option(
-        min=1.0, help="Pixels of true cars under 0.5% of the photo weigh up to this many times more "
-                      "in the loss (the square root of 0.5% over their share); 1: all alike.")] = 1.0,
+        min=1.0, help="Pixels of true cars under 2% of the photo weigh up to this many times more in "
+                      "the loss (the square root of 2% over their share); 1: all alike.")] = 1.0,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs of --samples random samples.")] = 12,
     samples: Annotated[int, typer.Option(min=1, help="Samples drawn per epoch.")] = 480,
     batch: Annotated[int, typer.Option(min=1, help="Samples per step.")] = 8,
