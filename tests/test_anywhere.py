@@ -352,7 +352,7 @@ def test_train_general_writes_a_general_model_that_keeps_the_studio_cars_out(car
     out = tmp_path / "general"
     result = CliRunner().invoke(app, ["train-general", "--data", str(carvana), "--wild", str(wild),
                                       "--out", str(out), "--size", "64x96", "--predict-size", "96x128",
-                                      "--second-look", "128x160", "--small-car-boost", "4",
+                                      "--second-look", "128x160", "--small-car-boost", "2",
                                       "--outdoor-share", "0.7", "--epochs", "1", "--samples", "16",
                                       "--batch", "8", "--workers", "0"])
     assert result.exit_code == 0, result.output
@@ -361,7 +361,7 @@ def test_train_general_writes_a_general_model_that_keeps_the_studio_cars_out(car
     assert config["role"] == "general" and config["input_size"] == [96, 128]
     assert config["second_look"] == {"size": [128, 160], "below": 0.05}
     assert config["training"]["size"] == [64, 96]
-    assert config["training"]["mix"]["wild"] == 0.7 and config["training"]["small_car_boost"] == 4
+    assert config["training"]["mix"]["wild"] == 0.7 and config["training"]["small_car_boost"] == 2
     # the studio model's validation cars are never pasted: its figure stays checkable
     assert config["training"]["val_car_ids"] == sorted(load_model_config("studio")["training"]["val_car_ids"])
     _, validation = split_wild(read_wild(wild))

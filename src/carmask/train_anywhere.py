@@ -54,8 +54,8 @@ class AnywhereConfig:
     export_half: bool = True
     dice_per_photo: bool = True  # the soft Dice of the loss per photo, as the metric counts
     # Pixels of true cars under 2% of the photo weigh up to this many times more in the BCE
-    # (carmask.losses.small_car_weights); 1: all pixels alike.
-    small_car_boost: float = 1.0
+    # (carmask.losses.small_car_weights); 1: all pixels alike. 4 since r16 (docs/models.md).
+    small_car_boost: float = 4.0
     # The exported model drops predicted regions under this share of the photo: specks of false
     # car (17 pixels at 480x360), which cost a street frame without a car its whole Dice.
     min_car_area: float = 1e-4

@@ -36,7 +36,7 @@ def train_general(
                                "training frame (default: the training mix's own).")] = None,
     small_car_boost: Annotated[float, typer.Option(
         min=1.0, help="Pixels of true cars under 2% of the photo weigh up to this many times more in "
-                      "the loss (the square root of 2% over their share); 1: all alike.")] = 1.0,
+                      "the loss (the square root of 2% over their share); 1: all alike.")] = 4.0,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs of --samples random samples.")] = 12,
     samples: Annotated[int, typer.Option(min=1, help="Samples drawn per epoch.")] = 480,
     batch: Annotated[int, typer.Option(min=1, help="Samples per step.")] = 8,
