@@ -179,7 +179,7 @@ def test_per_photo_soft_dice_counts_a_small_car_as_much_as_a_big_one():
 
 
 def test_small_car_weights_lift_each_small_piece_of_car_by_its_own_size():
-    """A near car weighs 1, a distant one sqrt(0.5% / its share), a sliver at most the cap, and the
+    """A near car weighs 1, a distant one sqrt(below / its share), a sliver at most the cap, and the
     background 1; each photo of a batch is weighed on its own."""
     import torch
 
@@ -200,18 +200,21 @@ def test_small_car_weights_lift_each_small_piece_of_car_by_its_own_size():
     assert (small_car_weights(target, cap=1.0) == 1).all()  # off
 
 
-def test_the_small_car_boost_weighs_a_missed_distant_car_in_training_only():
-    """Missing a distant car costs the training loss more with the boost; validation is unweighed."""
+def test_a_batch_with_small_car_weights_costs_a_missed_distant_car_more():
+    """The loader's collate adds the weights as a third item of the training batch; the loss
+    weighs the BCE with them. Without them (validation) a missed distant car costs less."""
     import torch
 
+    from carmask.losses import collate_with_small_car_weights
     from carmask.train import SegmentationTask
 
-    target = torch.zeros(1, 1, 64, 64)
-    target[0, 0, 4:40, 4:40] = 1
-    target[0, 0, 60:62, 60:62] = 1  # a distant car, missed
-    logits = torch.where(target > 0, 4.0, -4.0)
+    target = torch.zeros(1, 64, 64)
+    target[0, 4:40, 4:40] = 1
+    target[0, 60:62, 60:62] = 1  # a distant car, missed
+    images, targets, weights = collate_with_small_car_weights([(torch.zeros(3, 64, 64), target)], cap=8.0)
+    assert images.shape == (1, 3, 64, 64) and weights.shape == targets.shape == (1, 1, 64, 64)
+    assert weights[0, 0, 61, 61] > 1 and weights[0, 0, 20, 20] == 1
+    logits = torch.where(targets > 0, 4.0, -4.0)
     logits[0, 0, 60:62, 60:62] = -4.0
-    plain = SegmentationTask("unet-scratch", {}, 1e-3, 0.0, small_car_boost=1.0)
-    boosted = SegmentationTask("unet-scratch", {}, 1e-3, 0.0, small_car_boost=8.0)
-    assert boosted.loss(logits, target, boost=True) > plain.loss(logits, target, boost=True) + 1e-4
-    assert boosted.loss(logits, target) == plain.loss(logits, target)
+    task = SegmentationTask("unet-scratch", {}, 1e-3, 0.0)
+    assert task.loss(logits, targets, weights) > task.loss(logits, targets) + 1e-4

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from scipy import ndimage
+from torch.utils.data import default_collate
 
 
 def soft_dice_per_photo(probability: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -22,7 +23,7 @@ def small_car_weights(target: torch.Tensor, below: float = 0.02, cap: float = 4.
 
     In a street frame with one near car and a few distant ones, the distant cars are a percent
     of the car pixels, so the pixel loss hardly asks for them, yet each is a large part of the
-    frame's Dice. Held-out street frames whose cars cover under 2% of them score 0.78-0.86, the
+    frame's Dice. Held-out street frames whose cars cover under 2% of them score 0.78-0.88, the
     rest 0.96 (docs/models.md), hence the default. The cap keeps a sliver from outweighing a car.
     """
     truth = (target.detach() > 0.5).cpu().numpy()
@@ -38,3 +39,11 @@ def small_car_weights(target: torch.Tensor, below: float = 0.02, cap: float = 4.
         per_piece = np.concatenate([[1.0], np.clip(np.sqrt(below / share), 1.0, cap)])
         weights[index] = per_piece[pieces]
     return torch.from_numpy(weights).to(target.device)
+
+
+def collate_with_small_car_weights(batch: list, cap: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A DataLoader collate_fn: (images, targets) plus their `small_car_weights`. It runs in the
+    loader's worker processes, so labelling the pieces of car never holds up the training step
+    (about 70 ms a batch of 8 at 544x736, longer than a GPU step)."""
+    images, targets = default_collate(batch)
+    return images, targets, small_car_weights(targets, cap=cap)

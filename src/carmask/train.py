@@ -28,7 +28,7 @@ from carmask.data.io import read_mask
 from carmask.data.layout import index_dataset
 from carmask.data.split import split_by_car
 from carmask.data.transforms import AugmentConfig, train_transforms
-from carmask.losses import small_car_weights, soft_dice_per_photo
+from carmask.losses import soft_dice_per_photo
 from carmask.models import create_model, model_info
 from carmask.models.io import model_config, save_model, state_checksum
 from carmask.models.outputs import car_mask, car_probability, upsample
@@ -76,8 +76,7 @@ class SegmentationTask(L.LightningModule):
     """Wraps a registry model with the loss and metrics its output kind needs."""
 
     def __init__(self, model_name: str, build: dict, lr: float, weight_decay: float,
-                 full_size: tuple[int, int] = CARVANA_SHAPE, dice_per_photo: bool = False,
-                 small_car_boost: float = 1.0) -> None:
+                 full_size: tuple[int, int] = CARVANA_SHAPE, dice_per_photo: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = create_model(model_name, **build)
@@ -89,14 +88,13 @@ class SegmentationTask(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
 
-    def loss(self, output: torch.Tensor, target: torch.Tensor, boost: bool = False) -> torch.Tensor:
-        """BCE + soft Dice; with `boost` (training only) and a `small_car_boost` above 1, the
-        pixels of small cars weigh more in the BCE (carmask.losses.small_car_weights)."""
+    def loss(self, output: torch.Tensor, target: torch.Tensor,
+             pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """BCE + soft Dice. `pixel_weight` (from a training batch that carries one, such as
+        carmask.losses.collate_with_small_car_weights') weighs the BCE of each pixel."""
         output = output.float()  # losses in fp32 even under AMP
         if self.kind == "logit":
-            weight = small_car_weights(target, cap=self.hparams.small_car_boost) \
-                if boost and self.hparams.small_car_boost > 1 else None
-            bce = F.binary_cross_entropy_with_logits(output, target, weight=weight)
+            bce = F.binary_cross_entropy_with_logits(output, target, weight=pixel_weight)
         elif self.kind == "softmax3":
             bce = F.cross_entropy(output, target[:, 0].long())
         else:  # sigmoid3: each channel is a sigmoid; the target is one-hot over 3 classes
@@ -105,9 +103,9 @@ class SegmentationTask(L.LightningModule):
         return bce + self.dice_loss(car_probability(output, self.kind), target)
 
     def training_step(self, batch, batch_index):
-        images, targets = batch
+        images, targets, *pixel_weight = batch  # a third item: per-pixel weights of the BCE
         output = self(images)
-        loss = self.loss(output, targets, boost=True)
+        loss = self.loss(output, targets, pixel_weight[0] if pixel_weight else None)
         dice = dice_per_image(car_mask(output, self.kind), targets[:, 0] > 0.5).mean()
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
         self.log("train_dice", dice, prog_bar=True, on_step=False, on_epoch=True, sync_dist=True)

@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader
 from carmask.data.anywhere import AnywhereDataset, MixConfig, WildValidationSet, registry_pictures
 from carmask.data.layout import index_dataset
 from carmask.data.wild import read_wild, split_wild
+from carmask.losses import collate_with_small_car_weights
 from carmask.models import model_info
 from carmask.models.io import load_model, model_config, save_model
 from carmask.predict import second_look_config
@@ -99,12 +101,13 @@ def train_anywhere(config: AnywhereConfig, progress_bar: bool = True) -> dict:
                                 config.mix, registry_pictures(), info.mean, info.std)
     val_set = WildValidationSet(wild_val, config.size, info.mean, info.std)
     loader = loader_options(config.workers)
-    train_loader = DataLoader(train_set, batch_size=config.batch, shuffle=True, drop_last=True, **loader)
+    weigh = partial(collate_with_small_car_weights, cap=config.small_car_boost) if config.small_car_boost > 1 else None
+    train_loader = DataLoader(train_set, batch_size=config.batch, shuffle=True, drop_last=True,
+                              collate_fn=weigh, **loader)
     val_loader = DataLoader(val_set, batch_size=config.batch, **loader)
 
     task = SegmentationTask(architecture, {"pretrained": False} if info.takes_pretrained else {},
-                            config.lr, config.weight_decay, dice_per_photo=config.dice_per_photo,
-                            small_car_boost=config.small_car_boost)
+                            config.lr, config.weight_decay, dice_per_photo=config.dice_per_photo)
     task.model.load_state_dict(start.state_dict(), strict=True)
     best, crash_safe = checkpoints(out, steps_between_saves=10)
     gpu = torch.cuda.is_available()
