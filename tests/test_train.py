@@ -218,3 +218,9 @@ def test_a_batch_with_small_car_weights_costs_a_missed_distant_car_more():
     logits[0, 0, 60:62, 60:62] = -4.0
     task = SegmentationTask("unet-scratch", {}, 1e-3, 0.0)
     assert task.loss(logits, targets, weights) > task.loss(logits, targets) + 1e-4
+    # the same for the seed models' three-class outputs (softmax3, sigmoid3)
+    car = torch.sigmoid(logits)
+    three = torch.cat([1 - car, car, torch.zeros_like(car)], dim=1).clamp(1e-6, 1 - 1e-6)
+    for kind, output in (("softmax3", three.log()), ("sigmoid3", three)):
+        task.kind = kind
+        assert task.loss(output, targets, weights) > task.loss(output, targets) + 1e-4, kind

@@ -90,16 +90,18 @@ class SegmentationTask(L.LightningModule):
 
     def loss(self, output: torch.Tensor, target: torch.Tensor,
              pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
-        """BCE + soft Dice. `pixel_weight` (from a training batch that carries one, such as
-        carmask.losses.collate_with_small_car_weights') weighs the BCE of each pixel."""
+        """BCE + soft Dice. `pixel_weight` (B, 1, H, W), from a training batch that carries one
+        (carmask.losses.collate_with_small_car_weights), weighs each pixel's BCE, whatever the
+        output kind."""
         output = output.float()  # losses in fp32 even under AMP
         if self.kind == "logit":
             bce = F.binary_cross_entropy_with_logits(output, target, weight=pixel_weight)
         elif self.kind == "softmax3":
-            bce = F.cross_entropy(output, target[:, 0].long())
+            per_pixel = F.cross_entropy(output, target[:, 0].long(), reduction="none")
+            bce = (per_pixel if pixel_weight is None else per_pixel * pixel_weight[:, 0]).mean()
         else:  # sigmoid3: each channel is a sigmoid; the target is one-hot over 3 classes
             one_hot = torch.cat([1 - target, target, torch.zeros_like(target)], dim=1)
-            bce = F.binary_cross_entropy(output.clamp(1e-6, 1 - 1e-6), one_hot)
+            bce = F.binary_cross_entropy(output.clamp(1e-6, 1 - 1e-6), one_hot, weight=pixel_weight)
         return bce + self.dice_loss(car_probability(output, self.kind), target)
 
     def training_step(self, batch, batch_index):
