@@ -136,6 +136,47 @@ def test_paste_shadow_and_colour_change_only_what_they_should(held_out):
     assert (image[:20] == 200).all()  # the sky is not
 
 
+def test_a_reflection_on_a_glossy_floor_is_not_car(held_out):
+    """With `reflection`, the car's mirror image lies below its wheels; the mask is the same as
+    without it, so the reflection is taught as not car."""
+    import cv2
+
+    from carmask.data.io import read_mask, read_photo
+    from carmask.data.paste import PasteConfig, paste_car
+
+    photo, truth = read_photo(held_out[0]).pixels, read_mask(held_out[1])
+    floor = np.full((360, 480, 3), 60, np.uint8)
+    plain = PasteConfig(colour=0.0, blur=(0.0, 0.0), shadow=(0.0, 0.0), ground=(0.6, 0.6))
+    glossy = PasteConfig(colour=0.0, blur=(0.0, 0.0), shadow=(0.0, 0.0), ground=(0.6, 0.6),
+                         reflection=1.0, reflection_strength=(0.5, 0.5))
+    image, mask = paste_car(photo, truth, floor, np.random.default_rng(3), plain)
+    mirrored, same_mask = paste_car(photo, truth, floor, np.random.default_rng(3), glossy)
+    np.testing.assert_array_equal(same_mask, mask)
+    rows = np.nonzero(mask.any(axis=1))[0]
+    bottom, depth = rows[-1] + 1, 20
+    footprint = np.zeros_like(mask)  # the car's mask mirrored about its lowest row
+    footprint[bottom:bottom + depth] = mask[bottom - depth:bottom][::-1]
+    changed = (mirrored != image).any(axis=2)
+    assert (image[bottom:] == 60).all()  # no reflection: the bare floor
+    assert changed[footprint].mean() > 0.8  # the car, mirrored and faint
+    near = cv2.dilate(footprint.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    assert not changed[:bottom].any() and not changed[bottom:bottom + depth][~near[bottom:bottom + depth]].any()
+
+
+def test_a_caption_is_written_over_the_picture(held_out):
+    """Dealers' captions and stock watermarks: letters 4-15% of the height tall somewhere on the
+    picture, the rest untouched (the mask is not passed in, so it cannot change)."""
+    from carmask.data.paste import overlay_caption
+
+    wall = np.full((360, 480, 3), 128, np.uint8)
+    for seed in range(8):
+        out = overlay_caption(wall, np.random.default_rng(seed))
+        assert out.shape == wall.shape and out.dtype == np.uint8
+        changed_rows = np.nonzero((out != 128).any(axis=(1, 2)))[0]
+        assert len(changed_rows), seed
+        assert changed_rows[-1] - changed_rows[0] < 0.3 * wall.shape[0]  # a line of text
+
+
 def test_a_street_photos_own_cars_stay_in_the_mask(held_out):
     from carmask.data.io import read_mask, read_photo
     from carmask.data.paste import PasteConfig, paste_car

@@ -24,7 +24,8 @@ from torchvision import tv_tensors
 from carmask.data.dataset import IMAGENET_MEAN, IMAGENET_STD, fit_mask, fit_photo, load_mask
 from carmask.data.io import read_image, read_mask, read_photo
 from carmask.data.layout import Record
-from carmask.data.paste import PasteConfig, StreetPasteConfig, paste_car, paste_street_cars
+from carmask.data.paste import (PasteConfig, StreetPasteConfig, overlay_caption, paste_car,
+                                paste_street_cars)
 from carmask.data.transforms import AugmentConfig, normalize, train_transforms
 from carmask.data.wild import WildPhoto
 
@@ -42,9 +43,12 @@ class MixConfig:
     two_cars: float = 0.2  # chance a pasted picture gets a second car
     synthetic: float = 0.35  # share of synthetic backgrounds among pasted pictures
     registry: float = 0.15  # share of registry photos among pasted pictures (street frames: the rest)
-    # a third of pasted cars as small as the distant cars of a street (general-r3; r1 had none)
-    # a quarter of the backgrounds streaked as in a panning shot (r11)
-    paste: PasteConfig = PasteConfig(small=0.35, motion=0.25)
+    # a third of pasted cars as small as the distant cars of a street (general-r3; r1 had none);
+    # a quarter of the backgrounds streaked as in a panning shot (r11); a fifth of the cars on a
+    # glossy floor (r22)
+    paste: PasteConfig = PasteConfig(small=0.35, motion=0.25, reflection=0.2)
+    # share of outdoor pictures (real or pasted) with a caption or watermark over them (r22)
+    caption: float = 0.15
     # zooming in as far as 1.6x shows small cars at more sizes (r1: 0.9-1.25)
     augment: AugmentConfig = AugmentConfig(scale=(0.8, 1.6), shift=0.08, color_jitter=0.3)
     # share of real street frames that get cars cut from another training frame (r1-r9: none;
@@ -108,13 +112,16 @@ class AnywhereDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([torch.initial_seed() % 2**32, index])
-        draw = rng.random()
+        draw, outdoor = rng.random(), True
         if self.wild and (draw < self.config.wild or not self.studio):
             photo, mask = self._real_photo(self.wild[rng.integers(len(self.wild))], rng)
         elif draw < self.config.wild + self.config.studio:
             photo, mask = self._studio_photo(self.studio[rng.integers(len(self.studio))], self.size)
+            outdoor = False
         else:
             photo, mask = self._pasted(rng)
+        if outdoor and self.config.caption and rng.random() < self.config.caption:
+            photo = overlay_caption(photo, rng)
         image = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1))
         target = tv_tensors.Mask(torch.from_numpy(mask.astype(np.uint8))[None])
         with torch.random.fork_rng(devices=[]):  # the transforms draw from torch: seed them too
