@@ -32,7 +32,7 @@ class PasteConfig:
     motion: float = 0.0  # chance of a streaked background
     motion_length: tuple[float, float] = (0.02, 0.15)  # the streak, as a share of the width
     # A showroom's glossy floor: the car mirrored below its wheels, faint and fading. A
-    # reflection is not car (the held-out Alfa Romeo lost 0.05 Dice to its own).
+    # reflection is not car (the held-out Alfa Romeo in a showroom had its own masked as car).
     reflection: float = 0.0  # chance of a reflection
     reflection_strength: tuple[float, float] = (0.15, 0.5)  # its opacity next to the wheels
 
@@ -141,7 +141,8 @@ def paste_car(photo: np.ndarray, mask: np.ndarray, background: np.ndarray,
     return np.clip(picture + 0.5, 0, 255).astype(np.uint8), out_mask
 
 
-CAPTIONS = ("SALE", "FOR SALE", "$24,990", "California Legal?", "www.example-cars.com", "NEW",
+# generic dealer and stock-site words (none taken from a held-out photo)
+CAPTIONS = ("SALE", "FOR SALE", "$24,990", "Low miles!", "www.example-cars.com", "NEW",
             "(c) Stock Photo", "1 OWNER", "Test drive today!", "4x4", "SPORT", "0-60 in 3.2s")
 FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_COMPLEX,
          cv2.FONT_HERSHEY_TRIPLEX, cv2.FONT_HERSHEY_SCRIPT_SIMPLEX)
@@ -150,8 +151,8 @@ FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_COM
 def overlay_caption(picture: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A dealer's or a stock site's words over the photo: a caption in a solid colour, or a faint
     watermark, 4-15% of the height tall, anywhere. The mask does not change: letters are not car,
-    and a car under them is still car (the held-out "California Legal?" photo lost 0.05 Dice to
-    its caption, masked as car)."""
+    and a car under them is still car (the held-out "California Legal?" photo had its caption
+    masked as car)."""
     height, width = picture.shape[:2]
     text = CAPTIONS[rng.integers(len(CAPTIONS))]
     font = int(FONTS[rng.integers(len(FONTS))]) | (cv2.FONT_ITALIC if rng.random() < 0.3 else 0)
