@@ -164,17 +164,16 @@ def test_a_reflection_on_a_glossy_floor_is_not_car(held_out):
 
 
 def test_a_caption_is_written_over_the_picture(held_out):
-    """Dealers' captions and stock watermarks: letters 4-15% of the height tall somewhere on the
-    picture, the rest untouched (the mask is not passed in, so it cannot change)."""
+    """Dealers' captions and stock watermarks: a line of letters somewhere on the picture, the
+    rest untouched (the mask is not passed in, so it cannot change)."""
     from carmask.data.paste import overlay_caption
 
     wall = np.full((360, 480, 3), 128, np.uint8)
     for seed in range(8):
         out = overlay_caption(wall, np.random.default_rng(seed))
         assert out.shape == wall.shape and out.dtype == np.uint8
-        changed_rows = np.nonzero((out != 128).any(axis=(1, 2)))[0]
-        assert len(changed_rows), seed
-        assert changed_rows[-1] - changed_rows[0] < 0.3 * wall.shape[0]  # a line of text
+        changed = (out != 128).any(axis=2)
+        assert 0 < changed.mean() < 0.2, seed  # letters, not a veil over the picture
 
 
 def test_a_street_photos_own_cars_stay_in_the_mask(held_out):

@@ -31,8 +31,8 @@ class PasteConfig:
     # took a blurred road for car).
     motion: float = 0.0  # chance of a streaked background
     motion_length: tuple[float, float] = (0.02, 0.15)  # the streak, as a share of the width
-    # A showroom's glossy floor: the car mirrored below its wheels, faint and fading. A
-    # reflection is not car (the held-out Alfa Romeo in a showroom had its own masked as car).
+    # A showroom's glossy floor or a wet street: the car mirrored below its wheels, faint and
+    # fading. A reflection is not car.
     reflection: float = 0.0  # chance of a reflection
     reflection_strength: tuple[float, float] = (0.15, 0.5)  # its opacity next to the wheels
 
@@ -149,26 +149,36 @@ FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_COM
 
 
 def overlay_caption(picture: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A dealer's or a stock site's words over the photo: a caption in a solid colour, or a faint
-    watermark, 4-15% of the height tall, anywhere. The mask does not change: letters are not car,
-    and a car under them is still car (the held-out "California Legal?" photo had its caption
-    masked as car)."""
+    """A dealer's or a stock site's words over the photo: a caption in a solid colour, often with
+    a dark or light outline, or a faint watermark; 4-20% of the height tall, tilted by up to 15
+    degrees, anywhere. The mask does not change: letters are not car, and a car under them is
+    still car (the held-out "California Legal?" photo had its caption masked as car)."""
     height, width = picture.shape[:2]
     text = CAPTIONS[rng.integers(len(CAPTIONS))]
     font = int(FONTS[rng.integers(len(FONTS))]) | (cv2.FONT_ITALIC if rng.random() < 0.3 else 0)
-    scale = rng.uniform(0.04, 0.15) * height / cv2.getTextSize(text, font, 1.0, 1)[0][1]
+    scale = rng.uniform(0.04, 0.2) * height / cv2.getTextSize(text, font, 1.0, 1)[0][1]
     thickness = max(1, round(scale * rng.uniform(1, 3)))
     (text_w, text_h), _ = cv2.getTextSize(text, font, scale, thickness)
     origin = (int(rng.integers(-text_w // 4, max(1, width - text_w // 2))),
               int(rng.integers(text_h, height + 1)))
-    layer = np.zeros((height, width), np.uint8)
-    cv2.putText(layer, text, origin, font, scale, 255, thickness, cv2.LINE_AA)
-    if rng.random() < 0.5:  # a watermark: faint, light
+    fill = np.zeros((height, width), np.uint8)
+    cv2.putText(fill, text, origin, font, scale, 255, thickness, cv2.LINE_AA)
+    watermark, outline = rng.random() < 0.4, np.zeros_like(fill)
+    if not watermark and rng.random() < 0.6:
+        stroke = max(1, round(text_h * rng.uniform(0.04, 0.1)))
+        outline = cv2.dilate(fill, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * stroke + 1,) * 2))
+    centre = (origin[0] + text_w / 2, origin[1] - text_h / 2)
+    tilt = cv2.getRotationMatrix2D(centre, rng.uniform(-15, 15), 1.0)
+    fill, outline = (cv2.warpAffine(layer, tilt, (width, height)) for layer in (fill, outline))
+    if watermark:  # faint and light
         colour, opacity = np.full(3, rng.uniform(180, 255)), rng.uniform(0.2, 0.5)
     else:
         colour, opacity = rng.integers(0, 256, 3).astype(np.float64), 1.0
-    a = (layer.astype(np.float32) / 255 * opacity)[..., None]
-    out = picture.astype(np.float32) * (1 - a) + colour.astype(np.float32) * a
+    out = picture.astype(np.float32)
+    edge = np.full(3, 0.0 if colour.mean() > 127 else 255.0)  # the outline contrasts with the fill
+    for layer, paint in ((outline, edge), (fill, colour)):
+        a = (layer.astype(np.float32) / 255 * opacity)[..., None]
+        out = out * (1 - a) + paint.astype(np.float32) * a
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
