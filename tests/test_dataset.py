@@ -163,7 +163,7 @@ def test_a_reflection_on_a_glossy_floor_is_not_car(held_out):
     assert not changed[:bottom].any() and not changed[bottom:bottom + depth][~near[bottom:bottom + depth]].any()
 
 
-def test_a_caption_is_written_over_the_picture(held_out):
+def test_a_caption_is_written_over_the_picture():
     """Dealers' captions and stock watermarks: a line of letters somewhere on the picture, the
     rest untouched (the mask is not passed in, so it cannot change)."""
     from carmask.data.paste import overlay_caption
