@@ -5,8 +5,9 @@
 #      own 10 validation cars (--val-cars shipped; fold 0 of the grown folder would hold out cars
 #      it trained on);
 #   2. continue the general model (issue 12: cars on any background) for many more epochs than
-#      a CPU can give (trained at 352x480, run at 448x608, as the shipped one), when the outdoor
-#      photos came along (WILD, 19 MB);
+#      a CPU can give (trained at 544x736, run at 448x608 with a second look at 544x736, as the
+#      shipped one; GENERAL_SIZE and GENERAL_SECOND_LOOK try larger), when the outdoor photos
+#      came along (WILD, 19 MB);
 #   3. the prediction throughput of the shipped and the new model (issue 13's figure): the fast
 #      path (runs found on the GPU) against the plain path as the baseline, in the same run.
 # The photos travel packed, in two parts, because one call carries at most 64 MiB:
