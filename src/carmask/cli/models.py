@@ -79,6 +79,10 @@ def train(
     vflip: Annotated[bool, typer.Option(help="Also flip up/down, as the seed did.")] = False,
     half: Annotated[bool, typer.Option(help="Export the model in fp16 (half the size).")] = False,
     resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint.")] = False,
+    cache: Annotated[
+        Optional[Path], typer.Option(help="Decode and resize the photos once into this folder "
+                                          "(uint8 at the training size), for long CPU runs.")
+    ] = None,
 ) -> None:
     """Train a model with Lightning and export the best weights to OUT/model.safetensors."""
     from carmask.data.transforms import AugmentConfig
@@ -120,6 +124,7 @@ def train(
         augment=AugmentConfig(vflip=vflip),
         export_half=half,
         resume=resume,
+        cache=cache,
     )
     try:
         summary = run_training(config)

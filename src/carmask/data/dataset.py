@@ -71,6 +71,7 @@ class SegmentationDataset(Dataset):
         std: tuple[float, ...] = IMAGENET_STD,
         channels: int = 3,
         source_size: tuple[int, int] = (1280, 1918),
+        cache: Path | None = None,
     ) -> None:
         missing = [r.image_id for r in records if r.mask_path is None]
         if missing:
@@ -80,14 +81,33 @@ class SegmentationDataset(Dataset):
         self.transform = transform
         self.mean, self.std, self.channels = mean, std, channels
         self.source_size = source_size
+        # decoded and resized once, as uint8 .npy at the training size, so long runs on a
+        # CPU spend their cores on the model rather than on JPEG and GIF decoding
+        self.cache = Path(cache) / f"{self.size[0]}x{self.size[1]}-c{channels}" if cache else None
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        record = self.records[index]
+    def _load(self, record: Record) -> tuple[np.ndarray, np.ndarray]:
+        cached = self.cache / f"{record.image_id}.npz" if self.cache else None
+        if cached is not None and cached.is_file():
+            try:
+                with np.load(cached) as stored:
+                    return stored["photo"], stored["mask"]
+            except (OSError, ValueError, KeyError):
+                pass  # a file cut short by a kill: decode again and rewrite it
         photo = load_photo(record.image_path, self.size, self.source_size, self.channels)
         mask = load_mask(record.mask_path, self.size)
+        if cached is not None:
+            from carmask.atomic import atomic_path
+
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(cached) as tmp, open(tmp, "wb") as file:
+                np.savez(file, photo=photo, mask=mask)
+        return photo, mask
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        photo, mask = self._load(self.records[index])
         image = tv_tensors.Image(torch.from_numpy(photo).permute(2, 0, 1))
         target = tv_tensors.Mask(torch.from_numpy(mask.astype(np.uint8))[None])
         if self.transform is not None:
