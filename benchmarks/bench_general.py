@@ -4,7 +4,7 @@ studio model alone on the same photos (the default before).
 
 Target: at most 1.5x the baseline's time per photo, on outdoor photos (480x360) and on Carvana
 studio photos (1918x1280). The street frames of distant cars are also timed alone: the general
-model looks at them twice (carmask.predict.SecondLook), so they are its dearest photos.
+model looks at them twice (carmask.inference.predictor.SecondLook), so they are its dearest photos.
 
     python benchmarks/bench_general.py [--photos 40]
 """
@@ -17,8 +17,8 @@ import time
 from common import CARVANA, report, require_data
 
 from carmask.data.wild import read_wild, split_wild
-from carmask.predict import Predictor
-from carmask.route import AutoPredictor
+from carmask.inference.predictor import Predictor
+from carmask.inference.route import AutoPredictor
 
 TARGET = 1.5
 

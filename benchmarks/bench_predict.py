@@ -35,13 +35,13 @@ from pathlib import Path
 
 from common import OUTPUT, report, require_data
 
-from carmask.models.io import load_model_config
+from carmask.training.models.io import load_model_config
 
 RUN = """
 import json, resource, sys, time
 from pathlib import Path
-from carmask.predict import Predictor
-from carmask.predict_job import run_prediction
+from carmask.inference.predictor import Predictor
+from carmask.inference.job import run_prediction
 photos = json.loads(Path(sys.argv[1]).read_text()); backend = sys.argv[2]; size = tuple(json.loads(sys.argv[3]) or ()) or None
 device, model, batch, workers = sys.argv[5], sys.argv[6] or None, int(sys.argv[7]), int(sys.argv[8]) or None
 fast = {"auto": None, "plain": False, "fast": True}[sys.argv[9]]
@@ -89,7 +89,7 @@ def profile(photos: list[Path], out: Path) -> None:
     each stage's median and mean ms per photo and its share of the total. A stage that runs on a
     batch counts its time divided among the batch's photos. Onnxruntime on the CPU, torch on a
     GPU; on a GPU, also the alternative to the copy back and `encode`: the runs found on the
-    device (`rle.device_runs`) and only they copied back."""
+    device (`device_rle.device_runs`) and only they copied back."""
     import io
     import statistics
     import time
@@ -97,10 +97,11 @@ def profile(photos: list[Path], out: Path) -> None:
     import numpy as np
     import torch
 
-    from carmask import rle
+    from carmask.kaggle import rle
+    from carmask.training import device_rle
     from carmask.data.io import read_photo
-    from carmask.models.outputs import car_mask, upsample
-    from carmask.predict import Predictor
+    from carmask.training.models.outputs import car_mask, upsample
+    from carmask.inference.predictor import Predictor
 
     args = OPTIONS
     backend = "onnx" if args.device == "cpu" else "torch"
@@ -126,7 +127,7 @@ def profile(photos: list[Path], out: Path) -> None:
                 for o, s in zip(outputs, sizes)]
 
     def device_rle(masks):
-        return [rle.encode_runs(*runs) for runs in rle.device_runs(torch.stack(masks))]
+        return [device_rle.encode_runs(*runs) for runs in device_rle.device_runs(torch.stack(masks))]
 
     def pipeline(chunk: list[Path], csv) -> None:
         n = len(chunk)

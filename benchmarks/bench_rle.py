@@ -11,7 +11,7 @@ import numpy as np
 
 from common import median_ms, report, require_data
 
-from carmask import rle
+from carmask.kaggle import rle
 from carmask.data.io import read_mask
 
 

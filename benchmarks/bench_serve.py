@@ -34,7 +34,7 @@ from PIL import Image
 
 SERVER = """
 import sys
-from carmask.serve import ServeConfig, serve
+from carmask.apps.serve import ServeConfig, serve
 serve("127.0.0.1", int(sys.argv[1]), backend=sys.argv[2],
       config=ServeConfig(cache=0, max_pixels=12_000_000, max_bytes=4 * 2**20))
 """
@@ -49,7 +49,7 @@ def free_port() -> int:
 def held_out_photos(count: int) -> list[bytes]:
     from carmask.data.layout import index_dataset
     from carmask.data.split import split_by_car
-    from carmask.models.io import SHIPPED_MODEL, read_config
+    from carmask.training.models.io import SHIPPED_MODEL, read_config
 
     training = read_config(SHIPPED_MODEL)["training"]
     index = index_dataset(require_data(), check_pixels=False)

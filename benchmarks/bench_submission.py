@@ -13,9 +13,9 @@ import time
 from common import OUTPUT, report, require_data
 
 from carmask.data.io import read_mask
-from carmask.parallel import imap_bounded
-from carmask.submission import check_submission, read_sample_names
-from carmask.submission_writer import SubmissionWriter
+from carmask.util.parallel import imap_bounded
+from carmask.kaggle.submission import check_submission, read_sample_names
+from carmask.kaggle.writer import SubmissionWriter
 from bench_rle import seed_rle_encode
 
 

@@ -18,8 +18,8 @@ import torch
 
 from common import CARVANA, OUTPUT, machine, report
 
-from carmask.models import create_bare_model, list_models
-from carmask.train import TrainConfig, train
+from carmask.training.models import create_bare_model, list_models
+from carmask.training.train import TrainConfig, train
 
 
 def inference_ms(name: str, size: tuple[int, int], channels: int, repeat: int = 3) -> float:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from carmask import rle
+from carmask.kaggle import rle
 from carmask.data.io import read_mask
 
 FULL = (1918, 1280)  # (width, height)

@@ -40,7 +40,7 @@ BATCH=${BATCH:-16}
 THROUGHPUT=${THROUGHPUT:-2000}
 WILD=${WILD:-.gpu/wild}
 # trained at the second look's size, where the photos it misses most are looked at (the shipped
-# average's r13 and r14 trained there; docs/models.md)
+# average's r13 and r14 trained there; docs/training-history.md)
 GENERAL_SIZE=${GENERAL_SIZE:-544x736}
 GENERAL_PREDICT_SIZE=${GENERAL_PREDICT_SIZE:-448x608}
 GENERAL_SECOND_LOOK=${GENERAL_SECOND_LOOK:-544x736}

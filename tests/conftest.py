@@ -57,7 +57,7 @@ def synth_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synth_run(synth_data, tmp_path_factory):
     """A unet-mnv2 trained for 3 short epochs on `synth_data` at 64x96: (run folder, summary)."""
-    from carmask.train import TrainConfig, train
+    from carmask.training.train import TrainConfig, train
     out = tmp_path_factory.mktemp("run")
     config = TrainConfig(data=synth_data, model="unet-mnv2", out=out, size=(64, 96), epochs=3,
                          batch=8, lr=3e-3, folds=3, workers=0, seed=0)
@@ -78,7 +78,7 @@ def held_out(carvana: Path) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def shipped_predictor():
     """The shipped model on onnxruntime, loaded once for the session."""
-    from carmask.predict import Predictor
+    from carmask.inference.predictor import Predictor
     return Predictor(backend="onnx")
 
 
@@ -147,5 +147,5 @@ def wild() -> Path:
 @pytest.fixture(scope="session")
 def auto_predictor():
     """The default of every consumer: the studio and the general model on onnxruntime."""
-    from carmask.route import AutoPredictor
+    from carmask.inference.route import AutoPredictor
     return AutoPredictor(backend="onnx")

@@ -12,11 +12,11 @@ import torch
 from typer.testing import CliRunner
 
 from carmask.cli import app
-from carmask.cutout import largest_car
+from carmask.apps.cutout import largest_car
 from carmask.data.io import DataError, read_mask, read_photo
 from carmask.data.wild import read_wild, split_wild
-from carmask.evaluate import dice_and_iou
-from carmask.route import studio_look
+from carmask.apps.evaluate import dice_and_iou
+from carmask.inference.route import studio_look
 
 
 def index_rows(folder):
@@ -51,7 +51,7 @@ def test_a_broken_outdoor_folder_is_named(tmp_path, wild):
 
 
 def test_training_samples_mix_real_pasted_and_studio_photos(wild, carvana):
-    from carmask.data.anywhere import AnywhereDataset, MixConfig, synthetic_background
+    from carmask.training.data.anywhere import AnywhereDataset, MixConfig, synthetic_background
     from carmask.data.layout import index_dataset
 
     training, _ = split_wild(read_wild(wild))
@@ -85,7 +85,7 @@ def test_street_cars_pasted_into_another_frame_keep_their_masks_pixel_for_pixel(
     pixel every mask pixel is car and every other pixel untouched wall; a frame's own cars stay."""
     import cv2
 
-    from carmask.data.paste import StreetPasteConfig, paste_street_cars
+    from carmask.training.data.paste import StreetPasteConfig, paste_street_cars
 
     training, _ = split_wild(read_wild(wild))
     streets = [p for p in training if p.kind == "camvid"]
@@ -189,7 +189,7 @@ def test_largest_keeps_only_the_biggest_car():
 
 
 def test_drop_specks_keeps_only_regions_of_at_least_the_share():
-    from carmask.models.outputs import drop_specks
+    from carmask.training.models.outputs import drop_specks
 
     mask = np.zeros((100, 100), bool)
     mask[10:40, 10:40] = True  # 900 px: 9% of the picture
@@ -203,7 +203,7 @@ def test_drop_specks_keeps_only_regions_of_at_least_the_share():
 
 
 def test_the_general_model_drops_specks_of_false_car_and_keeps_small_cars():
-    from carmask.predict import Predictor
+    from carmask.inference.predictor import Predictor
 
     general = Predictor("general", backend="torch")
     assert 0 < general.min_car_area <= 0.001 and not general.finds_runs
@@ -227,7 +227,7 @@ def test_the_general_model_drops_specks_of_false_car_and_keeps_small_cars():
 def test_photos_of_small_cars_get_a_second_larger_look_and_others_one(wild):
     import torch.nn.functional as F
 
-    from carmask.predict import Predictor
+    from carmask.inference.predictor import Predictor
 
     general = Predictor("general", backend="torch")
     once = Predictor("general", backend="torch", second_look=False)
@@ -248,7 +248,7 @@ def test_photos_of_small_cars_get_a_second_larger_look_and_others_one(wild):
 
 
 def test_the_second_look_masks_held_out_distant_cars_better(auto_predictor, wild):
-    from carmask.predict import Predictor
+    from carmask.inference.predictor import Predictor
 
     _, validation = split_wild(read_wild(wild))
     frames = [p for p in validation if p.kind == "camvid" and 0 < read_mask(p.mask_path).mean() < 0.005]
@@ -261,7 +261,7 @@ def test_the_second_look_masks_held_out_distant_cars_better(auto_predictor, wild
     def mean_dice(predictor) -> float:
         return float(np.mean([dice_and_iou(m, t)[0] for m, t in zip(predictor.predict(pixels), truths)]))
 
-    # measured on 29 frames: 0.789 against 0.764 (docs/models.md, "A second look")
+    # measured on 29 frames: 0.789 against 0.764 (docs/training-history.md, "A second look")
     assert mean_dice(auto_predictor.general) > mean_dice(Predictor("general", second_look=False)) + 0.01
 
 
@@ -333,8 +333,8 @@ def test_a_submission_is_always_the_studio_models_and_loose_masks_get_the_choice
 
 
 def test_a_retrained_general_model_keeps_the_second_look_of_the_model_it_started_from():
-    from carmask.models.io import load_model_config
-    from carmask.train_anywhere import exported_second_look
+    from carmask.training.models.io import load_model_config
+    from carmask.training.general import exported_second_look
 
     general = load_model_config("general")
     assert general["second_look"] is not None
@@ -347,7 +347,7 @@ def test_a_retrained_general_model_keeps_the_second_look_of_the_model_it_started
 
 
 def test_train_general_writes_a_general_model_that_keeps_the_studio_cars_out(carvana, wild, tmp_path):
-    from carmask.models.io import load_model_config, read_config
+    from carmask.training.models.io import load_model_config, read_config
 
     out = tmp_path / "general"
     result = CliRunner().invoke(app, ["train-general", "--data", str(carvana), "--wild", str(wild),

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from carmask import rle
+from carmask.kaggle import rle
 from carmask.data.io import read_mask
 
 
@@ -149,8 +149,8 @@ def test_rle_decode_out_paths(tmp_path):
 def test_average_writes_the_mean_of_fine_tuned_models_and_refuses_a_mix(tmp_path):
     import torch
 
-    from carmask.models import create_bare_model
-    from carmask.models.io import load_model, model_config, save_model
+    from carmask.training.models import create_bare_model
+    from carmask.training.models.io import load_model, model_config, save_model
 
     paths = []
     for seed in range(3):
@@ -183,7 +183,7 @@ def test_average_writes_the_mean_of_fine_tuned_models_and_refuses_a_mix(tmp_path
     alone = carmask("average", str(paths[0]), "--out", str(tmp_path / "alone.safetensors"))
     assert alone.returncode != 0 and "at least two" in alone.stderr
     # a file with an outline refiner would lose it: refused, with what to do instead
-    from carmask.models.io import attach_refiner
+    from carmask.training.models.io import attach_refiner
 
     save_model(create_bare_model("refiner-mnv2"), other, model_config("refiner-mnv2", (64, 64), geometry={}))
     combined = attach_refiner(paths[1], other, tmp_path / "combined.safetensors")

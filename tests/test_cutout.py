@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from carmask.cli import app
-from carmask.cutout import (
+from carmask.apps.cutout import (
     TRANSPARENT,
     Background,
     CutoutError,
@@ -25,7 +25,7 @@ from carmask.cutout import (
     parse_background,
 )
 from carmask.data.io import read_image, read_mask
-from carmask.evaluate import dice_and_iou
+from carmask.apps.evaluate import dice_and_iou
 
 
 def disc(size=(60, 80), radius=20) -> np.ndarray:

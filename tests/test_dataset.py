@@ -4,9 +4,9 @@ import torch
 from torchvision.transforms import v2
 
 from carmask.data import index_dataset, read_image, read_mask
-from carmask.data.dataset import (IMAGENET_MEAN, IMAGENET_STD, PhotoDataset, SegmentationDataset,
+from carmask.training.data.dataset import (IMAGENET_MEAN, IMAGENET_STD, PhotoDataset, SegmentationDataset,
                                   decode_reduction)
-from carmask.data.transforms import AugmentConfig, train_transforms
+from carmask.training.data.transforms import AugmentConfig, train_transforms
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_pasted_cars_keep_their_masks_pixel_for_pixel(held_out):
     import cv2
 
     from carmask.data.io import read_mask, read_photo
-    from carmask.data.paste import PasteConfig, paste_car
+    from carmask.training.data.paste import PasteConfig, paste_car
 
     photo, truth = read_photo(held_out[0]).pixels, read_mask(held_out[1])
     wall = np.zeros((360, 480, 3), np.uint8)
@@ -124,7 +124,7 @@ def test_pasted_cars_keep_their_masks_pixel_for_pixel(held_out):
 
 def test_paste_shadow_and_colour_change_only_what_they_should(held_out):
     from carmask.data.io import read_mask, read_photo
-    from carmask.data.paste import PasteConfig, paste_car
+    from carmask.training.data.paste import PasteConfig, paste_car
 
     photo, truth = read_photo(held_out[0]).pixels, read_mask(held_out[1])
     wall = np.full((360, 480, 3), 200, np.uint8)
@@ -142,7 +142,7 @@ def test_a_reflection_on_a_glossy_floor_is_not_car(held_out):
     import cv2
 
     from carmask.data.io import read_mask, read_photo
-    from carmask.data.paste import PasteConfig, paste_car
+    from carmask.training.data.paste import PasteConfig, paste_car
 
     photo, truth = read_photo(held_out[0]).pixels, read_mask(held_out[1])
     floor = np.full((360, 480, 3), 60, np.uint8)
@@ -166,7 +166,7 @@ def test_a_reflection_on_a_glossy_floor_is_not_car(held_out):
 def test_a_caption_is_written_over_the_picture():
     """Dealers' captions and stock watermarks: a line of letters somewhere on the picture, the
     rest untouched (the mask is not passed in, so it cannot change)."""
-    from carmask.data.paste import overlay_caption
+    from carmask.training.data.paste import overlay_caption
 
     wall = np.full((360, 480, 3), 128, np.uint8)
     for seed in range(8):
@@ -178,7 +178,7 @@ def test_a_caption_is_written_over_the_picture():
 
 def test_a_street_photos_own_cars_stay_in_the_mask(held_out):
     from carmask.data.io import read_mask, read_photo
-    from carmask.data.paste import PasteConfig, paste_car
+    from carmask.training.data.paste import PasteConfig, paste_car
 
     photo, truth = read_photo(held_out[0]).pixels, read_mask(held_out[1])
     street = np.full((360, 480, 3), 90, np.uint8)
@@ -198,7 +198,7 @@ def test_a_panning_shot_streaks_the_background_and_not_the_car(held_out):
     import cv2
 
     from carmask.data.io import read_mask, read_photo
-    from carmask.data.paste import PasteConfig, motion_blur, paste_car
+    from carmask.training.data.paste import PasteConfig, motion_blur, paste_car
 
     photo, truth = read_photo(held_out[0]).pixels, read_mask(held_out[1])
     stripes = np.zeros((360, 480, 3), np.uint8)
@@ -219,7 +219,7 @@ def test_small_pasted_cars_are_as_small_as_distant_street_cars(held_out):
     """With `small` set, that share of pasted cars is drawn a few percent of the picture wide
     (the street's distant cars), and their masks still hold the car."""
     from carmask.data.io import read_mask, read_photo
-    from carmask.data.paste import PasteConfig, paste_car
+    from carmask.training.data.paste import PasteConfig, paste_car
 
     photo, truth = read_photo(held_out[0]).pixels, read_mask(held_out[1])
     wall = np.full((360, 480, 3), 90, np.uint8)

@@ -1,4 +1,4 @@
-"""The data report (carmask.eda) on small real-data folders, and the HTML helpers it uses.
+"""The data report (carmask.apps.eda) on small real-data folders, and the HTML helpers it uses.
 
 The real-data tests symlink a few cars of ../shared/data/carvana (the `carvana` fixture of
 conftest.py, which skips with a reason when the data is absent) into a temporary Kaggle layout.
@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 from carmask.data import index_dataset
-from carmask.eda import SECTIONS, write_eda_report
-from carmask.report import (Raw, figure_to_data_uri, image_to_data_uri, overlay, page, table_html,
+from carmask.apps.eda import SECTIONS, write_eda_report
+from carmask.apps.report import (Raw, figure_to_data_uri, image_to_data_uri, overlay, page, table_html,
                             write_html)
 
 DATA_URI = re.compile(r'src="data:image/(png|jpeg);base64,([A-Za-z0-9+/=]+)"')
@@ -180,7 +180,7 @@ def test_folder_with_only_test_photos(carvana, tmp_path):
         assert f"<h2>{html.escape(heading)}</h2>" in text
 
 
-# --------------------------------------------------------------------------- carmask.report
+# --------------------------------------------------------------------------- carmask.apps.report
 
 def test_table_escapes_cells_and_formats_numbers():
     out = table_html([{"name": "<script>x</script>", "share": 0.25, "raw": Raw("<b>ok</b>")}],

@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from carmask import rle
-from carmask.predict import Predictor
-from carmask.predict_job import run_prediction, shard_of
-from carmask.submission import check_submission, merge_submissions
+from carmask.kaggle import rle
+from carmask.inference.predictor import Predictor
+from carmask.inference.job import run_prediction, shard_of
+from carmask.kaggle.submission import check_submission, merge_submissions
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +73,10 @@ def test_runs_masks_and_confidence_match_the_plain_path_with_tta_and_mixed_sizes
 
 def test_the_job_takes_the_fast_path_for_a_submission_alone(synth_torch, photos, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(Predictor, "predict_runs",
-                        lambda self, *a, real=Predictor.predict_runs, **k: calls.append(1) or real(self, *a, **k))
+    from carmask.training.torch_backend import TorchPredictor
+
+    monkeypatch.setattr(TorchPredictor, "predict_runs",
+                        lambda self, *a, real=TorchPredictor.predict_runs, **k: calls.append(1) or real(self, *a, **k))
     names = list(photos)[:4]
     run_prediction(synth_torch, photos, names, submission=tmp_path / "a.csv")
     assert calls == [1]  # a submission alone on torch: fast

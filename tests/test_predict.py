@@ -13,9 +13,9 @@ import pytest
 
 from carmask.data.io import read_mask
 from carmask.data.layout import index_dataset
-from carmask.evaluate import dice_and_iou, evaluate
-from carmask.predict import Predictor
-from carmask.submission import check_submission, read_sample_names
+from carmask.apps.evaluate import dice_and_iou, evaluate
+from carmask.inference.predictor import Predictor
+from carmask.kaggle.submission import check_submission, read_sample_names
 
 
 def carmask(*args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -56,7 +56,7 @@ def test_submission_masks_match_the_predictor(model, test_folder, tmp_path):
     photo = test_folder / "test" / names[3]
     expected = predictor.predict_paths([photo]).__next__().mask
     assert np.array_equal(read_mask(tmp_path / "masks" / names[3].replace(".jpg", "_mask.png")), expected)
-    from carmask import rle
+    from carmask.kaggle import rle
     row = out.read_text().splitlines()[4].split(",")
     assert row[0] == names[3] and np.array_equal(rle.decode(row[1], (128, 192)), expected)
 
@@ -203,7 +203,7 @@ def test_bad_photos_are_listed_with_what_they_are_and_the_good_ones_predicted(
     """The job of `predict --out --masks-dir`: a sideways-stored (EXIF) photo gets its mask as
     displayed; truncated photos, a pixel bomb, an empty and a text file are failures that say
     what they are; a PNG named .jpg is simply read; nothing is left behind."""
-    from carmask.predict_job import run_prediction
+    from carmask.inference.job import run_prediction
 
     truth = read_mask(held_out[1])
     names = ["half.jpg", "bomb.png", "sideways.jpg", "half_with_end.jpg", "empty.jpg", "notes.jpg",
@@ -417,7 +417,7 @@ def test_batch_below_one_is_refused(command, batch, test_folder, tmp_path):
 
 
 def test_backend_auto_is_onnx_on_the_cpu_and_torch_on_a_gpu(model):
-    from carmask.predict import default_batch, resolve_backend
+    from carmask.inference.predictor import default_batch, resolve_backend
     assert Predictor(model).backend == "onnx" and Predictor(model).batch == 1
     assert resolve_backend("auto", "cuda") == "torch" and resolve_backend("auto", "cpu") == "onnx"
     assert default_batch("torch") == 4 and Predictor(model, backend="torch").batch == 4

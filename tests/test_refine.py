@@ -9,9 +9,9 @@ import torch
 
 from carmask.data.layout import index_dataset
 from carmask.data.split import split_by_car
-from carmask.evaluate import dice_and_iou
-from carmask.models import create_model
-from carmask.refine import RefinerGeometry, crop_mirrored, outline_band, refine_logit, tiles_on_band
+from carmask.apps.evaluate import dice_and_iou
+from carmask.training.models import create_model
+from carmask.training.refiner import RefinerGeometry, crop_mirrored, outline_band, refine_logit, tiles_on_band
 
 GEOMETRY = RefinerGeometry(core=32, margin=16, band=4)
 SHIFT = 2  # the fixture's coarse outline lies this many pixels right of the true one
@@ -61,8 +61,8 @@ def test_refiner_learns_to_move_a_shifted_outline_back(synth_data, tmp_path):
     from torch.utils.data import DataLoader
 
     from carmask.data.io import read_image, read_mask
-    from carmask.refine import MEAN, STD
-    from carmask.refine_train import OutlineCrops, RefinerTask, coarse_logit, full_logit
+    from carmask.training.refiner import MEAN, STD
+    from carmask.training.refiner_train import OutlineCrops, RefinerTask, coarse_logit, full_logit
 
     records = shifted_logits(synth_data, tmp_path / "cache")
     train, val = split_by_car(records, 0, 3, 0)
@@ -94,7 +94,8 @@ def test_refiner_learns_to_move_a_shifted_outline_back(synth_data, tmp_path):
 
 
 def test_refiner_starts_as_the_identity_and_its_onnx_export_matches_torch(tmp_path):
-    from carmask.onnx import OnnxModel, export_onnx
+    from carmask.inference.onnx_model import OnnxModel
+    from carmask.training.export import export_onnx
 
     model = create_model("refiner-mnv2").eval()
     x = torch.randn(3, 4, 128, 128)
@@ -103,12 +104,12 @@ def test_refiner_starts_as_the_identity_and_its_onnx_export_matches_torch(tmp_pa
         torch.nn.init.normal_(model.head[2].weight, std=0.1)  # a refiner that does something
         expected = model(x).numpy()
     path = export_onnx(model, tmp_path / "refiner.onnx", (128, 128), channels=4)
-    got = OnnxModel(path, threads=1)(x.numpy()).numpy()
+    got = OnnxModel(path, threads=1)(x.numpy())
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
 
 
 def test_combined_model_file_holds_both_stages(tmp_path):
-    from carmask.models.io import attach_refiner, load_model, load_refiner, model_config, save_model
+    from carmask.training.models.io import attach_refiner, load_model, load_refiner, model_config, save_model
 
     refiner = create_model("refiner-mnv2", pretrained=False).eval()
     torch.nn.init.normal_(refiner.head[2].weight, std=0.1)
@@ -131,8 +132,8 @@ def test_predictor_refines_only_along_the_outline(held_out, tmp_path):
     """A model file with a refiner: every consumer's Predictor runs it, on both backends, and it
     changes nothing away from the coarse outline."""
     from carmask.data.io import read_photo
-    from carmask.models.io import attach_refiner, model_config, save_model
-    from carmask.predict import Predictor
+    from carmask.training.models.io import attach_refiner, model_config, save_model
+    from carmask.inference.predictor import Predictor
 
     torch.manual_seed(0)
     refiner = create_model("refiner-mnv2", pretrained=False).eval()

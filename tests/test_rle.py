@@ -6,9 +6,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from carmask import rle
+from carmask.kaggle import rle
+from carmask.training import device_rle
 from carmask.data.io import read_mask
-from carmask.parallel import imap_bounded
+from carmask.util.parallel import imap_bounded
 
 # Prefixes of Kaggle's train_masks.csv printed by public notebooks (SOURCES.md).
 KAGGLE_PREFIXES = {
@@ -150,8 +151,8 @@ def test_encode_reads_the_mask_from_the_alpha_channel_of_a_cutout(carvana, tmp_p
 
 def _device_encodings(masks) -> list[str]:
     import torch
-    return [rle.encode_runs(starts, lengths)
-            for starts, lengths in rle.device_runs(torch.from_numpy(np.stack(masks)))]
+    return [device_rle.encode_runs(starts, lengths)
+            for starts, lengths in device_rle.device_runs(torch.from_numpy(np.stack(masks)))]
 
 
 def test_device_runs_match_encode_on_every_real_mask(carvana):
@@ -195,8 +196,8 @@ def test_device_runs_accepts_uint8_and_keeps_runs_small():
     import torch
     mask = np.zeros((4, 6), np.uint8)
     mask[1, 2:5] = 255
-    (starts, lengths), = rle.device_runs(torch.from_numpy(mask)[None])
+    (starts, lengths), = device_rle.device_runs(torch.from_numpy(mask)[None])
     assert starts.dtype == lengths.dtype == torch.int32
-    assert rle.encode_runs(starts, lengths) == rle.encode(mask) == "9 3"
+    assert device_rle.encode_runs(starts, lengths) == rle.encode(mask) == "9 3"
     with pytest.raises(ValueError, match="3-D"):
-        rle.device_runs(torch.from_numpy(mask))
+        device_rle.device_runs(torch.from_numpy(mask))

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from carmask.models import create_model, model_info
-from carmask.models.pretrained import PretrainedWeightsError, mobilenet_v2_imagenet
-from carmask.models.seeds import keras_param_counts
+from carmask.training.models import create_model, model_info
+from carmask.training.models.pretrained import PretrainedWeightsError, mobilenet_v2_imagenet
+from carmask.training.models.seeds import keras_param_counts
 
 SEEDS = ["seed-cnn", "mnv2-pix2pix", "mnv2-pix2pix-tuned", "vgg19-pix2pix", "unet-scratch"]
 CHANNELS = {"logit": 1, "softmax3": 3, "sigmoid3": 3}
@@ -81,7 +81,7 @@ def test_mobilenet_decoder_blocks_match_the_seed(models: dict[str, nn.Module]) -
 
 
 def test_vgg19_without_weights_is_trainable_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="carmask.models"):
+    with caplog.at_level(logging.WARNING, logger="carmask.training.models"):
         model = create_model("vgg19-pix2pix")
     assert "from scratch" in caplog.text and "TRAINABLE" in caplog.text
     assert keras_param_counts(model) == (21_360_451, 21_364_035)  # all but the BN statistics

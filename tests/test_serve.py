@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from carmask.data.io import read_mask
-from carmask.evaluate import dice_and_iou
-from carmask.rle import decode
-from carmask.serve import BackgroundServer, ServeConfig, create_app
+from carmask.apps.evaluate import dice_and_iou
+from carmask.kaggle.rle import decode
+from carmask.apps.serve import BackgroundServer, ServeConfig, create_app
 from conftest import bomb_png
 
 LIMITS = ServeConfig(max_bytes=4 * 2**20, max_pixels=12_000_000)
@@ -49,7 +49,8 @@ def test_health_models_and_docs(client):
     models = client.get("/v1/models").json()
     assert models["loaded"]["studio"]["architecture"] == models["loaded"]["general"]["architecture"] == "unet-mnv2"
     assert models["loaded"]["general"]["file"] != models["loaded"]["studio"]["file"]
-    assert {"unet-mnv2", "seed-cnn", "vgg19-pix2pix"} <= {m["name"] for m in models["registry"]}
+    assert [m["role"] for m in models["shipped"]] == ["studio", "general"]
+    assert all(m["file"].endswith(".onnx") and "Dice" in m["held_out"] for m in models["shipped"])
     assert models["limits"]["max_pixels"] == LIMITS.max_pixels
     docs = client.get("/docs").text
     assert "swagger" in docs.lower() and "cdn" not in docs  # the docs page works offline
@@ -83,7 +84,7 @@ def test_a_photo_with_no_car_comes_with_a_warning(client):
 
 
 def test_largest_keeps_one_car_of_two(client, photo):
-    from carmask.cutout import largest_car
+    from carmask.apps.cutout import largest_car
     data, _ = photo
     two = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
     two = np.concatenate([two[:, :959], two[:, :959]], axis=1)  # two halves of the car side by side

@@ -5,9 +5,9 @@ import numpy as np
 from carmask.data.io import read_mask
 from carmask.data.layout import index_dataset
 from carmask.data.split import recorded_validation
-from carmask.evaluate import dice_and_iou
-from carmask.models.io import SHIPPED_MODEL, read_config
-from carmask.predict import Predictor
+from carmask.apps.evaluate import dice_and_iou
+from carmask.training.models.io import SHIPPED_MODEL, read_config
+from carmask.inference.predictor import Predictor
 
 
 def test_shipped_model_file():

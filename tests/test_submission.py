@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from carmask import rle, submission_writer
+from carmask.kaggle import rle, writer as submission_writer
 from carmask.data.io import read_mask
-from carmask.submission import (SubmissionError, check_submission, merge_submissions,
+from carmask.kaggle.submission import (SubmissionError, check_submission, merge_submissions,
                                 read_sample_names)
-from carmask.submission_writer import SubmissionWriter, write_submission
+from carmask.kaggle.writer import SubmissionWriter, write_submission
 
 SHAPE = (1280, 1918)
 
@@ -51,7 +51,7 @@ def test_writer_output_is_in_sample_order_and_decodes_to_the_masks(real_masks, t
 
 
 def test_an_atomic_write_that_fails_keeps_the_old_file_and_leaves_nothing_behind(tmp_path):
-    from carmask.atomic import atomic_path, write_bytes
+    from carmask.util.atomic import atomic_path, write_bytes
 
     path = write_bytes(tmp_path / "out" / "masks.csv", b"old")
     with pytest.raises(RuntimeError), atomic_path(path) as tmp:
@@ -125,8 +125,8 @@ def test_allow_missing_writes_empty_rows_and_reports_them(real_masks, tmp_path):
 PRODUCER = textwrap.dedent("""
     import sys, time
     import numpy as np
-    from carmask.submission import read_sample_names
-    from carmask.submission_writer import SubmissionWriter
+    from carmask.kaggle.submission import read_sample_names
+    from carmask.kaggle.writer import SubmissionWriter
     out, n = sys.argv[1], int(sys.argv[2])
     names = [f"{i:012x}_01.jpg" for i in range(n)]
     with SubmissionWriter(out, names, workers=1, resume=True) as writer:
@@ -395,10 +395,10 @@ def test_resume_refuses_a_file_that_is_not_a_submission(tmp_path):
 
 
 def test_a_second_process_cannot_write_the_same_submission(tmp_path):
-    from carmask.outputs import OutputError
+    from carmask.util.output_files import OutputError
     out = tmp_path / "sub.csv"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from carmask.submission_writer import SubmissionWriter; "
+        [sys.executable, "-c", "import sys, time; from carmask.kaggle.writer import SubmissionWriter; "
          "w = SubmissionWriter(sys.argv[1], ['a.jpg']); print('ready', flush=True); time.sleep(60)",
          str(out)], stdout=subprocess.PIPE, text=True)
     try:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from carmask import rle
+from carmask.kaggle import rle
 from carmask.data.layout import index_dataset
 from carmask.data.synth import SynthSummary, synthesize
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from carmask.data.layout import index_dataset
-from carmask.models import UnknownModelError, create_model
-from carmask.models.io import ModelFileError, load_model, read_config
-from carmask.train import TrainConfig, dice_per_image, train
+from carmask.training.models import UnknownModelError, create_model
+from carmask.training.models.io import ModelFileError, load_model, read_config
+from carmask.training.train import TrainConfig, dice_per_image, train
 
 SIZE = (64, 96)
 
@@ -22,7 +22,7 @@ def carmask(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 def validation_set(data) -> tuple[torch.Tensor, torch.Tensor]:
     """The fold-0 validation photos and masks at training size (independent of train.py)."""
-    from carmask.data.dataset import SegmentationDataset
+    from carmask.training.data.dataset import SegmentationDataset
     from carmask.data.split import split_by_car
     records = index_dataset(data, check_pixels=False).train
     _, val = split_by_car(records, 0, 3, 0, stratify_by_make=True)
@@ -66,7 +66,7 @@ def test_model_file_holds_its_config_and_reloads_identically(trained_run):
     assert config["architecture"] == "unet-mnv2" and config["input_size"] == list(SIZE)
     assert config["output"] == "logit" and config["training"]["best_val_dice_full"] == \
         summary["best_val_dice_full"]
-    from carmask.train import SegmentationTask
+    from carmask.training.train import SegmentationTask
     task = SegmentationTask.load_from_checkpoint(out / "checkpoints" / "best.ckpt",
                                                  map_location="cpu", weights_only=False).eval()
     model, _ = load_model(out / "model.safetensors")
@@ -142,14 +142,14 @@ def test_production_unets_take_any_multiple_of_32(name):
 
 
 def test_unet_mnv2_starts_from_the_imagenet_weights():
-    from carmask.models.pretrained import mobilenet_v2_imagenet
+    from carmask.training.models.pretrained import mobilenet_v2_imagenet
     model = create_model("unet-mnv2")
     expected = mobilenet_v2_imagenet()["features.0.0.weight"]
     assert torch.equal(model.encoder.state_dict()["features.0.0.weight"], expected)
 
 
 def test_val_cars_hold_out_exactly_the_cars_named(synth_data, trained_run):
-    from carmask.train import held_out_cars
+    from carmask.training.train import held_out_cars
     records = index_dataset(synth_data, check_pixels=False).train
     cars = sorted({r.car_id for r in records})
     assert {r.car_id for r in held_out_cars(records, ",".join(cars[:2]))} == set(cars[:2])
@@ -164,7 +164,7 @@ def test_per_photo_soft_dice_counts_a_small_car_as_much_as_a_big_one():
     import torch
     from segmentation_models_pytorch.losses import DiceLoss
 
-    from carmask.losses import soft_dice_per_photo
+    from carmask.training.losses import soft_dice_per_photo
 
     target = torch.zeros(2, 1, 64, 64)
     target[0, 0, 4:60, 4:60] = 1  # a big car, found
@@ -183,7 +183,7 @@ def test_small_car_weights_lift_each_small_piece_of_car_by_its_own_size():
     background 1; each photo of a batch is weighed on its own."""
     import torch
 
-    from carmask.losses import small_car_weights
+    from carmask.training.losses import small_car_weights
 
     target = torch.zeros(2, 1, 100, 100)
     target[0, 0, 10:60, 10:60] = 1  # 25% of the photo
@@ -205,8 +205,8 @@ def test_a_batch_with_small_car_weights_costs_a_missed_distant_car_more():
     weighs the BCE with them. Without them (validation) a missed distant car costs less."""
     import torch
 
-    from carmask.losses import collate_with_small_car_weights
-    from carmask.train import SegmentationTask
+    from carmask.training.losses import collate_with_small_car_weights
+    from carmask.training.train import SegmentationTask
 
     target = torch.zeros(1, 64, 64)
     target[0, 4:40, 4:40] = 1

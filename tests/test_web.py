@@ -18,7 +18,7 @@ import pytest
 from conftest import HELD_OUT_PHOTO
 from PIL import Image
 
-from carmask.evaluate import dice_and_iou
+from carmask.apps.evaluate import dice_and_iou
 
 CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -58,7 +58,7 @@ def photo_paths(held_out) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def server(auto_predictor):
-    from carmask.serve import BackgroundServer, create_app
+    from carmask.apps.serve import BackgroundServer, create_app
     with BackgroundServer(create_app(auto_predictor), host="127.0.0.1") as running:
         yield running
 

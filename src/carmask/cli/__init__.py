@@ -48,11 +48,25 @@ app.add_typer(submission_app, name="submission")
 @app.callback()
 def main_options(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each step (INFO).")] = False,
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                                          help="Print the version and the shipped models' ids.")] = False,
 ) -> None:
     # Log messages hold paths and names from the user's files: never markup, never raw controls.
     handler = RichHandler(console=err, show_path=False, show_time=False, markup=False)
     handler.setFormatter(PrintableFormatter("%(message)s"))
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
+
+
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    from carmask import __version__
+    from carmask.inference.model_files import shipped_models
+
+    print(f"carmask {__version__}")
+    for entry in shipped_models():
+        print(f"  {entry.role} model: {entry.id}")
+    raise typer.Exit()
 
 
 class PrintableFormatter(logging.Formatter):

@@ -95,9 +95,18 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def require_torch(command: str) -> None:
+    """Exit 1 with the one line a user needs when a command that trains or exports runs where
+    only the inference install is (no torch)."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise fail(f"`carmask {command}` needs torch: pip install 'carmask[train]'")
+
+
 def parse_second_look(text: str) -> tuple[int, int] | None:
     """'544x736' → (544, 736), checked as a second look's size; 'none' → None (no second look)."""
-    from carmask.predict import second_look_config
+    from carmask.inference.predictor import second_look_config
 
     if text.lower() == "none":
         return None

@@ -14,7 +14,8 @@ from carmask.cli.predict import BackendOption, BatchOption
 def cutout(
     inputs: Annotated[list[str], typer.Argument(help="Photos, folders of photos, or globs.",
                                                 show_default=False)],
-    out: Annotated[Path, typer.Option("--out", help="Folder for the cut-outs (named after the photos).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the cut-outs (named after the photos), "
+                                      "or for one photo a file: out.png, out.webp or out.jpg.")],
     background: Annotated[str, typer.Option(
         help="transparent, a colour (white, '#RRGGBB', any CSS name) or an image file, scaled to cover."
     )] = "transparent",
@@ -24,7 +25,8 @@ def cutout(
     largest: Annotated[bool, typer.Option(
         help="Keep only the biggest car of a photo with several (default: every car).")] = False,
     model: ModelOption = None,
-    fmt: Annotated[str, typer.Option("--format", help="png or webp (keep alpha), or jpg.")] = "png",
+    fmt: Annotated[str, typer.Option("--format", help="png or webp (keep alpha), or jpg (default: "
+                                     "the --out file's, else png).")] = "",
     overwrite: Annotated[bool, typer.Option(help="Replace cut-outs that already exist.")] = False,
     backend: BackendOption = "auto",
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
@@ -35,27 +37,40 @@ def cutout(
 
     Exit code 0: all written (or already there); 3: some photos could not be read; 1: bad options.
     """
-    from carmask.cutout import CutoutError, cutout_files, expand_inputs, parse_background
-    from carmask.models.io import ModelFileError
-    from carmask.outputs import OutputError, check_output_dir
-    from carmask.route import create_predictor
+    from carmask.apps.cutout import (CutoutError, cutout_files, expand_inputs, format_of,
+                                     parse_background)
+    from carmask.inference.model_files import ModelFileError
+    from carmask.inference.route import create_predictor
+    from carmask.util.output_files import OutputError, check_output_dir
 
     try:
-        check_output_dir(out, "--out folder")  # before the model loads
         photos = expand_inputs(inputs)
+        # one photo and --out car.png: that file; else a folder, named after the photos
+        single_file = len(photos) == 1 and format_of(out) is not None and not out.is_dir()
+        if single_file and fmt and format_of(Path(f"x.{fmt}")) != format_of(out):
+            raise CutoutError(f"--format {fmt} and --out {out} disagree: give one of them")
+        fmt = (format_of(out) if single_file else fmt) or "png"
+        if not single_file:
+            check_output_dir(out, "--out folder")  # before the model loads
         chosen = parse_background(background)
-        predictor = create_predictor(model, backend=backend, device=device, batch=batch)
-        summary = cutout_files(predictor, photos, out, chosen, feather=feather, shadow=shadow,
-                               fmt=fmt, overwrite=overwrite, largest=largest, track=progress)
+        summary = cutout_files(  # the model loads only when there is a photo to cut out
+            lambda: create_predictor(model, backend=backend, device=device, batch=batch),
+            photos, out, chosen, feather=feather, shadow=shadow, fmt=fmt, overwrite=overwrite,
+            largest=largest, single_file=single_file, track=progress)
     except (CutoutError, ModelFileError, OutputError, ValueError) as error:
         raise fail(str(error)) from None
     for path, warning in summary.warnings:
         warn(f"{path}: {warning}", label="check:")
     models = by_model(summary.models)
-    console.print(f"{len(summary.written)} cut-outs written to {out}/"
-                  + (f" ({models})" if models else "")
-                  + (f", {len(summary.skipped)} already there (--overwrite replaces them)"
-                     if summary.skipped else ""))
+    if single_file and summary.written:
+        console.print(f"wrote {out}" + (f" ({models})" if models else ""))
+    elif single_file and summary.skipped:
+        console.print(f"{out} is already there (--overwrite replaces it)")
+    elif not single_file:
+        console.print(f"{len(summary.written)} cut-outs written to {out}/"
+                      + (f" ({models})" if models else "")
+                      + (f", {len(summary.skipped)} already there (--overwrite replaces them)"
+                         if summary.skipped else ""))
     if summary.failed:
         for _, problem in summary.failed:
             warn(str(problem), label="skipped")
@@ -76,10 +91,10 @@ def serve(
 ) -> None:
     """Serve the web page (/), the HTTP API (/v1/mask, /v1/cutout, /v1/models, /healthz) and its
     OpenAPI docs (/docs) on one loaded model."""
-    from carmask.models.io import ModelFileError, load_model_config
-    from carmask.predict import resolve_backend
-    from carmask.serve import ServeConfig
-    from carmask.serve import serve as run_server
+    from carmask.inference.model_files import ModelFileError, load_model_config
+    from carmask.inference.predictor import resolve_backend
+    from carmask.apps.serve import ServeConfig
+    from carmask.apps.serve import serve as run_server
 
     # Every option is checked before the model loads, which takes a while.
     try:

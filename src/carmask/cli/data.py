@@ -114,7 +114,7 @@ def eda(
     out: Annotated[Path, typer.Option("--out", help="Folder for index.html.")] = Path("eda"),
 ) -> None:
     """Write a self-contained HTML report exploring a data folder."""
-    from carmask.eda import write_eda_report
+    from carmask.apps.eda import write_eda_report
 
     if not data.is_dir():
         raise fail(f"{data}: data folder does not exist")

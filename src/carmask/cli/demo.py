@@ -18,7 +18,7 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the synthetic data set.")] = 0,
 ) -> None:
     """Run the whole pipeline end to end and say where the results are."""
-    from carmask.demo import run_demo
+    from carmask.apps.demo import run_demo
 
     if data is not None and not data.is_dir():
         raise fail(f"{data}: data folder does not exist")

@@ -1,4 +1,4 @@
-"""`carmask train-general`: the model for cars on any background (carmask.train_anywhere)."""
+"""`carmask train-general`: the model for cars on any background (carmask.training.general)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from carmask.cli.common import DataDir, console, fail, parse_second_look, parse_size
+from carmask.cli.common import require_torch, DataDir, console, fail, parse_second_look, parse_size
 
 
 def train_general(
@@ -49,12 +49,13 @@ def train_general(
     """Fine-tune a model for cars on any background: real outdoor photos, studio cars pasted onto
     street frames, registry photos and synthetic scenes, and plain studio photos. Validated on
     the outdoor photos' held-out split."""
+    require_torch("train-general")
     from dataclasses import replace
 
-    from carmask.data.anywhere import MixConfig, wild_folder_beside
+    from carmask.training.data.anywhere import MixConfig, wild_folder_beside
     from carmask.data.io import DataError
-    from carmask.models.io import ModelFileError
-    from carmask.train_anywhere import AnywhereConfig, train_anywhere
+    from carmask.inference.model_files import ModelFileError
+    from carmask.training.general import AnywhereConfig, train_anywhere
 
     if not data.is_dir():
         raise fail(f"{data}: data folder does not exist")

@@ -8,14 +8,29 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from carmask.cli.common import DataDir, ModelOption, console, fail, parse_second_look, parse_size
+from carmask.cli.common import (DataDir, ModelOption, console, fail, parse_second_look, parse_size,
+                                require_torch)
 
 
 def models() -> None:
-    """List the registered architectures: parameters, input size, encoder, weights, origin."""
-    from carmask.models import create_bare_model, list_models
+    """List the shipped models (role, input size, held-out Dice, licence), then the registry's
+    architectures (parameters, input size, encoder, weights, origin) where torch is installed."""
+    import importlib.util
 
-    table = Table(title="carmask models")
+    from carmask.inference.model_files import shipped_models
+
+    shipped = Table(title="shipped models (carmask cutout / predict / serve use these)")
+    for column in ("role", "file", "input HxW", "held out", "licence"):
+        shipped.add_column(column, no_wrap=column in ("role", "input HxW"))
+    for entry in shipped_models():
+        shipped.add_row(entry.role, entry.path.name, entry.input, entry.held_out, entry.licence)
+    console.print(shipped)
+    if importlib.util.find_spec("torch") is None:
+        console.print("architectures to train: pip install 'carmask[train]' to list and train them")
+        return
+    from carmask.training.models import create_bare_model, list_models
+
+    table = Table(title="architectures (carmask train --model NAME)")
     for column in ("name", "params", "input HxW", "encoder", "pretrained weights", "output", "origin"):
         table.add_column(column, justify="right" if column == "params" else "left",
                          no_wrap=column in ("name", "params", "output"))
@@ -85,10 +100,11 @@ def train(
     ] = None,
 ) -> None:
     """Train a model with Lightning and export the best weights to OUT/model.safetensors."""
-    from carmask.data.transforms import AugmentConfig
-    from carmask.models import UnknownModelError, model_info
-    from carmask.train import TrainConfig
-    from carmask.train import train as run_training
+    require_torch("train")
+    from carmask.training.data.transforms import AugmentConfig
+    from carmask.training.models import UnknownModelError, model_info
+    from carmask.training.train import TrainConfig
+    from carmask.training.train import train as run_training
 
     if not data.is_dir():
         raise fail(f"{data}: data folder does not exist")
@@ -146,20 +162,22 @@ def export(
         bool, typer.Option(help="Store weights in fp16 (half the file; computed in fp32).")
     ] = False,
 ) -> None:
-    """Export a model to ONNX for onnxruntime (dynamic batch, fixed input size)."""
-    from carmask.models.io import ModelFileError, load_model
-    from carmask.onnx import export_onnx
+    """Export a trained model (.safetensors, or a run folder) to one ONNX file, its config
+    inside, that every command runs without torch (`--model FILE.onnx`). It takes any input
+    size; --size only sets the size it is traced at and the size it runs at by default."""
+    require_torch("export")
+    from carmask.inference.model_files import ModelFileError
+    from carmask.training.export import export_model_file
+    from carmask.training.models.io import resolve_model_path
 
     try:
-        network, config = load_model(model)
+        source = resolve_model_path(model)
+        input_size = parse_size(size, "HEIGHTxWIDTH") if size else None
+        path = export_model_file(source, out, fp16=fp16, size=input_size)
     except ModelFileError as error:
         raise fail(str(error)) from None
-    input_size = parse_size(size, "HEIGHTxWIDTH") if size else tuple(config["input_size"])
-    path = export_onnx(network, out, input_size, config["channels"], fp16=fp16)
-    console.print(
-        f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB, input "
-        f"{input_size[0]}x{input_size[1]}, {'fp16' if fp16 else 'fp32'} weights)"
-    )
+    console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB, {'fp16' if fp16 else 'fp32'} "
+                  f"weights) from {source}")
 
 
 def average(
@@ -182,8 +200,9 @@ def average(
 ) -> None:
     """Average the weights of fine-tuned runs (a model soup): often better than any one of them,
     at no cost when predicting. The first model's config and training record are kept."""
-    from carmask.models.io import ModelFileError, average_models
-    from carmask.predict import second_look_config
+    require_torch("average")
+    from carmask.training.models.io import ModelFileError, average_models
+    from carmask.inference.predictor import second_look_config
 
     changes = {}
     if size:

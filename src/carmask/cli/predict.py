@@ -71,12 +71,12 @@ def predict(
     (listed in OUT.failures.csv, their rows left empty); 1: could not run; 130: interrupted
     (rerun with --resume to continue).
     """
-    from carmask.cutout import CutoutError
-    from carmask.models.io import ModelFileError
-    from carmask.outputs import OutputError
-    from carmask.predict_job import check_outputs, run_prediction, share_job
-    from carmask.route import create_predictor
-    from carmask.submission import SubmissionError
+    from carmask.apps.cutout import CutoutError
+    from carmask.inference.model_files import ModelFileError
+    from carmask.util.output_files import OutputError
+    from carmask.inference.job import check_outputs, run_prediction, share_job
+    from carmask.inference.route import create_predictor
+    from carmask.kaggle.submission import SubmissionError
 
     if out is None and masks_dir is None:
         raise fail("nothing to write: give --out submission.csv and/or --masks-dir DIR")
@@ -172,9 +172,9 @@ def _resume_command() -> str:
 def _photos_to_predict(data: Path | None, specs: list[str],
                        masks: bool) -> tuple[dict[str, Path], list[str]]:
     """The photos by name, and the names to predict in submission order."""
-    from carmask.cutout import expand_inputs
-    from carmask.predict_job import photos_by_name
-    from carmask.submission import read_sample_names
+    from carmask.apps.cutout import expand_inputs
+    from carmask.inference.job import photos_by_name
+    from carmask.kaggle.submission import read_sample_names
 
     if data is not None and specs:
         raise ValueError("give photos or --data DIR, not both")
@@ -217,9 +217,9 @@ def evaluate(
     from carmask.data.io import DataError
     from carmask.data.layout import index_dataset
     from carmask.data.wild import as_records, is_wild_folder, read_wild, split_wild
-    from carmask.evaluate import evaluate as run_evaluation
-    from carmask.models.io import ModelFileError
-    from carmask.route import create_predictor
+    from carmask.apps.evaluate import evaluate as run_evaluation
+    from carmask.inference.model_files import ModelFileError
+    from carmask.inference.route import create_predictor
 
     if not data.is_dir():
         raise fail(f"{data}: data folder does not exist")

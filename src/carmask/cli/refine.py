@@ -1,4 +1,4 @@
-"""`carmask train-refiner`: the full-resolution outline stage (carmask.refine)."""
+"""`carmask train-refiner`: the full-resolution outline stage (carmask.training.refiner)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from carmask.cli.common import DataDir, console, fail, progress
+from carmask.cli.common import require_torch, DataDir, console, fail, progress
 
 
 def train_refiner(
@@ -30,8 +30,9 @@ def train_refiner(
     resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint.")] = False,
 ) -> None:
     """Train the outline refiner on full-resolution crops along the coarse model's outlines."""
-    from carmask.refine_train import RefinerTrainConfig
-    from carmask.refine_train import train_refiner as run
+    require_torch("train-refiner")
+    from carmask.training.refiner_train import RefinerTrainConfig
+    from carmask.training.refiner_train import train_refiner as run
 
     if not data.is_dir():
         raise fail(f"{data}: data folder does not exist")

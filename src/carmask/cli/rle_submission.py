@@ -19,7 +19,7 @@ def rle_encode(
     mask: Annotated[Path, typer.Argument(help="Mask image (GIF/PNG, values {0,1} or {0,255}).")],
 ) -> None:
     """Print the Kaggle RLE of a mask file."""
-    from carmask import rle
+    from carmask.kaggle import rle
     from carmask.data.io import DataError, read_mask
 
     try:
@@ -35,9 +35,9 @@ def rle_decode(
     shape: Annotated[str, typer.Option(help="Mask size HEIGHTxWIDTH.")] = "1280x1918",
 ) -> None:
     """Decode a Kaggle RLE string into a mask image."""
-    from carmask import rle
+    from carmask.kaggle import rle
     from carmask.data.io import MASK_SUFFIXES, DataError, save_mask
-    from carmask.outputs import OutputError, check_output_file
+    from carmask.util.output_files import OutputError, check_output_file
 
     size = mask_shape(shape)
     try:  # the output is checked before stdin is read
@@ -62,7 +62,7 @@ def rle_decode(
 
 def mask_shape(text: str) -> tuple[int, int]:
     """--shape HEIGHTxWIDTH, refused before any work when it is larger than a mask can be."""
-    from carmask import rle
+    from carmask.kaggle import rle
 
     size = parse_size(text, "HEIGHTxWIDTH")
     try:
@@ -82,7 +82,7 @@ def submission_check(
     shape: Annotated[str, typer.Option(help="Mask size HEIGHTxWIDTH.")] = "1280x1918",
 ) -> None:
     """Validate a submission: header, every expected image exactly once, every RLE valid."""
-    from carmask.submission import SubmissionError, check_submission, read_sample_names
+    from carmask.kaggle.submission import SubmissionError, check_submission, read_sample_names
 
     size = mask_shape(shape)
     try:
@@ -111,7 +111,7 @@ def submission_merge(
     shape: Annotated[str, typer.Option(help="Mask size HEIGHTxWIDTH.")] = "1280x1918",
 ) -> None:
     """Join prediction shards into one submission in sample order, then check it."""
-    from carmask.submission import (
+    from carmask.kaggle.submission import (
         SubmissionError,
         check_submission,
         merge_submissions,

@@ -44,7 +44,12 @@ def download_competition(out: str | Path, competition: str = COMPETITION,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        from kaggle.api.kaggle_api_extended import KaggleApi  # imported late: it reads credentials
+        import kaggle  # noqa: F401  (imported late: it reads the credentials on import)
+    except ImportError:
+        raise DownloadError("the Kaggle client is not installed: pip install 'carmask[train]' "
+                            "(or pip install kaggle)") from None
+    try:
+        from kaggle.api.kaggle_api_extended import KaggleApi
         api = KaggleApi()
         api.authenticate()
         if files:

@@ -17,7 +17,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from carmask.atomic import atomic_path
+from carmask.util.atomic import atomic_path
 
 cv2.setNumThreads(1)  # decoding runs in our own worker pools; nested threads only contend
 # read_photo checks every photo's pixel count against its own limit before decoding; Pillow's

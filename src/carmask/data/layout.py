@@ -28,7 +28,7 @@ from carmask.data.io import (
     read_photo_header,
     truncation_problem,
 )
-from carmask.progress import Track, silent_track
+from carmask.util.progress import Track, silent_track
 
 log = logging.getLogger(__name__)
 

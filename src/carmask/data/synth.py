@@ -24,9 +24,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from carmask import rle
+from carmask.kaggle import rle
 from carmask.data.io import save_mask
-from carmask.progress import Track, silent_track
+from carmask.util.progress import Track, silent_track
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,220 @@
+"""Score a model on photos with true masks: Dice (Kaggle's metric) and IoU at full resolution,
+per view angle and make, a per-image CSV and an HTML report with the worst images."""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from carmask.data.io import read_mask, read_photo
+from carmask.data.layout import Record
+from carmask.apps.outline import OutlineErrors, paint_errors, worst_window
+from carmask.util.parallel import imap_bounded
+from carmask.inference.predictor import Predictor
+from carmask.util.progress import Track, silent_track
+
+log = logging.getLogger(__name__)
+THUMB_WIDTH = 480
+# true positive, false positive (predicted car on background), false negative (missed car)
+COLOURS = {"tp": (46, 160, 67), "fp": (230, 57, 70), "fn": (52, 120, 246)}
+
+
+def dice_and_iou(prediction: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """Kaggle's Dice (1 when both masks are empty) and IoU of two bool masks."""
+    intersection = np.count_nonzero(prediction & truth)
+    total = np.count_nonzero(prediction) + np.count_nonzero(truth)
+    if total == 0:
+        return 1.0, 1.0
+    return 2 * intersection / total, intersection / (total - intersection)
+
+
+@dataclass
+class Evaluation:
+    per_image: pd.DataFrame  # image_id, car_id, view, make, dice, iou
+    report: Path | None = None
+    outline: OutlineErrors | None = None  # with a report: wrong pixels by distance to the outline
+
+    @property
+    def dice(self) -> float:
+        return float(self.per_image["dice"].mean())
+
+    @property
+    def iou(self) -> float:
+        return float(self.per_image["iou"].mean())
+
+    def by(self, column: str) -> pd.DataFrame:
+        return self.per_image.groupby(column)[["dice", "iou"]].agg(["mean", "min", "count"])
+
+    def as_json(self) -> dict:
+        return {"dice": round(self.dice, 6), "iou": round(self.iou, 6), "images": len(self.per_image)}
+
+
+def evaluate(predictor: Predictor, records: list[Record], out: Path | None = None, *,
+             worst: int = 12, workers: int | None = None, track: Track = silent_track) -> Evaluation:
+    """Predict every record's photo, compare with its mask at full size, optionally write
+    `out/per_image.csv` and `out/index.html`."""
+    records = [r for r in records if r.mask_path is not None]
+    if not records:
+        raise ValueError("no photos with true masks to evaluate")
+    truths = imap_bounded(lambda r: read_mask(r.mask_path), records, workers)
+    predictions = predictor.predict_paths([r.image_path for r in records], workers=workers)
+    rows: list[dict] = []
+    keep: list[tuple] = []  # the `worst` images by Dice, with small pictures of both masks
+    outline = OutlineErrors()  # where the wrong pixels lie, for the report
+    for record, truth, prediction in track(zip(records, truths, predictions), total=len(records),
+                                           description="evaluating"):
+        if prediction.error:
+            log.warning("%s", prediction.error)
+            continue
+        if prediction.mask.shape != truth.shape:  # masks align with the photo as displayed
+            log.warning("%s: photo is %dx%d as displayed but its mask %s is %dx%d; not scored",
+                        record.image_path, prediction.mask.shape[1], prediction.mask.shape[0],
+                        record.mask_path, truth.shape[1], truth.shape[0])
+            continue
+        dice, iou = dice_and_iou(prediction.mask, truth)
+        rows.append({"image_id": record.image_id, "car_id": record.car_id, "view": record.view,
+                     "make": record.make, "dice": dice, "iou": iou,
+                     "wrong_pixels": int(np.count_nonzero(prediction.mask != truth))})
+        if out is not None:
+            outline.add(prediction.mask, truth)
+            # Max-heap on Dice (stored negated): its top is the best of the worst kept so far.
+            # Only what the report shows is kept: small masks, and both masks where the errors
+            # crowd (the photo there is read once the worst are known).
+            if len(keep) < worst or dice < -keep[0][0]:
+                item = (-dice, record.image_id, record, _thumb(prediction.mask), _thumb(truth),
+                        _error_window(prediction.mask, truth))
+                (heapq.heappush if len(keep) < worst else heapq.heapreplace)(keep, item)
+    evaluation = Evaluation(pd.DataFrame(rows))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        evaluation.per_image.to_csv(out / "per_image.csv", index=False)
+        worst_first = [(-negated, record, pred, truth, window)
+                       for negated, _, record, pred, truth, window in sorted(keep, reverse=True)]
+        evaluation.outline = outline
+        evaluation.report = write_evaluation_report(evaluation, worst_first, predictor,
+                                                    {r.image_id: r for r in records}, out)
+    return evaluation
+
+
+CROP = 192  # side of the full-resolution error crops in the report
+
+
+def _error_window(prediction: np.ndarray, truth: np.ndarray) -> tuple[slice, slice, np.ndarray, np.ndarray]:
+    """Where a photo's wrong pixels crowd most, and both masks there, at full resolution."""
+    top, left, _ = worst_window(prediction, truth, CROP)
+    rows, cols = slice(top, top + CROP), slice(left, left + CROP)
+    return rows, cols, prediction[rows, cols].copy(), truth[rows, cols].copy()
+
+
+def error_crop_of(record: Record, window: tuple[slice, slice, np.ndarray, np.ndarray]) -> np.ndarray:
+    """The photo's full-resolution crop at an `_error_window`, its errors painted in."""
+    rows, cols, prediction, truth = window
+    return paint_errors(read_photo(record.image_path).pixels[rows, cols], prediction, truth, COLOURS)
+
+
+def _thumb(mask: np.ndarray) -> np.ndarray:
+    height, width = mask.shape
+    size = (THUMB_WIDTH, max(1, round(height * THUMB_WIDTH / width)))
+    return cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+
+
+def error_overlay(photo: np.ndarray, prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """The photo with true positives, false positives and false negatives in three colours."""
+    picture = photo.astype(np.float32)
+    for name, where in (("tp", prediction & truth), ("fp", prediction & ~truth),
+                        ("fn", ~prediction & truth)):
+        alpha = 0.35 if name == "tp" else 0.85  # errors must stand out against the car
+        picture[where] = (1 - alpha) * picture[where] + alpha * np.array(COLOURS[name])
+    return picture.astype(np.uint8)
+
+
+def write_evaluation_report(evaluation: Evaluation, worst: list[tuple], predictor: Predictor,
+                            records: dict[str, Record], out: Path) -> Path:
+    """out/index.html: headline scores, per view and make, the worst images, triptychs."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from carmask.apps import report as html
+
+    frame = evaluation.per_image
+
+    def photo_thumb(record: Record) -> np.ndarray:
+        photo = read_photo(record.image_path, reduce=4).pixels
+        return cv2.resize(photo, (THUMB_WIDTH, round(photo.shape[0] * THUMB_WIDTH / photo.shape[1])),
+                          interpolation=cv2.INTER_AREA)
+
+    headline = html.cards([
+        ("Mean Dice", f"{evaluation.dice:.5f}", "Kaggle's metric, at full resolution"),
+        ("Mean IoU", f"{evaluation.iou:.5f}"),
+        ("Images", len(frame), f"{frame['car_id'].nunique()} cars"),
+        ("Worst Dice", f"{frame['dice'].min():.4f}", frame.loc[frame['dice'].idxmin(), 'image_id']),
+        ("Model", predictor.config["architecture"], predictor.path.name),
+        ("Input", f"{predictor.size[0]}x{predictor.size[1]}", "flip TTA" if predictor.tta else "no TTA"),
+    ])
+    figure, axis = plt.subplots(figsize=(9, 3.2))
+    per_view = frame.groupby("view")["dice"].agg(["mean", "min"])
+    axis.bar(per_view.index, per_view["mean"], color="#2f6fde", label="mean")
+    axis.plot(per_view.index, per_view["min"], "o", color="#c0352b", label="worst")
+    axis.set(xlabel="view (01 = front, 22.5° apart)", ylabel="Dice", xticks=list(per_view.index),
+             ylim=(max(0.0, per_view["min"].min() - 0.01), 1.0))
+    axis.legend(loc="lower right")
+    axis.grid(alpha=0.3, axis="y")
+    views = html.img_tag(html.figure_to_data_uri(figure), "Dice by view")
+    by_view = html.table_html(per_view.reset_index().rename(columns={"mean": "mean Dice", "min": "worst Dice"}),
+                              formats={"mean Dice": ".5f", "worst Dice": ".5f"})
+    per_make = frame.groupby("make")["dice"].agg(["mean", "min", "count"]).sort_values("mean").reset_index()
+    by_make = html.table_html(per_make.rename(columns={"mean": "mean Dice", "min": "worst Dice", "count": "images"}),
+                              formats={"mean Dice": ".5f", "worst Dice": ".5f"})
+    legend = " · ".join(f'<span style="color:rgb{COLOURS[k]}">■</span> {label}' for k, label in
+                        (("tp", "car, found"), ("fp", "background called car"), ("fn", "car missed")))
+    tiles = "".join(html.img_tag(
+        html.image_to_data_uri(error_overlay(photo_thumb(record), prediction, truth)),
+        record.image_id, f"{record.image_id} · view {record.view:02d} · {record.make} · Dice {dice:.4f}")
+        for dice, record, prediction, truth, _ in worst)
+    crops = "".join(html.img_tag(html.image_to_data_uri(error_crop_of(record, window), "png"),
+                                 record.image_id, f"{record.image_id} · Dice {dice:.4f}")
+                    for dice, record, _, _, window in worst)
+    errors = evaluation.outline
+    outline = html.cards([
+        ("Wrong pixels / image", f"{errors.wrong / max(1, errors.images):,.0f}"),
+        ("False car / image", f"{errors.false_car.sum() / max(1, errors.images):,.0f}", "background called car"),
+        ("Missed car / image", f"{errors.missed_car.sum() / max(1, errors.images):,.0f}", "car called background"),
+    ]) + html.table_html(errors.table())
+    ranked = frame.sort_values("dice").reset_index(drop=True)
+    picks = [ranked.iloc[-1], ranked.iloc[len(ranked) // 2], ranked.iloc[0]]
+    triptychs = ""
+    for label, row in zip(("best", "median", "worst"), picks):
+        record = records[row["image_id"]]
+        photo = read_photo(record.image_path).pixels
+        predicted = predictor.predict([photo])[0]
+        truth = read_mask(record.mask_path)
+        cells = [html.img_tag(html.image_to_data_uri(photo, max_width=THUMB_WIDTH), "input", "Input image"),
+                 html.img_tag(html.image_to_data_uri(truth.astype(np.uint8) * 255, "png", THUMB_WIDTH), "true", "True mask"),
+                 html.img_tag(html.image_to_data_uri(predicted.astype(np.uint8) * 255, "png", THUMB_WIDTH), "predicted", "Predicted mask")]
+        triptychs += f"<h3>{label}: {html.esc(record.image_id)} · Dice {row['dice']:.4f}</h3>" \
+                     f"<div class='grid'>{''.join(cells)}</div>"
+    body = "".join([
+        html.section("Scores", headline, "Dice = 2|A∩B|/(|A|+|B|) per image, averaged; masks are "
+                     "predicted at the model's input size and upsampled as logits to each photo's full size."),
+        html.section("By view angle", views + by_view, "Which views are hardest for this model."),
+        html.section("By make", by_make, "Worst makes first."),
+        html.section("Along the outline", outline + f"<p>{legend}</p><div class='grid'>{crops}</div>",
+                     "Wrong pixels by distance to the true outline (1 = the first pixel outside or "
+                     "inside it), and each worst image's full-resolution crop where they crowd most."),
+        html.section(f"The {len(worst)} worst images", f"<p>{legend}</p><div class='grid'>{tiles}</div>",
+                     "Errors in colour over the photo: most are thin bands along the outline, "
+                     "wheels, antennas and see-through windows."),
+        html.section("Input / true mask / predicted mask", triptychs,
+                     "The seeds' view of a prediction, for the best, the median and the worst image."),
+    ])
+    return html.write_html(out / "index.html", html.page(
+        f"carmask evaluation: Dice {evaluation.dice:.5f}", body,
+        subtitle=f"{len(frame)} images · {predictor.name}"))
+

@@ -1,0 +1,294 @@
+"""A whole prediction job: photos → a Kaggle submission (streamed in sample order, resumable,
+shardable) and/or one mask file per photo, with its outputs checked and locked before the model
+loads, and photos that fail listed rather than fatal. The masks come from carmask.inference.predictor; a
+submission alone, on the torch backend, takes its fast path (`Predictor.predict_runs`).
+
+`share_job` settles one process's part of a job: all of it, its `--shard`, or under torchrun its
+rank's share into a part file, which rank 0 merges when every rank is done (`JobShare.finish`)."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from carmask.util.atomic import atomic_path
+from carmask.data.io import DataError, read_photo_header
+from carmask.inference.distributed import Rank
+from carmask.inference.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobSummary:
+    expected: int  # images this job (shard) should cover
+    predicted: int  # predicted in this run
+    resumed: int  # already done by an earlier run
+    failures: list[tuple[str, str]]  # (image name, error)
+    missing: list[str]  # expected names with no photo or no mask in the end
+    seconds: float
+    peak_rss_mb: float
+    submission: Path | None
+    masks_dir: Path | None
+    dropped: list[str] = field(default_factory=list)  # resumed rows found invalid and redone
+    models: Counter = field(default_factory=Counter)  # masks made by each model
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (image name, what to check)
+
+    @property
+    def complete(self) -> bool:
+        return not self.failures and not self.missing
+
+    @property
+    def images_per_second(self) -> float:
+        return self.predicted / self.seconds if self.seconds else 0.0
+
+
+@dataclass(frozen=True)
+class JobShare:
+    """One process's part of a prediction job (see `share_job`)."""
+    out: Path | None  # the submission file this process writes (a part of `whole` under torchrun)
+    device: str  # under torchrun, cuda is this rank's own GPU
+    whole: Path | None = None  # the job's submission
+    split: tuple[int, int] | None = None  # (index, count): this process predicts every count-th
+    rank: Rank | None = None  # under torchrun
+
+    def names(self, names: Sequence[str]) -> list[str]:
+        """This process's share of the job's `names`."""
+        return shard_of(names, self.split)
+
+    def finish(self, names: Sequence[str]) -> list[str] | None:
+        """Call when this process's part is written. Under torchrun, wait for every rank; rank 0
+        then merges the parts into `whole` in `names` order (SubmissionError if one is bad) and
+        returns the names without a mask. None where this process merged nothing."""
+        if self.rank is None:
+            return None
+        from carmask.inference.distributed import merge_parts, wait_for_all
+
+        wait_for_all()
+        if not self.rank.leader or self.whole is None:
+            return None
+        return merge_parts(self.whole, self.rank, list(names))
+
+
+def share_job(out: Path | None, device: str = "cpu", shard: str | tuple[int, int] | None = None,
+              overwrite: bool = False) -> JobShare:
+    """What this process does of a job writing the submission `out`: with `shard` ("i/n" or
+    (i, n)) that share; under torchrun (RANK, WORLD_SIZE) its rank's share, into a part file
+    beside `out`, on its own GPU, after joining the other ranks. ValueError for --shard under
+    torchrun (two ways of splitting) and for an existing `out` there without `overwrite`
+    (the merge would replace it), before any work."""
+    from carmask.inference.distributed import join, part_path, torchrun_rank
+
+    split = parse_shard(shard) if isinstance(shard, str) else shard
+    rank = torchrun_rank()
+    if rank is None:
+        return JobShare(out, device, out, split)
+    if split:
+        raise ValueError("--shard and torchrun both split the work: give one of them")
+    if out is not None and out.exists() and not overwrite:
+        raise ValueError(f"{out} exists; --overwrite replaces it")
+    join()
+    return JobShare(part_path(out, rank) if out is not None else None,
+                    f"cuda:{rank.local}" if device == "cuda" else device, out,
+                    (rank.index, rank.count), rank)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """"i/n" → (i, n); ValueError naming the option otherwise."""
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
+    return index, count
+
+
+def shard_of(names: Sequence[str], shard: tuple[int, int] | None) -> list[str]:
+    """Every n-th name from the i-th (0-based): shards are balanced and disjoint."""
+    if shard is None:
+        return list(names)
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"shard must be i/n with 0 <= i < n, got {index}/{count}")
+    return list(names[index::count])
+
+
+def photos_by_name(paths: Iterable[str | Path], masks: bool = False) -> dict[str, Path]:
+    """Photos keyed by file name, the `img` of their submission rows. Two photos with one name
+    (from two folders) would share a row, and with `masks` two with one stem would share a mask
+    file: ValueError naming both, rather than one silently replacing the other."""
+    photos: dict[str, Path] = {}
+    stems: dict[str, Path] = {}
+    for path in map(Path, paths):
+        if path.name in photos and photos[path.name] != path:
+            raise ValueError(f"two photos are named {path.name}: {photos[path.name]} and {path}; "
+                             "rows and masks are named after the photo, so predict them apart")
+        if masks and path.stem in stems and stems[path.stem] != path:
+            raise ValueError(f"{stems[path.stem]} and {path} would both get the mask "
+                             f"{path.stem}_mask.png; predict them apart")
+        photos[path.name] = stems[path.stem] = path
+    return photos
+
+
+def check_outputs(submission: Path | None, masks_dir: Path | None, *, resume: bool = False,
+                  overwrite: bool = False, locks: ExitStack | None = None) -> None:
+    """Refuse outputs that cannot be written, or whose contents would be lost, before any work:
+    OutputError naming the path (and the option that would allow it), or SubmissionError for
+    resuming into a file that is not a submission.
+
+    With `locks`, the outputs are also locked (held until that stack closes), after the paths
+    are checked and before their contents are: a job still writing them is named as such.
+    """
+    from carmask.util.output_files import OutputError, check_output_dir, check_output_file, output_lock
+
+    if masks_dir is not None:
+        check_output_dir(masks_dir, "--masks-dir")
+    if submission is not None:
+        check_output_file(submission, "--out submission")
+    if locks is not None:
+        for output in (submission, masks_dir):
+            if output is not None:
+                locks.enter_context(output_lock(output))
+    if submission is None or overwrite:
+        return
+    if resume:
+        from carmask.kaggle.writer import check_resumable
+        check_resumable(submission)
+        return
+    spool = submission.with_name(submission.name + ".spool")
+    if spool.exists():
+        raise OutputError(f"{spool}: a killed run's rows are there; --resume continues it, "
+                          "--overwrite starts again")
+    if submission.exists():
+        raise OutputError(f"{submission} exists; --overwrite replaces it, --resume continues it")
+
+
+def run_prediction(
+    predictor: Predictor,
+    photos: dict[str, Path],
+    names: Sequence[str],
+    *,
+    submission: Path | None = None,
+    masks_dir: Path | None = None,
+    resume: bool = False,
+    workers: int | None = None,
+    track=None,
+    fast: bool | None = None,
+) -> JobSummary:
+    """Predict `names` (photo names, e.g. 0a0e3fb8f782_01.jpg) found in `photos` and stream them
+    into a submission (sample order, atomic, resumable) and/or mask files.
+
+    `fast`: take `Predictor.predict_runs` (the mask runs found on the device; byte for byte the
+    same submission); None takes it where it serves: a submission and no mask files, from a
+    Predictor that `finds_runs` (the torch backend).
+
+    Names with no photo and photos that fail to decode are listed, the rest goes on; with any
+    of them the submission is written with empty rows for them and marked incomplete.
+    The outputs are locked for the run (`NAME.lock`): a second job on them raises OutputError.
+    """
+    import resource
+    import time
+
+    from carmask.util.output_files import output_lock
+    from carmask.util.progress import silent_track
+
+    track = track or silent_track
+    started = time.perf_counter()
+    with ExitStack() as locks:
+        for output in (submission, masks_dir):
+            if output is not None:
+                locks.enter_context(output_lock(output))
+        if fast is None:
+            fast = (submission is not None and masks_dir is None
+                    and isinstance(predictor, Predictor) and predictor.finds_runs)
+        elif fast and masks_dir is not None:
+            raise ValueError("the fast path writes a submission only, not mask files")
+        counts, failures, missing, dropped, models, warnings = _run(
+            predictor, photos, names, submission, masks_dir, resume, workers, track, fast)
+    return JobSummary(
+        expected=len(names), predicted=counts[0], resumed=counts[1], failures=failures,
+        missing=missing, seconds=time.perf_counter() - started,
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        submission=submission, masks_dir=masks_dir, dropped=dropped, models=models, warnings=warnings)
+
+
+def _run(predictor, photos, names, submission, masks_dir, resume, workers, track, fast):
+    from carmask.data.io import save_mask
+    from carmask.util.parallel import BoundedExecutor
+    from carmask.kaggle.writer import SubmissionWriter
+
+    writer = SubmissionWriter(submission, names, resume=resume,
+                              shape=lambda name: _photo_size(photos.get(name))) if submission else None
+    todo = writer.remaining if writer else list(names)
+    if masks_dir is not None:
+        masks_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            todo = [n for n in todo if not _mask_file(masks_dir, n).exists()]
+    resumed = len(names) - len(todo)
+    missing = [n for n in todo if n not in photos]
+    todo = [n for n in todo if n in photos]
+    failures: list[tuple[str, str]] = []
+    saver = BoundedExecutor(workers=2, name="mask-png") if masks_dir is not None else None
+    unsaved: list[tuple[str, str]] = []  # a mask file that could not be written is a failure
+
+    def saved(name, future):
+        if future.exception() is not None:
+            unsaved.append((name, f"{_mask_file(masks_dir, name)}: {future.exception()}"))
+
+    predicted, models, warnings = 0, Counter(), []
+    try:
+        predict = predictor.predict_runs if fast else predictor.predict_paths
+        stream = predict([photos[n] for n in todo], workers=workers)
+        for name, result in track(zip(todo, stream), total=len(todo), description="predicting"):
+            if result.error is not None:
+                failures.append((name, result.error))
+                log.warning("%s", result.error)
+                continue
+            if writer and result.runs is not None:
+                writer.add_runs(name, result.runs)
+            elif writer:
+                writer.add(name, result.mask)
+            if saver:
+                future = saver.submit(save_mask, result.mask, _mask_file(masks_dir, name))
+                future.add_done_callback(lambda done, name=name: saved(name, done))
+            predicted += 1
+            models[result.model] += 1
+            warnings.extend((name, warning) for warning in result.warnings)
+    except BaseException:
+        if writer:
+            writer.close()  # keep the spool: --resume picks up from here
+        raise
+    finally:
+        if saver:
+            saver.shutdown()
+    failures.extend(unsaved)
+    if writer:
+        writer.finalize(allow_missing=True)
+    if (failures or missing) and submission:
+        _write_failures(submission.with_name(submission.stem + ".failures.csv"), failures, missing)
+    return (predicted, resumed), failures, missing, writer.dropped if writer else [], models, warnings
+
+
+def _photo_size(path: Path | None) -> tuple[int, int] | None:
+    """A photo's displayed (H, W) from its header, the size its mask must have; None when
+    there is no readable photo (its row is then checked for all but its length)."""
+    try:
+        return read_photo_header(path).size if path is not None else None
+    except DataError:
+        return None
+
+
+def _mask_file(masks_dir: Path, name: str) -> Path:
+    return masks_dir / (Path(name).stem + "_mask.png")
+
+
+def _write_failures(path: Path, failures: list[tuple[str, str]], missing: list[str]) -> None:
+    import csv
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as file:
+        out = csv.writer(file)
+        out.writerow(["img", "error"])
+        out.writerows(failures)
+        out.writerows((name, "no photo for this name") for name in missing)

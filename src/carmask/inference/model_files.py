@@ -1,0 +1,177 @@
+"""Model files, read without torch: the shipped ONNX files, run folders and `.safetensors` files.
+
+A model's config (architecture, input size, normalisation, threshold, role, training record)
+travels inside its file: in the safetensors metadata, and in the ONNX file's `metadata_props`,
+both under the key "carmask". The shipped models are ONNX files (fp16 weights, computed in
+fp32), so nothing is exported at first use. A `.safetensors` file from training is exported to
+ONNX once, into the cache, which needs torch (`pip install carmask[train]`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+METADATA_KEY = "carmask"
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+SHIPPED = {  # role → the file every command uses for it
+    "studio": WEIGHTS / "carvana-unet-mnv2.onnx",  # Carvana's turntable
+    "general": WEIGHTS / "general-unet-mnv2.onnx",  # cars on any background
+}
+ALIASES = {"": "studio", "default": "studio", "shipped": "studio", "studio": "studio",
+           "general": "general"}
+CACHE = Path(os.environ.get("CARMASK_CACHE", Path.home() / ".cache" / "carmask"))
+TRAIN_EXTRA = "pip install 'carmask[train]'"
+
+
+class ModelFileError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ShippedModel:
+    """A model that ships in the package, as `carmask models` lists it (weights/models.json)."""
+    role: str
+    path: Path
+    input: str
+    held_out: str
+    licence: str
+    card: Path
+
+    @property
+    def id(self) -> str:
+        return model_id(self.path)
+
+
+def shipped_models() -> list[ShippedModel]:
+    """The shipped models, studio first, with their summaries and model cards."""
+    summaries = json.loads((WEIGHTS / "models.json").read_text(encoding="utf-8"))
+    found = []
+    for role, path in SHIPPED.items():
+        summary = summaries.get(path.stem, {})
+        found.append(ShippedModel(role, path, summary.get("input", "?"), summary.get("held_out", "?"),
+                                  summary.get("licence", "see the model card"),
+                                  WEIGHTS / summary.get("card", f"{path.stem}.md")))
+    return found
+
+
+def resolve_model_path(spec: str | Path | None = None) -> Path:
+    """A model argument → its file: None, "shipped" or "studio" for the shipped studio model,
+    "general" for the shipped any-background model, a run folder (its model.onnx, else its
+    model.safetensors), or a file."""
+    if spec is None or str(spec) in ALIASES:
+        path = SHIPPED[ALIASES[str(spec or "")]]
+        if not path.is_file():
+            raise ModelFileError(f"{path}: the shipped model is missing from this install")
+        return path
+    path = Path(spec)
+    if path.is_dir():
+        path = next((path / name for name in ("model.onnx", "model.safetensors")
+                     if (path / name).is_file()), path / "model.safetensors")
+    if not path.is_file():
+        raise ModelFileError(f"{spec}: no such model file or run folder (a run folder holds "
+                             "model.safetensors)")
+    return path
+
+
+def read_config(path: str | Path) -> dict:
+    """The carmask config stored in a `.onnx` or `.safetensors` model file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model file not found")
+    text = _onnx_metadata(path) if path.suffix == ".onnx" else _safetensors_metadata(path)
+    if text is None:
+        raise ModelFileError(f"{path}: no carmask config in the metadata (not a carmask model)")
+    return json.loads(text)
+
+
+def load_model_config(spec: str | Path | None = None) -> dict:
+    """The config of a model given as a file, a run folder, or None/"shipped"."""
+    return read_config(resolve_model_path(spec))
+
+
+def model_id(path: Path) -> str:
+    """A short fingerprint of a model file: its stem and the start of its SHA-256."""
+    return f"{path.stem}@{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
+
+
+def onnx_file(path: Path) -> Path:
+    """The ONNX file to run for a model file: itself, or the cached export of a safetensors file
+    (made once, with any input size; exporting needs torch)."""
+    if path.suffix == ".onnx":
+        return path
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    cached = CACHE / "onnx" / f"{path.stem}-{digest}.onnx"
+    if not cached.exists():
+        try:  # the one place inference reaches into training, and only for a training file
+            from carmask.training.export import export_model_file
+        except ImportError:
+            raise ModelFileError(
+                f"{path}: a training file (.safetensors); running it needs its ONNX file. Make one "
+                f"with `carmask export --model {path} --out model.onnx` ({TRAIN_EXTRA}), then pass "
+                "the .onnx file") from None
+        export_model_file(path, cached)
+    return cached
+
+
+def _safetensors_metadata(path: Path) -> str | None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as file:
+            metadata = file.metadata() or {}
+    except Exception as error:  # safetensors raises its own error types for a bad header
+        raise ModelFileError(f"{path}: not a safetensors file ({error})") from None
+    return metadata.get(METADATA_KEY)
+
+
+def _onnx_metadata(path: Path) -> str | None:
+    """The "carmask" entry of an ONNX file's metadata_props, read from the protobuf's top level
+    (field 14) without loading the graph: onnxruntime offers it only after building a session."""
+    data = path.read_bytes()
+    try:
+        for number, value in _fields(data):
+            if number == 14:
+                entry = dict(_fields(value))
+                if entry.get(1) == METADATA_KEY.encode():
+                    return entry.get(2, b"").decode("utf-8")
+    except (IndexError, ValueError, UnicodeDecodeError):
+        raise ModelFileError(f"{path}: not an ONNX file (its protobuf does not parse)") from None
+    return None
+
+
+def _fields(data: bytes):
+    """(field number, value) of each length-delimited field of a protobuf message; the other
+    wire types are skipped."""
+    position = 0
+    while position < len(data):
+        key, position = _varint(data, position)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            _, position = _varint(data, position)
+        elif wire == 1:
+            position += 8
+        elif wire == 5:
+            position += 4
+        elif wire == 2:
+            length, position = _varint(data, position)
+            if position + length > len(data):
+                raise ValueError("field runs past the end")
+            yield number, data[position:position + length]
+            position += length
+        else:
+            raise ValueError(f"wire type {wire}")
+
+
+def _varint(data: bytes, position: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = data[position]
+        position += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, position
+        shift += 7

@@ -1,0 +1,1 @@
+"""The Kaggle formats: run-length encoding and submissions (read, check, write, merge). No torch."""

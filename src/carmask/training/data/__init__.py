@@ -1,0 +1,1 @@
+"""Torch datasets and augmentation for training."""

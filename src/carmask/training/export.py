@@ -1,0 +1,102 @@
+"""ONNX export: the files the torch-free inference runs (onnxruntime, about 2x torch on a CPU).
+
+An export takes any input size (the height and width axes are dynamic: the networks are fully
+convolutional, sides multiples of 32) and carries the model's carmask config in its metadata,
+so one `.onnx` file is a complete model for `carmask.inference`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from carmask.inference.model_files import CACHE, METADATA_KEY
+from carmask.util.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int], channels: int = 3,
+                fp16: bool = False, config: dict | None = None, dynamic_size: bool = True) -> Path:
+    """Export with dynamic batch (and, unless `dynamic_size` is False, height and width) axes,
+    traced at `size`; `config` goes into the metadata; written atomically.
+
+    With `fp16` nothing is folded at export: folding a batch norm into its convolution makes
+    weights that fp16 cannot hold (the general model's logits moved by up to 0.8); unfolded,
+    the stored weights are the model's own fp16 ones and onnxruntime folds them in fp32 at load."""
+    model = model.eval().float()
+    example = torch.zeros(1, channels, *size)
+    axes = {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"}
+    with atomic_path(path, suffix=".onnx") as tmp:
+        torch.onnx.export(model, (example,), str(tmp), input_names=["image"], output_names=["output"],
+                          dynamic_axes={"image": axes, "output": axes}, opset_version=17, dynamo=False,
+                          do_constant_folding=not fp16)
+        if fp16 or config is not None:
+            _finish(str(tmp), fp16, config)
+    return Path(path)
+
+
+def export_model_file(model_file: str | Path, out: str | Path, fp16: bool = False,
+                      size: tuple[int, int] | None = None) -> Path:
+    """The ONNX file of a carmask `.safetensors` model, config included."""
+    from carmask.training.models.io import load_model
+
+    network, config = load_model(model_file)
+    if config.get("refiner"):
+        config = {k: v for k, v in config.items() if k != "refiner"}
+        log.warning("%s: its outline refiner is not exported (it runs with torch)", model_file)
+    size = tuple(size or config["input_size"])
+    log.info("exporting %s to ONNX (%s)", Path(model_file).name, out)
+    return export_onnx(network, out, size, config["channels"], fp16=fp16, config=config)
+
+
+def cached_export(model_file: Path, build: Callable[[], nn.Module], size: tuple[int, int],
+                  channels: int, part: str) -> Path:
+    """A second network stored in a model file (`part`, the outline refiner), exported once at
+    a fixed size into the cache."""
+    digest = hashlib.sha256(model_file.read_bytes()).hexdigest()[:16]
+    path = CACHE / "onnx" / f"{model_file.stem}-{part}-{digest}-{size[0]}x{size[1]}.onnx"
+    if not path.exists():
+        export_onnx(build(), path, size, channels, dynamic_size=False)
+    return path
+
+
+def _finish(path: str, fp16: bool, config: dict | None) -> None:
+    """Store the config in the metadata and, with `fp16`, the weights in half precision."""
+    import onnx
+
+    graph_model = onnx.load(path)
+    if fp16:
+        _store_weights_in_fp16(graph_model)
+    if config is not None:
+        del graph_model.metadata_props[:]
+        entry = graph_model.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, json.dumps(config)
+    onnx.save(graph_model, path)
+
+
+def _store_weights_in_fp16(graph_model) -> None:
+    """Halve the file: float32 weights become float16 initializers cast back to float32 by a
+    Cast node at load, so onnxruntime still computes in fp32 (its fast path on CPUs)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = graph_model.graph
+    casts = []
+    for initializer in list(graph.initializer):
+        if initializer.data_type != TensorProto.FLOAT or len(initializer.dims) == 0:
+            continue
+        half = numpy_helper.from_array(numpy_helper.to_array(initializer).astype(np.float16),
+                                       initializer.name + "_fp16")
+        graph.initializer.remove(initializer)
+        graph.initializer.append(half)
+        casts.append(helper.make_node("Cast", [half.name], [initializer.name], to=TensorProto.FLOAT))
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)

@@ -1,0 +1,174 @@
+"""One `.safetensors` file per trained model, its config in the metadata: loadable offline."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from carmask.inference.model_files import METADATA_KEY, ModelFileError
+from carmask.training.models import create_bare_model, model_info
+from carmask.util.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+REFINER_PREFIX = "refiner."  # the outline refiner's weights in a combined model file
+WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
+SHIPPED_MODEL = WEIGHTS / "carvana-unet-mnv2.safetensors"  # the studio model: Carvana's turntable
+GENERAL_MODEL = WEIGHTS / "general-unet-mnv2.safetensors"  # cars on any background (issue 12)
+
+
+def model_config(name: str, size: tuple[int, int], threshold: float = 0.5, **extra) -> dict:
+    """The config stored beside the weights: everything needed to predict with them."""
+    info = model_info(name)
+    return {"architecture": name, "input_size": list(size), "channels": info.channels,
+            "mean": list(info.mean), "std": list(info.std), "output": info.output,
+            "threshold": threshold, **extra}
+
+
+def save_model(model: nn.Module, path: str | Path, config: dict, half: bool = False) -> Path:
+    """Write weights (fp16 when `half`) and config atomically."""
+    return save_state(model.state_dict(), path, config, half)
+
+
+def save_state(weights: dict[str, torch.Tensor], path: str | Path, config: dict, half: bool = False) -> Path:
+    """Write a state dict (fp16 when `half`) and config atomically."""
+    state = {}
+    for key, tensor in weights.items():
+        tensor = tensor.detach().cpu().contiguous()
+        state[key] = tensor.half() if half and tensor.is_floating_point() else tensor
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(config)})
+        os.chmod(tmp, 0o644)  # safetensors creates its file owner-only; a model is meant to be shared
+    return Path(path)
+
+
+def read_config(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model file not found")
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            metadata = file.metadata() or {}
+    except Exception as error:  # safetensors raises its own error types for a bad header
+        raise ModelFileError(f"{path}: not a safetensors file ({error})") from None
+    if METADATA_KEY not in metadata:
+        raise ModelFileError(f"{path}: no carmask config in the metadata (not a carmask model)")
+    return json.loads(metadata[METADATA_KEY])
+
+
+def resolve_model_path(spec: str | Path | None = None) -> Path:
+    """A model argument → its file: None, "shipped" or "studio" for the shipped studio model,
+    "general" for the shipped any-background model, a run folder, or a file."""
+    if spec is None or str(spec) in ("", "default", "shipped", "studio", "general"):
+        path = GENERAL_MODEL if str(spec) == "general" else SHIPPED_MODEL
+        if not path.is_file():
+            raise ModelFileError(f"{path}: the shipped model is missing from this install")
+        return path
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if not path.is_file():
+        raise ModelFileError(f"{spec}: no such model file or run folder (a run folder holds "
+                             "model.safetensors)")
+    return path
+
+
+def load_model_config(spec: str | Path | None = None) -> dict:
+    """The config of a model given as a file, a run folder, or None/"shipped"."""
+    return read_config(resolve_model_path(spec))
+
+
+def load_model(path: str | Path | None = None) -> tuple[nn.Module, dict]:
+    """Build the architecture named in the file, load its weights strictly, return (model, config).
+
+    `path` may also be a run folder, or None for the shipped model."""
+    path = resolve_model_path(path)
+    config = read_config(path)
+    name = model_info(config["architecture"]).name
+    model = create_bare_model(name)
+    _load_stage(model, path, name, refiner=False)
+    return model.eval(), config
+
+
+def load_refiner(path: str | Path | None = None) -> tuple[nn.Module, dict] | None:
+    """The outline refiner stored in a model file beside its coarse model, as (network, its
+    config), or None when the file has none."""
+    path = resolve_model_path(path)
+    refiner = read_config(path).get("refiner")
+    if not refiner:
+        return None
+    model = create_bare_model(refiner["architecture"])
+    _load_stage(model, path, refiner["architecture"], refiner=True)
+    return model.eval(), refiner
+
+
+def _load_stage(model: nn.Module, path: Path, name: str, refiner: bool) -> None:
+    """Load one stage of a model file strictly, in float32: the coarse model's weights, or the
+    refiner's (stored under REFINER_PREFIX)."""
+    state = {}
+    for key, tensor in load_file(str(path)).items():
+        if key.startswith(REFINER_PREFIX) == refiner:
+            name = key[len(REFINER_PREFIX):] if refiner else key
+            state[name] = tensor.float() if tensor.is_floating_point() else tensor
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        stage = "refiner weights" if refiner else "weights"
+        raise ModelFileError(f"{path}: {stage} do not fit {name}: {error}") from None
+
+
+def attach_refiner(coarse: str | Path | None, refiner_file: str | Path, out: str | Path,
+                   half: bool = True) -> Path:
+    """One model file holding a coarse model and the refiner trained on its outlines: the coarse
+    weights and config as they are, the refiner's under `refiner.` and config["refiner"]."""
+    coarse_net, config = load_model(coarse)
+    refiner_net, refiner_config = load_model(refiner_file)
+    if model_info(refiner_config["architecture"]).role != "refiner" or "geometry" not in refiner_config:
+        raise ModelFileError(f"{refiner_file}: not an outline refiner (see carmask train-refiner)")
+    config = dict(config, refiner={"architecture": refiner_config["architecture"],
+                                   "geometry": refiner_config["geometry"],
+                                   "training": refiner_config.get("training")})
+    state = dict(coarse_net.state_dict())
+    state.update({REFINER_PREFIX + k: v for k, v in refiner_net.state_dict().items()})
+    return save_state(state, out, config, half=half)
+
+
+def average_models(paths: Sequence[str | Path], out: str | Path, half: bool = True,
+                   **config_changes) -> Path:
+    """Average the weights of models fine-tuned from one start (a "model soup", Wortsman et al.
+    2022): often better than any one of them, at no cost when predicting. The first model's config
+    is kept (its training record names the held-out photos), with `config_changes` over it and
+    the averaged files listed under "averaged" (an average among them with its own list)."""
+    if len(paths) < 2:
+        raise ModelFileError("averaging needs at least two model files")
+    total: dict[str, torch.Tensor] = {}
+    members: list[str | dict] = []
+    for index, path in enumerate(paths):
+        model, other = load_model(path)
+        members.append({"file": str(path), "averaged": other["averaged"]} if other.get("averaged") else str(path))
+        if other.get("refiner"):
+            raise ModelFileError(f"{path}: holds an outline refiner; average the coarse models, "
+                                 "then attach the refiner (carmask.training.models.io.attach_refiner)")
+        if index == 0:
+            config, dtypes = other, {k: v.dtype for k, v in model.state_dict().items()}
+        elif other["architecture"] != config["architecture"]:
+            raise ModelFileError(f"{path}: a {other['architecture']}, not a {config['architecture']} "
+                                 f"like {paths[0]}: only one architecture can be averaged")
+        for key, tensor in model.state_dict().items():
+            total[key] = total.get(key, 0) + tensor.double()
+    state = {k: (v / len(paths)).to(dtypes[k]) for k, v in total.items()}
+    config = {**config, **config_changes, "averaged": members}
+    return save_state(state, out, config, half=half)
+
+
+def state_checksum(model: nn.Module) -> float:
+    """A cheap fingerprint of the weights (used to check DDP ranks agree)."""
+    with torch.no_grad():
+        return float(sum(p.double().abs().sum() for p in model.parameters()))
