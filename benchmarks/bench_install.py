@@ -32,7 +32,7 @@ def wall(args: list[str], repeat: int = 5) -> float:
 
 def photo_work(photo: Path, out: Path) -> float:
     """The photo's own work in one process, models already loaded: what start-up is not."""
-    from carmask.apps.cutout import cutout_files
+    from carmask.apps.batch import cutout_files
     from carmask.inference.route import create_predictor
 
     predictor = create_predictor()

@@ -14,7 +14,7 @@ sys.path.insert(0, str(HERE))
 from common import OUTPUT, machine  # noqa: E402
 
 BENCHMARKS = ["bench_rle.py", "bench_index.py", "bench_submission.py", "bench_predict.py",
-              "bench_serve.py", "bench_general.py", "bench_install.py"]
+              "bench_serve.py", "bench_general.py", "bench_install.py", "bench_cutout.py"]
 
 
 def main() -> int:

@@ -53,8 +53,8 @@ def test_the_campaign_resumes_a_killed_run_from_its_last_checkpoint(synth_data, 
         log = (run / "train.log").read_text()
         assert "Restoring states from the checkpoint" in log or "Restored all states" in log
         assert latest.stat().st_mtime >= killed_at
-        status = campaign("status", env)
-        assert "finished" in status and "val Dice" in status  # the figures logged as it went
+        wait_for(lambda: "finished" in campaign("status", env), 120, "the trainer to exit")
+        assert "val Dice" in campaign("status", env)  # the figures logged as it went
 
         # the machine lost the checkpoints: the runner says so and starts from the best file
         for path in (run / "checkpoints").glob("*.ckpt"):

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from carmask.apps.batch import cutout_files, expand_inputs
 from carmask.cli import app
 from carmask.apps.cutout import (
     TRANSPARENT,
@@ -17,9 +18,7 @@ from carmask.apps.cutout import (
     CutoutError,
     composite,
     cover,
-    cutout_files,
     encode_image,
-    expand_inputs,
     feathered_alpha,
     floor_shadow,
     parse_background,

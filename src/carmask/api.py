@@ -25,8 +25,9 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps
 
-from carmask.apps.cutout import (TRANSPARENT, Background, CutoutError, composite, largest_car,
-                                 parse_background)
+from carmask.apps.canvas import Canvas
+from carmask.apps.cutout import (TRANSPARENT, Background, CutoutError, CutoutOptions, largest_car,
+                                 parse_background, render)
 from carmask.data.io import DataError, read_photo
 
 ImageInput = Union[str, Path, bytes, Image.Image, np.ndarray]
@@ -50,29 +51,40 @@ class Session:
                  threads: int | None = None) -> None:
         from carmask.inference.route import create_predictor
 
-        self.predictor = create_predictor(model, backend="onnx", tta=tta, threads=threads)
+        self.predictor = create_predictor(model, backend="onnx", tta=tta, threads=threads,
+                                          soft_edges=True)
         self._lock = threading.Lock()  # one onnxruntime run at a time: each uses every core
 
     def cutout(self, image: ImageInput, *, background: str | tuple | ImageInput = "transparent",
-               feather: float = 0.0, shadow: bool = False, largest: bool = False) -> Cutout:
+               feather: float = 0.0, shadow: bool = False, largest: bool = False,
+               hard_edges: bool = False, canvas: str | tuple[int, int] | Canvas | None = None,
+               margin: float = 0.05, align: str = "center") -> Cutout:
         """The cut-out of `image` with its mask, model and warnings; see `remove`."""
+        options = _options(background, feather, shadow, largest, hard_edges, canvas, margin, align)
         photo, prediction = self._predict(image)
+        picture = render(photo, prediction, options, self.predictor)
         mask = largest_car(prediction.mask) if largest else prediction.mask
-        picture = composite(photo, mask, _background(background), feather=feather, shadow=shadow)
         return Cutout(picture, mask, prediction.model, list(prediction.warnings))
 
     def remove(self, image: ImageInput, *, background: str | tuple | ImageInput = "transparent",
-               feather: float = 0.0, shadow: bool = False, largest: bool = False):
+               feather: float = 0.0, shadow: bool = False, largest: bool = False,
+               hard_edges: bool = False, canvas: str | tuple[int, int] | Canvas | None = None,
+               margin: float = 0.05, align: str = "center"):
         """The car cut out of `image`: transparent (RGBA) by default, or over `background` (a
         colour name, '#RRGGBB', an (r, g, b) tuple, or an image of any kind `image` may be,
-        scaled to cover). `feather` softens the edge inside the outline by that many pixels;
-        `shadow` keeps the floor shadow; `largest` keeps only the biggest car.
+        scaled to cover). Edges are soft (anti-aliased) unless `hard_edges`; `feather` softens
+        them inward by that many pixels instead. `shadow` keeps a studio photo's floor shadow
+        and gives any other photo a synthetic one. `largest` keeps only the biggest car.
+        `canvas` ("1600x1200" or (1600, 1200)) crops to the car and places it on a canvas of
+        that size, `margin` (a fraction of the canvas) free on each side, `align` "center" or
+        "bottom".
 
         >>> carmask.remove(np.zeros((480, 640, 3), np.uint8)).shape   # an array in, an array out
         (480, 640, 4)
         """
         result = self.cutout(image, background=background, feather=feather, shadow=shadow,
-                             largest=largest)
+                             largest=largest, hard_edges=hard_edges, canvas=canvas, margin=margin,
+                             align=align)
         return _as_kind(result.image, image)
 
     def mask(self, image: ImageInput, *, largest: bool = False):
@@ -124,7 +136,8 @@ def _session(model: str | Path) -> Session:
 
 def remove(image: ImageInput, *, background: str | tuple | ImageInput = "transparent",
            feather: float = 0.0, shadow: bool = False, largest: bool = False,
-           model: str | Path = "auto"):
+           hard_edges: bool = False, canvas: str | tuple[int, int] | None = None,
+           margin: float = 0.05, align: str = "center", model: str | Path = "auto"):
     """The car cut out of `image`, of the kind given (see `Session.remove`). The models load on
     the first call and stay loaded; `carmask.load()` gives a session of your own.
 
@@ -132,7 +145,8 @@ def remove(image: ImageInput, *, background: str | tuple | ImageInput = "transpa
     >>> carmask.remove("car.jpg", background="white").save("car-white.jpg")
     """
     return _session(model).remove(image, background=background, feather=feather, shadow=shadow,
-                                  largest=largest)
+                                  largest=largest, hard_edges=hard_edges, canvas=canvas,
+                                  margin=margin, align=align)
 
 
 def mask(image: ImageInput, *, largest: bool = False, model: str | Path = "auto"):
@@ -206,6 +220,18 @@ def _array_to_rgb(array: np.ndarray) -> np.ndarray:
     elif channels == 4:
         pixels = pixels[..., :3]
     return np.ascontiguousarray(pixels)
+
+
+def _options(background, feather, shadow, largest, hard_edges, canvas, margin, align) -> CutoutOptions:
+    try:
+        if isinstance(canvas, str):
+            canvas = Canvas.parse(canvas, margin, align)
+        elif isinstance(canvas, tuple):
+            canvas = Canvas(tuple(int(side) for side in canvas), margin, align)
+        return CutoutOptions(_background(background), float(feather), bool(shadow), bool(largest),
+                             bool(hard_edges), canvas)
+    except CutoutError as error:
+        raise ValueError(str(error)) from None
 
 
 def _background(spec) -> Background:

@@ -1,17 +1,15 @@
-"""Cut cars out of photos: alpha from the predicted mask, soft edges, a kept floor shadow, and
-composites over a colour or another image at the photo's full resolution.
+"""Cut cars out of photos: alpha from the predicted mask, soft edges, the studio's floor shadow
+or a synthetic one, composites over a colour or another image, at the photo's full resolution or
+on a canvas.
 
-Everything here works on arrays, so the command line (files), the service (uploads) and the demo
-share it; `cutout_files` is the batch job behind `carmask cutout`.
+Everything here works on arrays, so the command line (files), the API, the service (uploads)
+and the demo share it; `carmask.apps.batch` is the batch job behind `carmask cutout`.
 """
 
 from __future__ import annotations
 
-import glob
 import io
 import logging
-from collections import Counter
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,14 +17,12 @@ import cv2
 import numpy as np
 from PIL import Image, ImageColor
 
-from carmask.util.atomic import write_bytes
+from carmask.apps.canvas import Canvas, ground_shadow, place
 from carmask.data.io import DataError, read_photo
-from carmask.util.parallel import imap_bounded
-from carmask.util.progress import Track, silent_track
 
 log = logging.getLogger(__name__)
 
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".avif", ".heic", ".heif")
 FORMATS = {"png": "PNG", "webp": "WEBP", "jpg": "JPEG"}
 MEDIA_TYPES = {"png": "image/png", "webp": "image/webp", "jpg": "image/jpeg"}
 
@@ -105,6 +101,21 @@ def feathered_alpha(mask: np.ndarray, feather: float = 0.0) -> np.ndarray:
     return ramp * ramp * (3.0 - 2.0 * ramp)  # smoothstep: no visible kink at either end
 
 
+def soft_alpha(mask: np.ndarray, probability: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """float32 alpha (H, W) that follows the model's probability (uint8 0..255, at the photo's
+    size) across the car's outline, so edges are anti-aliased rather than stair-stepped.
+
+    It never disagrees with the mask: alpha > 1/2 exactly on the mask's pixels (its Dice is the
+    mask's), and regions the mask dropped (specks, other cars with --largest) are 0. `scale`, the
+    photo's size over the model's, sets how far from the mask the soft edge may reach."""
+    reach = max(2, int(np.ceil(2 * scale)))
+    near = cv2.dilate(mask.astype(np.uint8), np.ones((2 * reach + 1, 2 * reach + 1), np.uint8)) > 0
+    alpha = probability.astype(np.float32) * np.float32(1 / 255)
+    alpha = np.where(mask, np.maximum(alpha, np.float32(128 / 255)),
+                     np.where(near, np.minimum(alpha, np.float32(127 / 255)), np.float32(0)))
+    return alpha
+
+
 def floor_shadow(photo: np.ndarray, mask: np.ndarray, strength: float = 0.9) -> np.ndarray:
     """The photo's own floor shadow under the car, as float32 opacity (H, W) in 0..1.
 
@@ -139,35 +150,71 @@ def floor_shadow(photo: np.ndarray, mask: np.ndarray, strength: float = 0.9) -> 
 
 # -- composing -----------------------------------------------------------------------------------
 def composite(photo: np.ndarray, mask: np.ndarray, background: Background = TRANSPARENT, *,
-              feather: float = 0.0, shadow: bool = False) -> Image.Image:
-    """The car of `photo` (RGB uint8, H x W x 3) over `background`, at the photo's resolution.
+              feather: float = 0.0, shadow: bool = False, probability: np.ndarray | None = None,
+              scale: float = 1.0, studio: bool = True, canvas: Canvas | None = None) -> Image.Image:
+    """The car of `photo` (RGB uint8, H x W x 3) over `background`, at the photo's resolution or
+    on a `canvas`.
 
-    Transparent gives RGBA whose alpha is the (feathered) mask plus the kept shadow; a colour or
-    an image gives RGB.
+    The alpha is the mask, soft along the outline where the model's `probability` (uint8, the
+    photo's size) is given (`soft_alpha`), or feathered inward with `feather`. `shadow` keeps a
+    studio photo's own floor shadow (`floor_shadow`) and gives any other photo (`studio` False)
+    a synthetic one made from the mask (`ground_shadow`). Transparent gives RGBA (the shadow
+    black in the alpha); a colour or an image gives RGB.
     """
     if photo.shape[:2] != mask.shape:
         raise CutoutError(f"mask {mask.shape} does not match photo {photo.shape[:2]}")
-    alpha = feathered_alpha(mask, feather)
-    shade = floor_shadow(photo, mask) if shadow else None
-    if background.transparent:
-        # the car over its black shadow: opacity a + s(1 - a), so this RGBA laid over a colour
-        # gives exactly the colour composite below
-        total = alpha if shade is None else alpha + shade * (1.0 - alpha)
-        # premultiplied: the shadow is black, so the colour is the photo's share of the opacity
+    if probability is not None and feather <= 0:
+        alpha = soft_alpha(mask, probability, scale)
+    else:
+        alpha = feathered_alpha(mask, feather)
+    opacity, colour = alpha, photo.astype(np.float32)
+    if shadow:
+        shade = floor_shadow(photo, mask) if studio else ground_shadow(mask)
+        # the car over its black shadow: opacity a + s(1 - a); laid over a colour this gives
+        # the colour darkened by the shadow where the car is not
+        opacity = alpha + shade * (1.0 - alpha)
         with np.errstate(invalid="ignore", divide="ignore"):
-            share = np.where(total > 0, alpha / total, 0.0)[..., None]
-        rgb = (photo * share + 0.5).astype(np.uint8)
-        return Image.fromarray(np.dstack([rgb, (total * 255 + 0.5).astype(np.uint8)]), "RGBA")
+            colour *= np.where(opacity > 0, alpha / opacity, 0.0)[..., None]
+    if canvas is not None:
+        colour, opacity = place(colour, opacity, mask, canvas)
+    height, width = opacity.shape
+    if background.transparent:
+        rgb = np.clip(colour + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(np.dstack([rgb, (opacity * 255 + 0.5).astype(np.uint8)]), "RGBA")
     if background.kind == "color":
-        base = np.empty_like(photo, dtype=np.float32)
+        base = np.empty((height, width, 3), np.float32)
         base[...] = background.color
     else:
-        base = cover(background.image, photo.shape[:2]).astype(np.float32)
-    if shade is not None:
-        base *= (1.0 - shade)[..., None]
-    a = alpha[..., None]
-    out = photo * a + base * (1.0 - a)
-    return Image.fromarray((out + 0.5).astype(np.uint8), "RGB")
+        base = cover(background.image, (height, width)).astype(np.float32)
+    a = opacity[..., None]
+    out = colour * a + base * (1.0 - a)
+    return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8), "RGB")
+
+
+@dataclass(frozen=True)
+class CutoutOptions:
+    """The options of a cut-out, by the names the CLI, the API and the service share."""
+    background: Background = TRANSPARENT
+    feather: float = 0.0
+    shadow: bool = False
+    largest: bool = False
+    hard_edges: bool = False
+    canvas: Canvas | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.feather <= 64:
+            raise CutoutError(f"feather {self.feather}: must be 0..64 pixels")
+
+
+def render(photo: np.ndarray, prediction, options: CutoutOptions, predictor=None) -> Image.Image:
+    """A prediction of `photo` (full size, upright) as the cut-out `options` ask for: the model
+    that made it picks the shadow (the studio's own floor, or a synthetic one elsewhere)."""
+    mask = largest_car(prediction.mask) if options.largest else prediction.mask
+    return composite(photo, mask, options.background, feather=options.feather,
+                     shadow=options.shadow,
+                     probability=None if options.hard_edges else prediction.probability,
+                     scale=model_scale(predictor, photo.shape[:2]) if predictor else 1.0,
+                     studio=prediction.model != "general", canvas=options.canvas)
 
 
 def encode_image(image: Image.Image, fmt: str = "png") -> bytes:
@@ -185,40 +232,11 @@ def encode_image(image: Image.Image, fmt: str = "png") -> bytes:
     return buffer.getvalue()
 
 
-
-# -- the batch job -------------------------------------------------------------------------------
-def expand_inputs(specs: Sequence[str | Path]) -> list[Path]:
-    """Photo files from file paths, folders (their photos, sorted) and globs, in the order given;
-    a spec that matches nothing is an error naming it."""
-    found: list[Path] = []
-    for spec in specs:
-        path = Path(spec)
-        if path.is_dir():
-            matches = sorted(p for p in path.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
-        elif path.is_file():
-            matches = [path]
-        elif glob.has_magic(str(spec)):
-            matches = sorted(Path(p) for p in glob.glob(str(spec), recursive=True)
-                             if Path(p).suffix.lower() in PHOTO_SUFFIXES)
-        else:
-            raise CutoutError(f"{spec}: no such file, folder or glob")
-        if not matches:
-            raise CutoutError(f"{spec}: no photos ({', '.join(PHOTO_SUFFIXES)}) found")
-        found.extend(matches)
-    unique = list(dict.fromkeys(p.resolve() for p in found))
-    return [Path(p) for p in unique]
-
-
-def output_names(inputs: Sequence[Path], out_dir: Path, fmt: str) -> list[Path]:
-    """`<stem>.<fmt>` in out_dir; two inputs with one stem would overwrite each other: an error."""
-    outputs, seen = [], {}
-    for path in inputs:
-        target = out_dir / f"{path.stem}.{fmt}"
-        if target in seen:
-            raise CutoutError(f"{seen[target]} and {path} would both be written to {target}")
-        seen[target] = path
-        outputs.append(target)
-    return outputs
+def model_scale(predictor, size: tuple[int, int]) -> float:
+    """How many photo pixels one model pixel spans (the larger of the two models' inputs)."""
+    inputs = [p.size for p in (getattr(predictor, "studio", None), getattr(predictor, "general", None)) if p]
+    model = max(inputs or [predictor.size], key=lambda s: s[0] * s[1])
+    return max(size[0] / model[0], size[1] / model[1])
 
 
 def largest_car(mask: np.ndarray) -> np.ndarray:
@@ -227,91 +245,3 @@ def largest_car(mask: np.ndarray) -> np.ndarray:
     if count <= 2:  # background and at most one region
         return mask
     return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-
-
-@dataclass
-class CutoutSummary:
-    written: list[Path] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)  # outputs that existed (no --overwrite)
-    failed: list[tuple[Path, str]] = field(default_factory=list)
-    models: Counter = field(default_factory=Counter)  # cut-outs made by each model
-    warnings: list[tuple[Path, str]] = field(default_factory=list)  # masks to check
-
-
-def plan_outputs(inputs: Sequence[Path], out: Path, fmt: str, overwrite: bool = False,
-                 single_file: bool = False) -> tuple[list[tuple[Path, Path]], list[Path]]:
-    """(photo, cut-out) pairs still to make and the cut-outs already there (kept without
-    `overwrite`). `out` is a folder (the cut-outs named after the photos) or, with `single_file`
-    and one photo, the cut-out's own file name."""
-    targets = [out] if single_file else output_names(inputs, out, fmt)
-    todo, skipped = [], []
-    for source, target in zip(inputs, targets):
-        if target.exists() and not overwrite:
-            skipped.append(target)
-        else:
-            todo.append((source, target))
-    return todo, skipped
-
-
-def format_of(path: Path) -> str | None:
-    """The cut-out format a file name asks for (png, webp, jpg), or None for a folder name."""
-    suffix = path.suffix.lower().lstrip(".").replace("jpeg", "jpg")
-    return suffix if suffix in FORMATS else None
-
-
-def cutout_files(predictor, inputs: Iterable[str | Path], out_dir: str | Path,
-                 background: Background = TRANSPARENT, *, feather: float = 0.0,
-                 shadow: bool = False, fmt: str = "png", overwrite: bool = False,
-                 largest: bool = False, single_file: bool = False,
-                 track: Track = silent_track) -> CutoutSummary:
-    """Cut out every photo into `out_dir` (or, with `single_file`, one photo into that file),
-    predicting in the predictor's batches and composing and encoding in a bounded thread pool;
-    an unreadable photo is recorded and the job goes on. Every car in a photo is kept, or only
-    the biggest with `largest`. `predictor` may be a callable that makes it: it is called only
-    when there is something to do."""
-    fmt = fmt.lower().replace("jpeg", "jpg")
-    if fmt not in FORMATS:
-        raise CutoutError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
-    if fmt == "jpg" and background.transparent:
-        raise CutoutError("jpg has no alpha channel: use --format png or webp for a transparent "
-                          "cut-out, or give --background white, #RRGGBB or an image")
-    out_dir = Path(out_dir)
-    inputs = [Path(p) for p in inputs]
-    if single_file and len(inputs) != 1:
-        raise CutoutError(f"{out_dir} is a file name, for one photo; {len(inputs)} photos need a folder")
-    (out_dir.parent if single_file else out_dir).mkdir(parents=True, exist_ok=True)
-    summary = CutoutSummary()
-    todo, summary.skipped = plan_outputs(inputs, out_dir, fmt, overwrite, single_file)
-    targets = dict(todo)
-    if not todo:
-        return summary
-    if callable(predictor) and not hasattr(predictor, "predict_paths"):
-        predictor = predictor()
-
-    def finish(prediction):
-        if prediction.error:
-            return prediction, None, prediction.error
-        try:
-            # upright as displayed, like the photo the predictor decoded: the mask fits it
-            photo = read_photo(prediction.path).pixels
-            mask = largest_car(prediction.mask) if largest else prediction.mask
-            image = composite(photo, mask, background, feather=feather, shadow=shadow)
-            target = targets[prediction.path]
-            write_bytes(target, encode_image(image, fmt))
-            return prediction, target, None
-        except DataError as error:  # names the file itself
-            return prediction, None, str(error)
-        except (CutoutError, OSError) as error:
-            return prediction, None, f"{prediction.path}: {error}"
-
-    predictions = predictor.predict_paths(list(targets))
-    for prediction, target, error in track(imap_bounded(finish, predictions, workers=2),
-                                           total=len(todo), description="cutting out"):
-        if error:
-            log.info("%s", error)
-            summary.failed.append((prediction.path, error))
-            continue
-        summary.written.append(target)
-        summary.models[prediction.model] += 1
-        summary.warnings.extend((prediction.path, w) for w in prediction.warnings)
-    return summary

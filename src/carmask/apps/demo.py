@@ -156,7 +156,8 @@ def backdrop_scene(size: tuple[int, int]) -> np.ndarray:
 def _cut_out_test_photos(result: DemoResult, predictor, out: Path, track: Track) -> None:
     """Cut-outs of the test photos on a transparent, a white and a generated scene background,
     and a page that shows a few of them side by side."""
-    from carmask.apps.cutout import TRANSPARENT, Background, cutout_files, parse_background
+    from carmask.apps.batch import cutout_files
+    from carmask.apps.cutout import TRANSPARENT, Background, CutoutOptions, parse_background
     from carmask.apps.report import esc, page, section, write_html
 
     photos = sorted(r.image_path for r in result.index.test)
@@ -164,7 +165,8 @@ def _cut_out_test_photos(result: DemoResult, predictor, out: Path, track: Track)
     backgrounds = {"transparent": TRANSPARENT, "white": parse_background("white"),
                    "scene": Background.from_image(backdrop_scene((height, width)))}
     for name, background in backgrounds.items():
-        result.cutouts[name] = cutout_files(predictor, photos, out / name, background, feather=1.5,
+        result.cutouts[name] = cutout_files(predictor, photos, out / name,
+                                            CutoutOptions(background, feather=1.5),
                                             overwrite=True, track=track)
     rows = []
     for photo in photos[:: max(1, len(photos) // 6)][:6]:

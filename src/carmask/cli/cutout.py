@@ -12,22 +12,35 @@ from carmask.cli.predict import BackendOption, BatchOption
 
 
 def cutout(
-    inputs: Annotated[list[str], typer.Argument(help="Photos, folders of photos, or globs.",
-                                                show_default=False)],
-    out: Annotated[Path, typer.Option("--out", help="Folder for the cut-outs (named after the photos), "
-                                      "or for one photo a file: out.png, out.webp or out.jpg.")],
+    inputs: Annotated[list[str], typer.Argument(
+        help="Photos, folders of photos (searched to any depth), or globs; - reads one photo "
+             "from standard input.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the cut-outs (the input folders' tree "
+                                      "mirrored, plus manifest.jsonl), or for one photo a file: "
+                                      "out.png, out.webp or out.jpg; - writes to standard output.")],
     background: Annotated[str, typer.Option(
         help="transparent, a colour (white, '#RRGGBB', any CSS name) or an image file, scaled to cover."
     )] = "transparent",
     feather: Annotated[float, typer.Option(
         min=0, max=64, help="Soft edge, in pixels inside the car's outline.")] = 0.0,
     shadow: Annotated[bool, typer.Option(help="Keep the photo's soft floor shadow under the car.")] = False,
+    hard_edges: Annotated[bool, typer.Option(
+        "--hard-edges", help="Alpha 0 or 255 (the mask) instead of soft, anti-aliased edges.")] = False,
+    canvas: Annotated[str, typer.Option(
+        help="Place each car on a WIDTHxHEIGHT canvas (e.g. 1600x1200), cropped to the car and "
+             "scaled to fit within --margin: every car of a batch framed alike.")] = "",
+    margin: Annotated[float, typer.Option(
+        min=0, max=0.49, help="With --canvas: the free border on each side, a fraction of the canvas.")] = 0.05,
+    align: Annotated[str, typer.Option(
+        help="With --canvas: center, or bottom (the car stands on the bottom margin).")] = "center",
     largest: Annotated[bool, typer.Option(
         help="Keep only the biggest car of a photo with several (default: every car).")] = False,
     model: ModelOption = None,
     fmt: Annotated[str, typer.Option("--format", help="png or webp (keep alpha), or jpg (default: "
                                      "the --out file's, else png).")] = "",
     overwrite: Annotated[bool, typer.Option(help="Replace cut-outs that already exist.")] = False,
+    resume: Annotated[bool, typer.Option(
+        help="Skip the photos --out's manifest.jsonl records as written (after a kill).")] = False,
     backend: BackendOption = "auto",
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
     batch: BatchOption = None,
@@ -37,26 +50,35 @@ def cutout(
 
     Exit code 0: all written (or already there); 3: some photos could not be read; 1: bad options.
     """
-    from carmask.apps.cutout import (CutoutError, cutout_files, expand_inputs, format_of,
-                                     parse_background)
+    from carmask.apps.batch import cutout_files, find_photos, format_of
+    from carmask.apps.canvas import Canvas
+    from carmask.apps.cutout import CutoutError, CutoutOptions, parse_background
     from carmask.inference.model_files import ModelFileError
     from carmask.inference.route import create_predictor
     from carmask.util.output_files import OutputError, check_output_dir
 
+    def load_predictor():
+        return create_predictor(model, backend=backend, device=device, batch=batch,
+                                soft_edges=not hard_edges)
+
     try:
-        photos = expand_inputs(inputs)
-        # one photo and --out car.png: that file; else a folder, named after the photos
+        if not canvas and (margin != 0.05 or align != "center"):
+            raise CutoutError("--margin and --align place the car on a --canvas: give --canvas WxH")
+        options = CutoutOptions(parse_background(background), feather, shadow, largest, hard_edges,
+                                Canvas.parse(canvas, margin, align) if canvas else None)
+        if inputs == ["-"] or str(out) == "-":
+            return _cutout_stream(inputs, out, options, fmt, load_predictor)
+        photos = find_photos(inputs)
+        # one photo and --out car.png: that file; else a folder, the input tree mirrored in it
         single_file = len(photos) == 1 and format_of(out) is not None and not out.is_dir()
         if single_file and fmt and format_of(Path(f"x.{fmt}")) != format_of(out):
             raise CutoutError(f"--format {fmt} and --out {out} disagree: give one of them")
         fmt = (format_of(out) if single_file else fmt) or "png"
         if not single_file:
             check_output_dir(out, "--out folder")  # before the model loads
-        chosen = parse_background(background)
         summary = cutout_files(  # the model loads only when there is a photo to cut out
-            lambda: create_predictor(model, backend=backend, device=device, batch=batch),
-            photos, out, chosen, feather=feather, shadow=shadow, fmt=fmt, overwrite=overwrite,
-            largest=largest, single_file=single_file, track=progress)
+            load_predictor, photos, out, options, fmt=fmt, overwrite=overwrite,
+            single_file=single_file, resume=resume, track=progress)
     except (CutoutError, ModelFileError, OutputError, ValueError) as error:
         raise fail(str(error)) from None
     for path, warning in summary.warnings:
@@ -75,6 +97,42 @@ def cutout(
         for _, problem in summary.failed:
             warn(str(problem), label="skipped")
         raise typer.Exit(INCOMPLETE)
+
+
+def _cutout_stream(inputs: list[str], out: Path, options, fmt: str, load_predictor) -> None:
+    """One photo from standard input or a file, its cut-out to standard output or a file."""
+    import sys
+
+    from carmask.apps.batch import cutout_bytes, format_of
+    from carmask.apps.cutout import CutoutError
+    from carmask.data.io import DataError
+    from carmask.util.atomic import write_bytes
+
+    if len(inputs) != 1:
+        raise CutoutError("- (standard input or output) takes exactly one photo")
+    source = inputs[0]
+    data = sys.stdin.buffer.read() if source == "-" else _read_file(source)
+    fmt = fmt or (format_of(out) if str(out) != "-" else None) or "png"
+    try:
+        encoded, prediction = cutout_bytes(load_predictor(), data, options, fmt,
+                                           name="standard input" if source == "-" else source)
+    except DataError as error:
+        raise fail(str(error), code=INCOMPLETE) from None
+    for warning in prediction.warnings:
+        warn(f"{source}: {warning}", label="check:")
+    if str(out) == "-":
+        sys.stdout.buffer.write(encoded)
+        sys.stdout.buffer.flush()
+    else:
+        write_bytes(out, encoded)
+        err.print(f"wrote {out} (1 by the {prediction.model} model)", highlight=False)
+
+
+def _read_file(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise fail(f"{path}: {error.strerror}") from None
 
 
 def serve(

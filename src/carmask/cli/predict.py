@@ -172,7 +172,7 @@ def _resume_command() -> str:
 def _photos_to_predict(data: Path | None, specs: list[str],
                        masks: bool) -> tuple[dict[str, Path], list[str]]:
     """The photos by name, and the names to predict in submission order."""
-    from carmask.apps.cutout import expand_inputs
+    from carmask.apps.batch import expand_inputs
     from carmask.inference.job import photos_by_name
     from carmask.kaggle.submission import read_sample_names
 

@@ -24,6 +24,13 @@ cv2.setNumThreads(1)  # decoding runs in our own worker pools; nested threads on
 # warning for big ones would only repeat that, once per process, on stderr.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
+try:  # HEIC and HEIF photos (iPhones) where the optional reader is installed: carmask[heic]
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+except ImportError:
+    pass
+
 MAX_PIXELS = 100_000_000  # per photo; a 1918x1280 Carvana photo is 2.5 MP, a 50 MP camera's 50
 _ORIENTATION = 0x0112  # the EXIF tag
 
