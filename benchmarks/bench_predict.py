@@ -106,7 +106,7 @@ def profile(photos: list[Path], out: Path) -> None:
     args = OPTIONS
     backend = "onnx" if args.device == "cpu" else "torch"
     predictor = Predictor(args.model or None, backend=backend, device=args.device, batch=args.batch)
-    on_torch, cuda = predictor.backend == "torch", predictor.device.type == "cuda"
+    on_torch, cuda = predictor.backend == "torch", str(predictor.device).startswith("cuda")
     times: dict[str, list[float]] = {stage: [] for stage in (*STAGES, "device RLE")}
 
     def timed(stage: str, share: int, fn, *inputs, **options):  # split over `share` photos
@@ -126,7 +126,7 @@ def profile(photos: list[Path], out: Path) -> None:
         return [car_mask(upsample(o[None], s), predictor.kind, predictor.threshold)[0]
                 for o, s in zip(outputs, sizes)]
 
-    def device_rle(masks):
+    def rle_on_device(masks):
         return [device_rle.encode_runs(*runs) for runs in device_rle.device_runs(torch.stack(masks))]
 
     def pipeline(chunk: list[Path], csv) -> None:
@@ -142,7 +142,7 @@ def profile(photos: list[Path], out: Path) -> None:
         if on_torch:
             device_masks = timed("upsample+threshold", n, on_device, outputs, sizes)
             masks = timed("device→host", n, lambda ms: [m.cpu().numpy() for m in ms], device_masks)
-            alternative = timed("device RLE", n, device_rle, device_masks)
+            alternative = timed("device RLE", n, rle_on_device, device_masks)
         else:
             masks = timed("upsample+threshold", n, predictor.to_masks, outputs, sizes)
             times["device→host"].extend([0.0] * n)

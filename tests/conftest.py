@@ -10,6 +10,28 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+TORCH_WORLD = ("torch", "torchvision", "lightning", "segmentation_models_pytorch", "timm", "onnx")
+# The CLI in a fresh interpreter in which importing torch (or anything of training) fails: what
+# a user of the plain install (`pip install carmask`) runs.
+_WITHOUT_TORCH = f"""
+import sys
+for name in {TORCH_WORLD!r}:
+    sys.modules[name] = None  # `import name` now raises ImportError
+from carmask.cli import main
+sys.argv = ["carmask", *sys.argv[1:]]
+main()
+"""
+
+
+def run_without_torch(*args: str, cwd=None, timeout: float = 600):
+    """`carmask ARGS` where torch cannot be imported; a CompletedProcess with text output."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", COLUMNS="200")
+    return subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
 CARVANA = Path(__file__).resolve().parents[2] / "shared" / "data" / "carvana"
 CARVANA = Path(os.environ.get("CARMASK_CARVANA", CARVANA))
 

@@ -15,9 +15,11 @@ def carmask(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "carmask", *args], capture_output=True, text=True)
 
 
-def test_demo_runs_end_to_end(tmp_path):
+def test_demo_runs_end_to_end_without_torch(tmp_path):
+    from conftest import run_without_torch
+
     out = tmp_path / "demo"
-    result = carmask("demo", "--out", str(out))
+    result = run_without_torch("demo", "--out", str(out), cwd=tmp_path)  # the plain install
     assert result.returncode == 0, result.stderr
     assert "192 rows of true masks) OK" in result.stdout
     html = (out / "eda" / "index.html").read_text()

@@ -199,3 +199,11 @@ def test_avif_and_heic_photos_are_cut_out(suffix, auto_predictor, held_out, tmp_
     assert result.exit_code == 0, result.output
     alpha = np.asarray(Image.open(tmp_path / "car.png"))[..., 3] > 127
     assert dice_and_iou(alpha, read_mask(held_out[1]))[0] > 0.99
+
+
+def test_soft_alpha_is_opaque_inside_the_car_away_from_its_outline():
+    mask = np.zeros((60, 80), bool)
+    mask[10:50, 10:70] = True
+    probability = np.full((60, 80), 200, np.uint8)  # unsure everywhere, as over a window
+    alpha = soft_alpha(mask, probability)
+    assert alpha[30, 40] == 1.0 and alpha[10, 40] == pytest.approx(200 / 255)

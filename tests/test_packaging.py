@@ -4,6 +4,7 @@ wheel installs and runs without it, and the package's layers keep their boundary
 from __future__ import annotations
 
 import ast
+import json
 import os
 import shutil
 import subprocess
@@ -12,27 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TORCH_WORLD, run_without_torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "carmask"
-TORCH_WORLD = ("torch", "torchvision", "lightning", "segmentation_models_pytorch", "timm", "onnx")
-
-# Run the CLI in a fresh interpreter in which importing torch (or anything of training) fails.
-WITHOUT_TORCH = f"""
-import sys
-for name in {TORCH_WORLD!r}:
-    sys.modules[name] = None  # `import name` now raises ImportError
-from carmask.cli import main
-sys.argv = ["carmask", *sys.argv[1:]]
-main()
-"""
-
-
-def run_without_torch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", COLUMNS="200")
-    return subprocess.run([sys.executable, "-c", WITHOUT_TORCH, *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +38,18 @@ def test_cutout_predict_and_models_run_with_torch_unimportable(test_photos, tmp_
     listing = run_without_torch("models", cwd=tmp_path)
     assert listing.returncode == 0 and "studio" in listing.stdout and "general" in listing.stdout
     assert "carmask[train]" in listing.stdout  # the architectures need the extra, it says so
+
+
+def test_the_kaggle_tools_run_with_torch_unimportable(small_real_folder, tmp_path):
+    index = run_without_torch("data", "index", "--data", str(small_real_folder), cwd=tmp_path)
+    assert index.returncode == 0 and "no problems found" in index.stdout, index.stderr
+    mask = next((small_real_folder / "train_masks").iterdir())
+    encoded = run_without_torch("rle", "encode", str(mask), cwd=tmp_path)
+    assert encoded.returncode == 0 and encoded.stdout.split()[0].isdigit(), encoded.stderr
+    scored = run_without_torch("evaluate", "--data", str(small_real_folder), "--model", "studio",
+                               "--out", str(tmp_path / "eval"), "--json", cwd=tmp_path)
+    assert scored.returncode == 0, scored.stderr
+    assert json.loads(scored.stdout.strip().splitlines()[-1])["dice"] > 0.99
 
 
 @pytest.mark.parametrize("command", [["train", "--data", "."], ["export", "--out", "x.onnx"],

@@ -1,5 +1,6 @@
 """The HTTP service on a real socket: masks and cut-outs of a real photo, every refusal as a JSON
-4xx with the server still up afterwards, and admission control under concurrent clients."""
+4xx with the server still up afterwards, admission control under concurrent clients, one set of
+options read alike from the form and the query, and rembg's API."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import cv2
 import httpx
 import numpy as np
 import pytest
@@ -23,8 +25,15 @@ LIMITS = ServeConfig(max_bytes=4 * 2**20, max_pixels=12_000_000)
 
 
 @pytest.fixture(scope="module")
-def server(auto_predictor):
-    with BackgroundServer(create_app(auto_predictor, config=LIMITS)) as running:
+def soft_predictor():
+    """The service's own predictor: both models, keeping each photo's probability for soft edges."""
+    from carmask.inference.route import AutoPredictor
+    return AutoPredictor(backend="onnx", soft_edges=True)
+
+
+@pytest.fixture(scope="module")
+def server(soft_predictor):
+    with BackgroundServer(create_app(soft_predictor, config=LIMITS)) as running:
         yield running
 
 
@@ -55,7 +64,7 @@ def test_health_models_and_docs(client):
     docs = client.get("/docs").text
     assert "swagger" in docs.lower() and "cdn" not in docs  # the docs page works offline
     assert client.get("/static-offline-docs/swagger-ui-bundle.js").status_code == 200
-    assert {"/v1/mask", "/v1/cutout"} <= set(client.get("/openapi.json").json()["paths"])
+    assert {"/v1/mask", "/v1/cutout", "/api/remove"} <= set(client.get("/openapi.json").json()["paths"])
 
 
 def test_mask_png_and_rle_agree_with_the_truth(client, photo):
@@ -150,13 +159,14 @@ BAD_UPLOADS = {
 
 
 @pytest.mark.parametrize("case", BAD_UPLOADS)
-@pytest.mark.parametrize("endpoint", ["/v1/mask", "/v1/cutout"])
-def test_bad_uploads_get_their_4xx_and_the_server_stays_up(client, photo, case, endpoint):
+@pytest.mark.parametrize("endpoint, field", [("/v1/mask", "image"), ("/v1/cutout", "image"),
+                                             ("/api/remove", "file")])
+def test_bad_uploads_get_their_4xx_and_the_server_stays_up(client, photo, case, endpoint, field):
     make, status, code = BAD_UPLOADS[case]
-    response = client.post(endpoint, files={"image": ("upload.jpg", make(photo[0]))})
+    response = client.post(endpoint, files={field: ("upload.jpg", make(photo[0]))})
     assert response.status_code == status, response.headers
     error = response.json()["error"]
-    assert error["code"] == code and error["message"]
+    assert error["code"] == code and error["message"].startswith(field)
     assert client.get("/healthz").json()["status"] == "ok"
 
 
@@ -165,15 +175,152 @@ def test_bad_uploads_get_their_4xx_and_the_server_stays_up(client, photo, case, 
                                         ({"background": "image"}, "bad_background"),
                                         ({"format": "jpg"}, "bad_format"),
                                         ({"format": "gif"}, "invalid_request"),
-                                        ({"feather": "-3"}, "invalid_request")])
+                                        ({"feather": "-3"}, "invalid_request"),
+                                        ({"shadow": "maybe"}, "invalid_request"),
+                                        ({"canvas": "1600by1200"}, "invalid_request"),
+                                        ({"canvas": "8x8"}, "invalid_request"),
+                                        ({"margin": "0.1"}, "invalid_request"),  # no canvas
+                                        ({"align": "top", "canvas": "800x600"}, "invalid_request")])
 def test_bad_cutout_options_are_422(client, photo, form, code):
     response = client.post("/v1/cutout", files={"image": ("car.jpg", photo[0])}, data=form)
     assert response.status_code == 422 and response.json()["error"]["code"] == code
+    assert response.json()["error"]["message"].startswith(next(iter(form)))  # it names the option
+
+
+def test_options_as_form_fields_or_query_parameters_give_the_same_answer(client, photo):
+    data = photo[0]
+    for endpoint, options in (("/v1/mask", {"format": "rle", "largest": "true"}),
+                              ("/v1/cutout", {"background": "#102030", "format": "jpg", "shadow": "true",
+                                              "canvas": "640x480", "align": "bottom", "margin": "0.1"})):
+        as_form = client.post(endpoint, files={"image": ("car.jpg", data)}, data=options)
+        as_query = client.post(endpoint, files={"image": ("car.jpg", data)}, params=options)
+        names = list(options)
+        half = len(names) // 2  # some in each, and one in both with the same value
+        mixed = client.post(endpoint, files={"image": ("car.jpg", data)},
+                            params={n: options[n] for n in names[:half + 1]},
+                            data={n: options[n] for n in names[half:]})
+        assert as_form.status_code == as_query.status_code == mixed.status_code == 200, as_query.text
+        assert as_form.content == as_query.content == mixed.content
+    assert as_form.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(as_form.content)).size == (640, 480)
+
+
+@pytest.mark.parametrize("endpoint, query, form, code, named", [
+    ("/v1/mask", {}, {"background": "white"}, "unknown_option", "/v1/cutout"),  # misplaced
+    ("/v1/mask", {"shadow": "true"}, {}, "unknown_option", "/v1/cutout"),
+    ("/v1/cutout", {}, {"hard-edges": "true"}, "unknown_option", "hard_edges"),  # kebab: CLI spelling
+    ("/v1/cutout", {"colour": "red"}, {}, "unknown_option", "background"),
+    ("/api/remove", {}, {"canvas": "800x600"}, "unknown_option", "/v1/cutout"),
+    ("/v1/cutout", {"format": "png"}, {"format": "webp"}, "conflicting_option", "'png' and 'webp'"),
+    ("/v1/mask", {"largest": "true"}, {"largest": "false"}, "conflicting_option", "largest"),
+    ("/v1/cutout", {}, {"background_image": "sky.png"}, "invalid_request", "file upload"),
+    ("/v1/mask", {"model": "turbo"}, {}, "invalid_request", "auto, studio, general"),
+])
+def test_unknown_misplaced_or_conflicting_options_are_422_naming_them(client, photo, endpoint, query,
+                                                                      form, code, named):
+    field = "file" if endpoint == "/api/remove" else "image"
+    response = client.post(endpoint, files={field: ("car.jpg", photo[0])}, params=query, data=form)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    option = next(iter(query or form))
+    assert error["code"] == code and error["message"].startswith(option) and named in error["message"]
+
+
+def test_the_model_is_chosen_per_request(client, photo, shipped_predictor):
+    data, truth = photo
+    for model in ("studio", "general"):
+        for endpoint in ("/v1/mask", "/v1/cutout"):
+            response = client.post(endpoint, files={"image": ("car.jpg", data)}, params={"model": model})
+            assert response.status_code == 200 and response.headers["x-carmask-model"] == model
+        rle = client.post("/v1/mask", files={"image": ("car.jpg", data)},
+                          data={"model": model, "format": "rle"}).json()
+        assert rle["model"] == model and dice_and_iou(decode(rle["rle"], truth.shape), truth)[0] >= 0.95
+    studio, general = (png_mask(client.post("/v1/mask", files={"image": ("car.jpg", data)},
+                                            data={"model": m})) for m in ("studio", "general"))
+    assert not np.array_equal(studio, general)  # two models, two masks
+    # a service on one model file has no studio or general model to offer
+    with BackgroundServer(create_app(shipped_predictor, config=LIMITS)) as one, \
+            httpx.Client(base_url=one.url, timeout=60) as http:
+        refused = http.post("/v1/cutout", files={"image": ("car.jpg", data)}, data={"model": "general"})
+        assert refused.status_code == 422 and refused.json()["error"]["code"] == "model_unavailable"
+        assert "one model file" in refused.json()["error"]["message"]
+
+
+def test_rembg_clients_work_unchanged(client, photo):
+    data = photo[0]
+    ours = client.post("/v1/cutout", files={"image": ("car.jpg", data)})
+    theirs = client.post("/api/remove", files={"file": ("car.jpg", data)})
+    assert theirs.status_code == 200 and theirs.headers["content-type"] == "image/png"
+    alpha = np.asarray(Image.open(io.BytesIO(theirs.content)))[..., 3]
+    assert np.array_equal(alpha, np.asarray(Image.open(io.BytesIO(ours.content)))[..., 3])
+    # rembg's options: its model names and alpha matting accepted, the same cut-out
+    ignored = client.post("/api/remove", files={"file": ("car.jpg", data)},
+                          data={"model": "isnet-general-use", "a": "true", "af": "240", "ab": "10",
+                                "ae": "10", "ppm": "true"}, params={"extras": '{"sam_prompt": []}'})
+    assert ignored.status_code == 200 and ignored.content == theirs.content
+    only_mask = client.post("/api/remove", files={"file": ("car.jpg", data)}, data={"om": "true"})
+    assert np.array_equal(png_mask(only_mask), png_mask(client.post("/v1/mask", files={"image": ("c.jpg", data)})))
+    blue = client.post("/api/remove", files={"file": ("car.jpg", data)}, params={"bgc": "0,0,255,255"})
+    pixels = np.asarray(Image.open(io.BytesIO(blue.content)))
+    assert pixels[..., 3].min() == 255 and tuple(pixels[0, 0]) == (0, 0, 255, 255)
+    fetch = client.get("/api/remove", params={"url": "http://169.254.169.254/latest/meta-data"})
+    assert fetch.status_code == 422 and fetch.json()["error"]["code"] == "no_fetching"
+    assert "never fetches" in fetch.json()["error"]["message"]
+    described = client.get("/openapi.json").json()["paths"]["/api/remove"]["post"]["description"]
+    assert all(name in described for name in ("`om`", "`bgc`", "`af`", "`ppm`", "`extras`"))
+
+
+def test_a_canvas_frames_the_car_alike(client, photo):
+    data = photo[0]
+    placed = client.post("/v1/cutout", files={"image": ("car.jpg", data)},
+                         data={"canvas": "1600x1200", "margin": "0.1", "align": "bottom"})
+    assert placed.status_code == 200 and placed.headers["x-image-size"] == "1918x1280"  # the photo's
+    alpha = np.asarray(Image.open(io.BytesIO(placed.content)))[..., 3]
+    assert alpha.shape == (1200, 1600)
+    rows, cols = np.flatnonzero((alpha > 127).any(axis=1)), np.flatnonzero((alpha > 127).any(axis=0))
+    assert abs(rows[-1] - (1200 - 120)) <= 2  # standing on the bottom margin
+    assert cols[0] >= 160 - 2 and cols[-1] <= 1600 - 160 + 2 and rows[0] >= 120 - 2
+
+
+def test_soft_edges_by_default_agree_with_the_mask(client, photo):
+    data = photo[0]
+    mask = png_mask(client.post("/v1/mask", files={"image": ("car.jpg", data)}))
+    soft = np.asarray(Image.open(io.BytesIO(client.post("/v1/cutout", files={"image": ("car.jpg", data)}).content)))
+    alpha = soft[..., 3]
+    assert np.array_equal(alpha > 127, mask)
+    between = (alpha > 0) & (alpha < 255)
+    outline = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
+    assert between.sum() > 0.5 * outline.sum()  # anti-aliased along the outline...
+    near = cv2.dilate(outline.astype(np.uint8), np.ones((15, 15), np.uint8)) > 0
+    assert not (between & ~mask & ~near).any()  # ...with no halo beyond it
+    hard = client.post("/v1/cutout", files={"image": ("car.jpg", data)}, params={"hard_edges": "true"})
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(hard.content)))[..., 3], mask * np.uint8(255))
+
+
+def test_a_shadow_under_a_car_photographed_anywhere(client):
+    from conftest import WILD
+    path = WILD / "images" / "2019-acura-rdx-11.jpg"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    data = path.read_bytes()
+    plain, shaded = (client.post("/v1/cutout", files={"image": ("suv.jpg", data)},
+                                 data={"shadow": flag, "hard_edges": "true"}) for flag in ("false", "true"))
+    assert shaded.headers["x-carmask-model"] == "general"
+    plain_alpha, shaded_alpha = (np.asarray(Image.open(io.BytesIO(r.content)))[..., 3].astype(int)
+                                 for r in (plain, shaded))
+    rows = np.flatnonzero((plain_alpha > 127).any(axis=1))
+    below = slice(rows[-1] + 1, rows[-1] + 6)  # the ground just under the wheels
+    assert plain_alpha[below].max() == 0 and shaded_alpha[below].max() > 20
+    assert (shaded_alpha >= plain_alpha).all()  # the car itself untouched
 
 
 def test_a_missing_field_and_a_whole_body_over_the_limit(client, photo):
-    missing = client.post("/v1/mask", files={"photo": ("car.jpg", photo[0])})
-    assert missing.status_code == 422 and "image" in missing.json()["error"]["message"]
+    misnamed = client.post("/v1/mask", files={"photo": ("car.jpg", photo[0])})
+    assert misnamed.status_code == 422 and "it takes image (a file)" in misnamed.json()["error"]["message"]
+    missing = client.post("/v1/mask", files={"format": (None, "png")})  # multipart, no photo
+    assert missing.status_code == 422 and "the photo is missing" in missing.json()["error"]["message"]
+    raw = client.post("/v1/mask", content=photo[0], headers={"content-type": "image/jpeg"})
+    assert raw.status_code == 422 and "multipart/form-data" in raw.json()["error"]["message"]
     huge = client.post("/v1/mask", content=b"0" * (10 * 2**20),
                        headers={"content-type": "multipart/form-data; boundary=x"})
     assert huge.status_code == 413 and huge.json()["error"]["code"] == "too_large"
@@ -199,10 +346,11 @@ class SlowPredictor:
     def __init__(self, predictor, seconds: float) -> None:
         self._predictor, self.seconds = predictor, seconds
         self.config, self.path, self.backend = predictor.config, predictor.path, predictor.backend
+        self.decode_cover = predictor.decode_cover
 
-    def predict_detailed(self, photos):
+    def predict_decoded(self, pixels, size):
         time.sleep(self.seconds)
-        return self._predictor.predict_detailed(photos)
+        return self._predictor.predict_decoded(pixels, size)
 
 
 def test_a_full_queue_answers_503_and_recovers(shipped_predictor):

@@ -1,8 +1,8 @@
 """The web page at `/`, end to end in headless Chromium against the real shipped model.
 
 One server and one browser for the module; one page uploads a real Carvana photo and the tests
-then work on it in order (cut-out quality, the mask overlay, downloads, a colour background,
-screenshots); the error test uses a page of its own.
+then work on it in order (cut-out quality, the mask overlay, downloads, a colour background, soft
+and hard edges, a canvas with a shadow, screenshots); the error test uses a page of its own.
 """
 
 from __future__ import annotations
@@ -57,9 +57,12 @@ def photo_paths(held_out) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def server(auto_predictor):
+def server():
+    """The service as `carmask serve` makes it: both models, keeping probabilities for soft edges."""
     from carmask.apps.serve import BackgroundServer, create_app
-    with BackgroundServer(create_app(auto_predictor), host="127.0.0.1") as running:
+    from carmask.inference.route import AutoPredictor
+    predictor = AutoPredictor(backend="onnx", soft_edges=True)
+    with BackgroundServer(create_app(predictor), host="127.0.0.1") as running:
         yield running
 
 
@@ -161,6 +164,56 @@ def test_colour_background_gives_an_opaque_download(loaded):
     assert np.abs(rgba[..., :3][car].astype(int) - photo_rgb[car]).max() <= 1  # the car untouched
     page.click("label[for='bg-mode-transparent']")
     assert "checker" in page.get_attribute("#result-frame", "class")
+    assert console.unexpected() == []
+
+
+def cutout_after(page, action) -> np.ndarray:
+    """Do `action` on the page; the RGBA cut-out it asked the server for (Chromium keeps no copy
+    of a form with a file in it, so what was sent shows in what came back)."""
+    with page.expect_response(lambda r: r.url.endswith("/v1/cutout"), timeout=TIMEOUT_MS) as answer:
+        action()
+    response = answer.value
+    assert response.status == 200, response.text()
+    page.wait_for_selector("#status[data-state='done']")
+    return np.asarray(png_of(response.body()))
+
+
+def test_edges_are_soft_unless_hard_edges_is_chosen(loaded):
+    page, console, body = loaded
+    soft = np.asarray(png_of(body))[..., 3]
+    assert ((soft > 0) & (soft < 255)).sum() > 1000  # anti-aliased from the first cut-out on
+    hard = cutout_after(page, lambda: page.check("#hard-edges"))
+    assert set(np.unique(hard[..., 3])) <= {0, 255}
+    assert np.array_equal(hard[..., 3] == 255, soft > 127)  # the same mask
+    again = cutout_after(page, lambda: page.uncheck("#hard-edges"))
+    assert np.array_equal(again[..., 3], soft)
+    assert console.unexpected() == []
+
+
+def test_a_canvas_and_a_shadow_frame_the_car(loaded):
+    page, console, _ = loaded
+    assert page.is_disabled("#margin") and page.is_enabled("#mask-toggle")
+    placed = cutout_after(page, lambda: page.select_option("#canvas", "1600x1200"))
+    assert placed.shape == (1200, 1600, 4)
+    assert page.eval_on_selector("#result-canvas", "c => [c.width, c.height]") == [1600, 1200]
+    assert "onto a 1600×1200 canvas" in page.inner_text("#status")
+    assert page.is_disabled("#mask-toggle")  # the overlay is for the photo's own geometry
+    cutout_after(page, lambda: page.fill("#margin", "0.1"))  # a range: fill sets it, fires input
+    assert page.inner_text("#margin-value") == "10%"
+    standing = cutout_after(page, lambda: page.click("label[for='align-bottom']"))
+    car = standing[..., 3] > 127
+    rows, cols = np.flatnonzero(car.any(axis=1)), np.flatnonzero(car.any(axis=0))
+    assert abs(rows[-1] - (1200 - 120)) <= 2 and cols[0] >= 158 and cols[-1] <= 1442
+    shaded = cutout_after(page, lambda: page.check("#shadow"))
+    floor = (slice(rows[-1] + 3, rows[-1] + 12), slice(cols[0], cols[-1]))  # just under the wheels
+    assert standing[floor][..., 3].mean() < 1 and shaded[floor][..., 3].mean() > 10  # its floor shadow
+    # back to the photo's own size for the tests after this one
+    cutout_after(page, lambda: page.uncheck("#shadow"))
+    cutout_after(page, lambda: page.click("label[for='align-center']"))
+    cutout_after(page, lambda: page.fill("#margin", "0.05"))
+    back = cutout_after(page, lambda: page.select_option("#canvas", ""))  # margin and align not sent
+    assert back.shape == (1280, 1918, 4)
+    assert page.is_disabled("#margin") and page.is_enabled("#mask-toggle")
     assert console.unexpected() == []
 
 

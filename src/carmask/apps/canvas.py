@@ -94,8 +94,7 @@ def ground_shadow(mask: np.ndarray, strength: float = 0.55) -> np.ndarray:
     wheels) meet the ground. Made at most 1024 pixels wide, then enlarged: well under a second
     for a 24-megapixel photo. Never the photo's own pixels, so no road or floor shows."""
     height, width = mask.shape
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
+    if not mask.any():
         return np.zeros((height, width), np.float32)
     factor = min(1.0, 1024 / max(height, width))
     small_size = (max(1, round(width * factor)), max(1, round(height * factor)))

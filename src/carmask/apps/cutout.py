@@ -106,14 +106,18 @@ def soft_alpha(mask: np.ndarray, probability: np.ndarray, scale: float = 1.0) ->
     size) across the car's outline, so edges are anti-aliased rather than stair-stepped.
 
     It never disagrees with the mask: alpha > 1/2 exactly on the mask's pixels (its Dice is the
-    mask's), and regions the mask dropped (specks, other cars with --largest) are 0. `scale`, the
-    photo's size over the model's, sets how far from the mask the soft edge may reach."""
+    mask's), 1 inside the car away from the outline (an unsure window shows no background), 0
+    outside it, and regions the mask dropped (specks, other cars with --largest) are 0. `scale`,
+    the photo's size over the model's, sets how far from the outline the soft edge reaches."""
     reach = max(2, int(np.ceil(2 * scale)))
-    near = cv2.dilate(mask.astype(np.uint8), np.ones((2 * reach + 1, 2 * reach + 1), np.uint8)) > 0
+    kernel = np.ones((2 * reach + 1, 2 * reach + 1), np.uint8)
+    mask8 = mask.astype(np.uint8)
+    near = cv2.dilate(mask8, kernel) > 0
+    core = cv2.erode(mask8, kernel, borderType=cv2.BORDER_REPLICATE) > 0
     alpha = probability.astype(np.float32) * np.float32(1 / 255)
-    alpha = np.where(mask, np.maximum(alpha, np.float32(128 / 255)),
-                     np.where(near, np.minimum(alpha, np.float32(127 / 255)), np.float32(0)))
-    return alpha
+    return np.where(core, np.float32(1), np.where(
+        mask, np.maximum(alpha, np.float32(128 / 255)),
+        np.where(near, np.minimum(alpha, np.float32(127 / 255)), np.float32(0))))
 
 
 def floor_shadow(photo: np.ndarray, mask: np.ndarray, strength: float = 0.9) -> np.ndarray:

@@ -1,5 +1,14 @@
 """`carmask serve`: the HTTP service and the web page, on one loaded model.
 
+The endpoints: /v1/mask (the car's mask), /v1/cutout (the car cut out), /api/remove (rembg's
+server API, so a client written for rembg works unchanged), /v1/models, /healthz, and the web
+page at `/`.
+
+One set of options, named as the command line's and the Python API's (snake_case: hard_edges).
+Every endpoint reads its options from the multipart form and from the query string alike; an
+option it does not take, or one given twice with different values, is a 422 naming it: a
+misplaced option is never silently ignored.
+
 Requests are admitted up to `workers + max_queue` at a time (503 beyond that) and run in a pool
 of `workers` threads, so concurrent clients neither crash it nor exhaust memory: at most
 `workers` photos are decoded at once, each within the pixel limit, and waiting requests hold
@@ -18,35 +27,52 @@ import logging
 import os
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Any
 from urllib.parse import quote
 
 import numpy as np
-from fastapi import File, Form, Query, UploadFile
+from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from PIL import Image
+from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
+from carmask.apps.canvas import Canvas
 from carmask.apps.cutout import (
     MEDIA_TYPES,
     TRANSPARENT,
     Background,
     CutoutError,
-    composite,
+    CutoutOptions,
     encode_image,
     largest_car,
     parse_background,
+    render,
 )
-from carmask.data.io import PhotoError, read_photo
+from carmask.apps.service_options import (
+    ApiError,
+    CUTOUT,
+    Endpoint,
+    Given,
+    MASK,
+    REMBG,
+    REMBG_DESCRIPTION,
+    carmask_model,
+    error_body,
+    multipart,
+)
+from carmask.data.io import Photo, PhotoError, read_photo
+from carmask.inference.streaming import Prediction
 from carmask.kaggle.rle import encode
 
 log = logging.getLogger(__name__)
@@ -62,53 +88,63 @@ class ServeConfig:
     cache: int = 16  # recent masks kept by upload hash, so re-composing a photo skips the model
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers
-
-
-def error_body(code: str, message: str) -> dict:
-    return {"error": {"code": code, "message": message}}
-
-
-# how read_photo's reasons for refusing a photo answer over HTTP
 _PHOTO_ERRORS = {"empty": (400, "empty_body"), "not-an-image": (415, "not_an_image"),
                  "too-many-pixels": (413, "too_many_pixels"), "truncated": (400, "truncated_image"),
                  "corrupt": (400, "corrupt_image")}
 
 
-def decode_upload(data: bytes, field: str, config: ServeConfig) -> np.ndarray:
-    """Upload bytes → RGB uint8 array, upright as displayed, or an ApiError that names the field
-    and the problem. The same reader as the command line's (carmask.data.io.read_photo)."""
+def decode_upload(data: bytes, field: str, config: ServeConfig,
+                  cover: tuple[int, int] | None = None) -> Photo:
+    """Upload bytes → the photo (RGB uint8, upright as displayed; JPEGs decoded only as large as
+    `cover` needs), or an ApiError that names the field and the problem. The command line's
+    reader (carmask.data.io.read_photo), so masks match `carmask cutout`'s of the same file."""
     if not data:
         raise ApiError(400, "empty_body", f"{field}: the upload is empty")
     if len(data) > config.max_bytes:
         raise ApiError(413, "too_large", f"{field}: more than the limit of {config.max_bytes:,} bytes")
     try:
-        return read_photo(data, name=field, max_pixels=config.max_pixels).pixels
+        return read_photo(data, name=field, max_pixels=config.max_pixels, cover=cover)
     except PhotoError as error:
         status, code = _PHOTO_ERRORS.get(error.kind, (400, "corrupt_image"))
         raise ApiError(status, code, str(error)) from None
 
 
+# -- the model behind the endpoints ---------------------------------------------------------------
 @dataclass(frozen=True)
-class Masked:
-    mask: np.ndarray
-    model: str  # "studio" or "general"
-    warnings: list[str]
+class _Cached:
+    """A prediction in the cache, small: the mask a bit a pixel, the probability compressed."""
+    packed: np.ndarray
+    shape: tuple[int, int]
+    model: str
+    confidence: Any
+    probability: bytes | None
+
+    @classmethod
+    def of(cls, prediction: Prediction) -> _Cached:
+        soft = prediction.probability
+        # the probability is 0 or 255 nearly everywhere but along the outline: zlib at level 1
+        # takes a few milliseconds and leaves a few percent of it
+        return cls(np.packbits(prediction.mask), prediction.mask.shape, prediction.model,
+                   prediction.confidence, None if soft is None else zlib.compress(soft.tobytes(), 1))
+
+    def prediction(self) -> Prediction:
+        count = self.shape[0] * self.shape[1]
+        mask = np.unpackbits(self.packed, count=count).reshape(self.shape).astype(bool)
+        soft = None
+        if self.probability is not None:
+            soft = np.frombuffer(zlib.decompress(self.probability), np.uint8).reshape(self.shape)
+        return Prediction(None, mask, model=self.model, confidence=self.confidence, probability=soft)
 
 
 class MaskService:
-    """The model behind the endpoints: one predictor, a bounded pool, a small mask cache."""
+    """The model behind the endpoints: one predictor, a bounded pool, a small prediction cache."""
 
     def __init__(self, predictor, config: ServeConfig) -> None:
         self.predictor, self.config = predictor, config
         self.pool = ThreadPoolExecutor(config.workers, thread_name_prefix="carmask-serve")
         self.in_flight = 0
         self.handled = 0  # requests admitted, answered or refused
-        self._cache: OrderedDict[str, tuple[np.ndarray, tuple[int, int], str, list[str]]] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str], _Cached] = OrderedDict()
         self._lock = threading.Lock()
 
     @property
@@ -133,34 +169,98 @@ class MaskService:
         """Run `fn` on one of the `workers` threads."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
-    def mask(self, data: bytes, photo: np.ndarray, largest: bool = False) -> Masked:
-        """The photo's mask (only its biggest car with `largest`), which model made it, and what
-        the user should check."""
-        key = hashlib.sha256(data).hexdigest()
+    def predictor_for(self, model: str):
+        """The predictor a request's `model` asks for: the service's own for auto, else that
+        sub-predictor of its AutoPredictor; 422 where it was started with one model file."""
+        if model == "auto":
+            return self.predictor
+        if not hasattr(self.predictor, "general"):
+            raise ApiError(422, "model_unavailable", f"model: this service was started with one model "
+                           f"file ({self.predictor.path.name}), so only model=auto (that model) is "
+                           f"available; start `carmask serve` without --model for {model}")
+        return getattr(self.predictor, model)
+
+    def predict(self, data: bytes, model: str = "auto", field: str = "image") -> Prediction:
+        """The prediction for a photo's upload bytes (the form's `field`) by the `model` asked
+        for: the mask at the photo's size (the command line's mask of the same file), the model
+        that made it, the probability for soft edges where the predictor keeps it."""
+        key = (model, hashlib.sha256(data).hexdigest())
         with self._lock:
             cached = self._cache.get(key)
             if cached:
                 self._cache.move_to_end(key)
         if cached:
-            packed, shape, model, warnings = cached
-            mask = np.unpackbits(packed, count=shape[0] * shape[1]).reshape(shape).astype(bool)
-        else:
-            prediction = self.predictor.predict_detailed([photo])[0]
-            mask, model, warnings = prediction.mask, prediction.model, prediction.warnings
+            return cached.prediction()
+        predictor = self.predictor_for(model)
+        # decoded as `predict_paths` decodes a file (libjpeg may shrink it to what the model needs)
+        photo = decode_upload(data, field, self.config, cover=predictor.decode_cover)
+        prediction = predictor.predict_decoded(photo.pixels, photo.size)
+        if self.config.cache:
             with self._lock:
-                self._cache[key] = (np.packbits(mask), mask.shape, model, warnings)
+                self._cache[key] = _Cached.of(prediction)
                 while len(self._cache) > self.config.cache:
                     self._cache.popitem(last=False)
-        return Masked(largest_car(mask) if largest else mask, model, list(warnings))
+        return prediction
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
+# -- what the endpoints answer --------------------------------------------------------------------
+def mask_png(mask: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8) * 255).save(buffer, format="PNG", compress_level=3)
+    return buffer.getvalue()
+
+
+def mask_rle(mask: np.ndarray, prediction: Prediction) -> dict:
+    return {"width": mask.shape[1], "height": mask.shape[0], "rle": encode(mask),
+            "car_fraction": round(float(mask.mean()), 6), "model": prediction.model,
+            "warnings": prediction.warnings}
+
+
+def result_headers(started: float, prediction: Prediction) -> dict[str, str]:
+    """Which model made the mask, what to check, how long it took, the photo's size."""
+    height, width = prediction.mask.shape
+    return {"X-Carmask-Model": prediction.model,
+            "X-Carmask-Warnings": json.dumps(prediction.warnings),  # JSON is ASCII: header-safe
+            "X-Carmask-Seconds": f"{time.perf_counter() - started:.3f}",
+            "X-Image-Size": f"{width}x{height}"}
+
+
+def cutout_canvas(given: Given) -> Canvas | None:
+    """The canvas /v1/cutout's options ask for; margin and align without one are refused, as
+    the command line refuses them."""
+    if given["canvas"] is None:
+        if given["margin"] != CUTOUT.options["margin"].default or given["align"] != "center":
+            raise ApiError(422, "invalid_request", "margin and align place the car on a canvas: give "
+                           "canvas=WIDTHxHEIGHT (e.g. 1600x1200) too")
+        return None
+    return Canvas(given["canvas"], given["margin"], given["align"])
+
+
+def background_choice(spec: str, has_image: bool) -> Background | None:
+    """The parsed background, or None when it is the uploaded background image."""
+    if has_image and spec.strip().lower() in ("image", "transparent", ""):
+        return None
+    if spec.strip().lower() == "image":
+        raise ApiError(422, "bad_background", "background: 'image' needs a background_image upload")
+    try:
+        return parse_background(spec, allow_files=False)
+    except CutoutError as error:
+        raise ApiError(422, "bad_background", str(error)) from None
+
+
+def over_colour(image: Image.Image, rgba: tuple[int, int, int, int]) -> Image.Image:
+    """The cut-out over a colour of any opacity, as rembg's `bgc` lays it."""
+    return Image.alpha_composite(Image.new("RGBA", image.size, rgba), image.convert("RGBA"))
+
+
+# -- the app --------------------------------------------------------------------------------------
 def create_app(predictor=None, *, model: str | None = None, backend: str = "onnx",
                config: ServeConfig | None = None):
-    """The FastAPI app; loads the model once (the shipped one by default) unless given a
-    `carmask.inference.predictor.Predictor`."""
+    """The FastAPI app; loads the model once (the shipped ones by default, keeping each photo's
+    probability for soft cut-out edges) unless given a predictor (`create_predictor`'s)."""
     from carmask import __version__
     from carmask.inference.model_files import shipped_models
 
@@ -169,7 +269,7 @@ def create_app(predictor=None, *, model: str | None = None, backend: str = "onnx
         from carmask.inference.route import create_predictor
         # each worker gets its share of the cores: oversubscribed model threads thrash
         threads = max(1, (os.cpu_count() or 1) // config.workers)
-        predictor = create_predictor(model, backend=backend, threads=threads)
+        predictor = create_predictor(model, backend=backend, threads=threads, soft_edges=True)
     service = MaskService(predictor, config)
 
     @asynccontextmanager
@@ -182,12 +282,133 @@ def create_app(predictor=None, *, model: str | None = None, backend: str = "onnx
         title="carmask",
         version=__version__,
         description="Masks and cut-outs of cars in any photo: Carvana's studio model for studio photos, "
-                    "the general model for any other. The web page is at `/`.",
+                    "the general model for any other. The web page is at `/`. Every endpoint takes "
+                    "its options as multipart form fields or as query parameters alike; an option it "
+                    "does not take is a 422 naming it.",
     )
     app.state.service = service
     body_limit = 2 * config.max_bytes + 2**20  # a photo, a background image and the form
     app.add_middleware(RequestBodyLimitMiddleware, max_body_size=body_limit)  # chunked bodies
     app.add_middleware(RefuseLargeBodies, limit=body_limit)  # outermost: JSON from the header
+    add_error_handlers(app)
+
+    async def read_upload(upload: UploadFile) -> bytes:
+        return await upload.read(config.max_bytes + 1)  # one byte over is enough for decode_upload
+
+    async def accept(endpoint: Endpoint, request: Request, form: FormData) -> tuple[Given, str, bytes]:
+        """A request's options, the model it asks for, and its photo's bytes; every option is
+        checked before the photo is read."""
+        given = endpoint.read(request.query_params, form)
+        model = carmask_model(given["model"])
+        service.predictor_for(model)
+        return given, model, await read_upload(given.uploads[endpoint.photo])
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(WEB_DIR / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+
+    @app.get("/healthz", summary="Liveness and load")
+    async def healthz():
+        return {"status": "ok", "models": sorted(loaded_models(predictor)), "in_flight": service.in_flight,
+                "capacity": service.capacity, "handled": service.handled}
+
+    @app.get("/v1/models", summary="The loaded models and the models carmask ships")
+    async def models():
+        loaded = loaded_models(predictor)
+        shipped = [{"role": m.role, "file": m.path.name, "id": m.id, "input": m.input,
+                    "held_out": m.held_out, "licence": m.licence} for m in shipped_models()]
+        return {"loaded": loaded, "shipped": shipped,
+                "limits": asdict(config) | {"formats": list(MEDIA_TYPES)}}
+
+    @app.post("/v1/mask", summary="The car's mask at the photo's size: a PNG, or Kaggle RLE JSON",
+              description="Binary: 0 or 255 (soft edges are /v1/cutout's). Options as form fields "
+                          "or query parameters (?format=rle).",
+              responses={200: {"content": {"image/png": {}, "application/json": {}}}},
+              openapi_extra=MASK.openapi())
+    async def mask_endpoint(request: Request):
+        async with service.admitted(), multipart(request, MASK) as form:
+            started = time.perf_counter()
+            given, model, data = await accept(MASK, request, form)
+
+            def work():
+                prediction = service.predict(data, model)
+                mask = largest_car(prediction.mask) if given["largest"] else prediction.mask
+                rle = given["format"] == "rle"
+                return prediction, mask_rle(mask, prediction) if rle else mask_png(mask)
+
+            prediction, body = await service.run(work)
+        if given["format"] == "rle":
+            return JSONResponse(body, headers=result_headers(started, prediction))
+        return Response(body, media_type="image/png", headers=result_headers(started, prediction))
+
+    @app.post("/v1/cutout", summary="The car cut out: RGBA when transparent, else a composite",
+              description="Soft, anti-aliased edges unless hard_edges; at the photo's size, or on a "
+                          "canvas. Options as form fields or query parameters, named as the command "
+                          "line's (`carmask cutout --hard-edges` is hard_edges=true).",
+              responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}}},
+              openapi_extra=CUTOUT.openapi())
+    async def cutout_endpoint(request: Request):
+        async with service.admitted(), multipart(request, CUTOUT) as form:
+            started = time.perf_counter()
+            given, model, data = await accept(CUTOUT, request, form)
+            backdrop = given.uploads.get("background_image")
+            backdrop_data = await read_upload(backdrop) if backdrop is not None else None
+            chosen = background_choice(given["background"], backdrop_data is not None)
+            if given["format"] == "jpg" and chosen is TRANSPARENT:
+                raise ApiError(422, "bad_format", "format: jpg has no alpha channel; use png or webp, or "
+                               "give a background colour or image")
+            canvas = cutout_canvas(given)
+
+            def work():
+                background = chosen or Background.from_image(
+                    decode_upload(backdrop_data, "background_image", config).pixels)
+                options = CutoutOptions(background, given["feather"], given["shadow"], given["largest"],
+                                        given["hard_edges"], canvas)
+                prediction = service.predict(data, model)
+                photo = decode_upload(data, "image", config).pixels  # the cut-out is made in full
+                image = render(photo, prediction, options, service.predictor_for(model))
+                return prediction, encode_image(image, given["format"])
+
+            prediction, body = await service.run(work)
+        name = f"{Path(given.uploads['image'].filename or 'photo').stem}-cutout.{given['format']}"
+        headers = result_headers(started, prediction) | {"Content-Disposition": disposition(name)}
+        return Response(body, media_type=MEDIA_TYPES[given["format"]], headers=headers)
+
+    @app.post("/api/remove", summary="rembg's API: the car cut out, a PNG",
+              description=REMBG_DESCRIPTION, tags=["rembg"],
+              responses={200: {"content": {"image/png": {}}}}, openapi_extra=REMBG.openapi())
+    async def rembg_remove(request: Request):
+        async with service.admitted(), multipart(request, REMBG) as form:
+            started = time.perf_counter()
+            given, model, data = await accept(REMBG, request, form)
+
+            def work():
+                prediction = service.predict(data, model, "file")
+                if given["om"]:  # rembg lays no background colour under a mask
+                    return prediction, mask_png(prediction.mask)
+                photo = decode_upload(data, "file", config).pixels
+                image = render(photo, prediction, CutoutOptions(), service.predictor_for(model))
+                if given["bgc"] is not None:
+                    image = over_colour(image, given["bgc"])
+                return prediction, encode_image(image, "png")
+
+            prediction, body = await service.run(work)
+        return Response(body, media_type="image/png", headers=result_headers(started, prediction))
+
+    @app.get("/api/remove", summary="rembg's remove-from-URL: refused, carmask never fetches URLs",
+             tags=["rembg"], responses={422: {"description": "Always: carmask never fetches URLs."}})
+    async def rembg_remove_url():
+        raise ApiError(422, "no_fetching", "carmask never fetches URLs (a server that did could be "
+                       "made to reach into its own network): download the photo yourself and POST it "
+                       "to /api/remove as the multipart field 'file'")
+
+    return app
+
+
+def add_error_handlers(app) -> None:
+    """Every refusal and failure as JSON {"error": {"code", "message"}}."""
 
     @app.exception_handler(ApiError)
     async def api_error(_request, error: ApiError):
@@ -210,102 +431,6 @@ def create_app(predictor=None, *, model: str | None = None, backend: str = "onnx
     async def internal_error(_request, error: Exception):
         log.exception("unexpected error")
         return JSONResponse(error_body("internal", f"{type(error).__name__}: {error}"), status_code=500)
-
-    async def read_upload(upload: UploadFile) -> bytes:
-        return await upload.read(config.max_bytes + 1)  # one byte over is enough for decode_upload
-
-    def headers(started: float, masked: Masked) -> dict[str, str]:
-        height, width = masked.mask.shape
-        return {"X-Carmask-Model": masked.model,
-                "X-Carmask-Warnings": json.dumps(masked.warnings),  # JSON is ASCII: header-safe
-                "X-Carmask-Seconds": f"{time.perf_counter() - started:.3f}",
-                "X-Image-Size": f"{width}x{height}"}
-
-    @app.get("/", include_in_schema=False)
-    async def page():
-        return FileResponse(WEB_DIR / "index.html", media_type="text/html")
-
-    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
-
-    @app.get("/healthz", summary="Liveness and load")
-    async def healthz():
-        return {"status": "ok", "models": sorted(loaded_models(predictor)), "in_flight": service.in_flight,
-                "capacity": service.capacity, "handled": service.handled}
-
-    @app.get("/v1/models", summary="The loaded models and the models carmask ships")
-    async def models():
-        loaded = loaded_models(predictor)
-        shipped = [{"role": m.role, "file": m.path.name, "id": m.id, "input": m.input,
-                    "held_out": m.held_out, "licence": m.licence} for m in shipped_models()]
-        return {"loaded": loaded, "shipped": shipped,
-                "limits": asdict(config) | {"formats": list(MEDIA_TYPES)}}
-
-    @app.post("/v1/mask", summary="The car's mask at the photo's size: a PNG, or Kaggle RLE JSON",
-              responses={200: {"content": {"image/png": {}}}})
-    async def mask_endpoint(
-        image: Annotated[UploadFile, File(description="A car photo (JPEG, PNG, WebP, ...).")],
-        format: Annotated[Literal["png", "rle"], Query(description="png or rle")] = "png",
-        largest: Annotated[bool, Query(description="Only the biggest car (default: every car).")] = False,
-    ):
-        async with service.admitted():
-            started = time.perf_counter()
-            data = await read_upload(image)
-
-            def work():
-                masked = service.mask(data, decode_upload(data, "image", config), largest)
-                mask = masked.mask
-                if format == "rle":
-                    return masked, {"width": mask.shape[1], "height": mask.shape[0], "rle": encode(mask),
-                                    "car_fraction": round(float(mask.mean()), 6), "model": masked.model,
-                                    "warnings": masked.warnings}
-                buffer = io.BytesIO()
-                Image.fromarray(mask.astype(np.uint8) * 255).save(buffer, format="PNG", compress_level=3)
-                return masked, buffer.getvalue()
-
-            masked, body = await service.run(work)
-        if format == "rle":
-            return JSONResponse(body, headers=headers(started, masked))
-        return Response(body, media_type="image/png", headers=headers(started, masked))
-
-    @app.post("/v1/cutout", summary="The car cut out: RGBA when transparent, else a composite",
-              responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}}})
-    async def cutout_endpoint(
-        image: Annotated[UploadFile, File(description="A car photo.")],
-        background: Annotated[str, Form(description="transparent, a colour (white, #RRGGBB) or "
-                                        "'image' with background_image")] = "transparent",
-        background_image: Annotated[UploadFile | None, File(description="Image to put behind the "
-                                                            "car, scaled to cover.")] = None,
-        feather: Annotated[float, Form(ge=0, le=64, description="Soft edge width in pixels.")] = 0.0,
-        shadow: Annotated[bool, Form(description="Keep the floor shadow.")] = False,
-        format: Annotated[Literal["png", "webp", "jpg"], Form(description="png, webp or jpg")] = "png",
-        largest: Annotated[bool, Form(description="Only the biggest car (default: every car).")] = False,
-    ):
-        async with service.admitted():
-            started = time.perf_counter()
-            data = await read_upload(image)
-            backdrop_data = None
-            if background_image is not None and background_image.filename:
-                backdrop_data = await read_upload(background_image)
-            choice = _background_choice(background, backdrop_data is not None)
-            if format == "jpg" and choice is TRANSPARENT:
-                raise ApiError(422, "bad_format", "format: jpg has no alpha channel; use png or webp, or "
-                               "give a background colour or image")
-
-            def work():
-                photo = decode_upload(data, "image", config)
-                chosen = choice
-                if chosen is None:
-                    chosen = Background.from_image(decode_upload(backdrop_data, "background_image", config))
-                masked = service.mask(data, photo, largest)
-                return masked, encode_image(composite(photo, masked.mask, chosen, feather=feather,
-                                                      shadow=shadow), format)
-
-            masked, body = await service.run(work)
-        name = f"{Path(image.filename or 'photo').stem}-cutout.{format}"
-        return Response(body, media_type=MEDIA_TYPES[format],
-                        headers=headers(started, masked) | {"Content-Disposition": disposition(name)})
-
-    return app
 
 
 def loaded_models(predictor) -> dict[str, dict]:
@@ -343,18 +468,6 @@ def disposition(filename: str) -> str:
     fallback plus the RFC 6266 UTF-8 form."""
     ascii_name = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in filename)
     return f"inline; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"
-
-
-def _background_choice(spec: str, has_image: bool) -> Background | None:
-    """The parsed background, or None when it is the uploaded background image."""
-    if has_image and spec.strip().lower() in ("image", "transparent", ""):
-        return None
-    if spec.strip().lower() == "image":
-        raise ApiError(422, "bad_background", "background: 'image' needs a background_image upload")
-    try:
-        return parse_background(spec, allow_files=False)
-    except CutoutError as error:
-        raise ApiError(422, "bad_background", str(error)) from None
 
 
 class BackgroundServer:

@@ -147,8 +147,9 @@ def serve(
     max_megapixels: Annotated[float, typer.Option(
         min=0.001, help="Largest image, checked before decoding.")] = 40.0,
 ) -> None:
-    """Serve the web page (/), the HTTP API (/v1/mask, /v1/cutout, /v1/models, /healthz) and its
-    OpenAPI docs (/docs) on one loaded model."""
+    """Serve the web page (/), the HTTP API (/v1/mask, /v1/cutout, rembg's /api/remove,
+    /v1/models, /healthz) and its OpenAPI docs (/docs), on the two shipped models (each photo
+    gets the one it needs) or the --model given."""
     from carmask.inference.model_files import ModelFileError, load_model_config
     from carmask.inference.predictor import resolve_backend
     from carmask.apps.serve import ServeConfig

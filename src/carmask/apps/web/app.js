@@ -1,5 +1,5 @@
-// carmask web page. The server always returns the transparent RGBA cut-out (feather and shadow
-// are applied there); the chosen background is composited here, so switching it is instant.
+// carmask web page. The server always returns the transparent RGBA cut-out (edges, shadow and
+// canvas are made there); the chosen background is composited here, so switching it is instant.
 "use strict";
 
 (() => {
@@ -12,18 +12,20 @@
     originalFrame: $("original-frame"), originalCanvas: $("original-canvas"), maskCanvas: $("mask-canvas"),
     resultFrame: $("result-frame"), resultCanvas: $("result-canvas"),
     maskToggle: $("mask-toggle"), feather: $("feather"), featherValue: $("feather-value"),
-    shadow: $("shadow"), bgColor: $("bg-color"), bgColorValue: $("bg-color-value"),
+    shadow: $("shadow"), hardEdges: $("hard-edges"), bgColor: $("bg-color"), bgColorValue: $("bg-color-value"),
+    canvas: $("canvas"), canvasOptions: $("canvas-options"), margin: $("margin"), marginValue: $("margin-value"),
     bgImageInput: $("bg-image-input"), bgImageName: $("bg-image-name"),
     download: $("download"), downloadHint: $("download-hint"),
   };
   const MASK_TINT = "rgba(37, 99, 235, 0.5)";
-  const FEATHER_DEBOUNCE_MS = 300;
+  const SLIDER_DEBOUNCE_MS = 300;
 
   const state = {
     file: null,            // the photo File
     photo: null,           // ImageBitmap of the photo, or null when the browser cannot decode it
     cutoutBlob: null,      // the server's transparent PNG
     cutout: null,          // ImageBitmap of it
+    placed: false,         // whether it is on a canvas (not the photo's geometry)
     backdrop: null,        // ImageBitmap of the uploaded background image
     maxBytes: null,
     request: null,         // AbortController of the request in flight
@@ -95,10 +97,8 @@
     if (canvas.height !== height) canvas.height = height;
   }
 
-  function setAspect(width, height) {
-    for (const frame of [el.originalFrame, el.resultFrame]) {
-      frame.style.setProperty("--aspect", `${width} / ${height}`);
-    }
+  function setAspect(frames, width, height) {
+    for (const frame of frames) frame.style.setProperty("--aspect", `${width} / ${height}`);
   }
 
   function drawOriginal() {
@@ -110,10 +110,12 @@
   }
 
   // The mask overlay: the tint wherever the cut-out is opaque (its alpha, so feathering and a
-  // kept shadow show as they will come out).
+  // kept shadow show as they will come out). A cut-out on a canvas no longer lies over the photo.
   function drawMask() {
     const canvas = el.maskCanvas;
-    const show = el.maskToggle.checked && state.cutout && !el.originalFrame.classList.contains("empty");
+    el.maskToggle.disabled = state.placed;
+    const show = el.maskToggle.checked && state.cutout && !state.placed &&
+      !el.originalFrame.classList.contains("empty");
     canvas.hidden = !show;
     if (!show) return;
     const { width, height } = state.cutout;
@@ -177,6 +179,7 @@
   function resetPanes() {
     for (const bitmap of [state.photo, state.cutout]) if (bitmap) bitmap.close();
     state.photo = state.cutout = state.cutoutBlob = null;
+    state.placed = false;
     el.originalFrame.classList.add("empty");
     el.resultFrame.classList.add("empty");
     el.maskCanvas.hidden = true;
@@ -196,8 +199,15 @@
     form.append("background", "transparent");
     form.append("feather", el.feather.value);
     form.append("shadow", el.shadow.checked ? "true" : "false");
+    form.append("hard_edges", el.hardEdges.checked ? "true" : "false");
     form.append("largest", el.largest.checked ? "true" : "false");
     form.append("format", "png");
+    const canvas = el.canvas.value;
+    if (canvas) { // margin and align only mean something on a canvas; the server refuses them alone
+      form.append("canvas", canvas);
+      form.append("margin", el.margin.value);
+      form.append("align", document.querySelector('input[name="align"]:checked').value);
+    }
     clearError();
     setStatus(state.cutout ? "Updating the cut-out…" : "Cutting out the car…", "busy");
     const started = performance.now();
@@ -219,14 +229,16 @@
       if (state.cutout) state.cutout.close();
       state.cutout = bitmap;
       state.cutoutBlob = blob;
-      if (!state.photo) setAspect(bitmap.width, bitmap.height);
+      state.placed = Boolean(canvas);
+      setAspect(state.photo ? [el.resultFrame] : [el.originalFrame, el.resultFrame], bitmap.width, bitmap.height);
       drawResult();
       drawMask();
       const total = (performance.now() - started) / 1000;
       const server = Number(response.headers.get("X-Carmask-Seconds"));
       const model = response.headers.get("X-Carmask-Model") || "?";
       const size = (response.headers.get("X-Image-Size") || `${bitmap.width}x${bitmap.height}`).replace("x", "×");
-      setStatus(`Done: ${size} cut out by the ${model} model in ${server.toFixed(2)} s on the server ` +
+      const onto = state.placed ? ` onto a ${bitmap.width}×${bitmap.height} canvas` : "";
+      setStatus(`Done: ${size} cut out${onto} by the ${model} model in ${server.toFixed(2)} s on the server ` +
         `(${total.toFixed(2)} s round trip).`, "done");
       showWarnings(response.headers.get("X-Carmask-Warnings"));
     } catch (error) {
@@ -257,7 +269,7 @@
       const photo = await createImageBitmap(file);
       if (state.file !== file) { photo.close(); return; }
       state.photo = photo;
-      setAspect(photo.width, photo.height);
+      setAspect(state.cutout ? [el.originalFrame] : [el.originalFrame, el.resultFrame], photo.width, photo.height);
       drawOriginal();
       drawMask();
     } catch (_) {
@@ -306,14 +318,28 @@
     }, "image/png");
   }
 
-  let featherTimer = null;
+  // sliders ask again once they rest, not at every step
+  let sliderTimer = null;
+  const requestSoon = () => {
+    clearTimeout(sliderTimer);
+    sliderTimer = setTimeout(requestCutout, SLIDER_DEBOUNCE_MS);
+  };
   el.feather.addEventListener("input", () => {
     el.featherValue.textContent = `${Number(el.feather.value)} px`;
-    clearTimeout(featherTimer);
-    featherTimer = setTimeout(requestCutout, FEATHER_DEBOUNCE_MS);
+    requestSoon();
   });
-  el.shadow.addEventListener("change", () => requestCutout());
-  el.largest.addEventListener("change", () => requestCutout());
+  el.margin.addEventListener("input", () => {
+    el.marginValue.textContent = `${Math.round(Number(el.margin.value) * 100)}%`;
+    requestSoon();
+  });
+  el.canvas.addEventListener("change", () => {
+    el.canvasOptions.disabled = !el.canvas.value;
+    requestCutout();
+  });
+  for (const radio of document.querySelectorAll('input[name="align"]')) {
+    radio.addEventListener("change", () => requestCutout());
+  }
+  for (const box of [el.shadow, el.hardEdges, el.largest]) box.addEventListener("change", () => requestCutout());
   el.maskToggle.addEventListener("change", drawMask);
   for (const radio of document.querySelectorAll('input[name="bg-mode"]')) {
     radio.addEventListener("change", () => {
@@ -360,6 +386,9 @@
     takePhoto(file);
   });
 
+  // a reload may restore the form's values: the page follows them
+  el.canvasOptions.disabled = !el.canvas.value;
+  el.marginValue.textContent = `${Math.round(Number(el.margin.value) * 100)}%`;
   updateDownload();
   loadModelInfo();
 })();
