@@ -60,32 +60,27 @@ def box_of(alpha: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
-def place(rgb: np.ndarray, alpha: np.ndarray, car: np.ndarray, canvas: Canvas
+def place(premultiplied: np.ndarray, opacity: np.ndarray, car: np.ndarray, canvas: Canvas
           ) -> tuple[np.ndarray, np.ndarray]:
-    """The layer (colour float32 (H, W, 3), opacity float32 (H, W) 0..1) cropped to the car's
-    box (`car`: the mask, without its shadow, so every car gets the same margins), scaled and
-    placed on the canvas: (colour, opacity) at the canvas size. What lies outside the box (a
+    """The layer (premultiplied colour float32 (H, W, 3), opacity float32 (H, W) 0..1) cropped
+    to the car's box (`car`: the mask, without its shadow, so every car gets the same margins),
+    scaled and placed on the canvas: the two at the canvas size. What lies outside the box (a
     shadow's blur) is kept as far as the canvas reaches."""
     width, height = canvas.size
-    box = box_of(car) or (0, 0, alpha.shape[1], alpha.shape[0])
+    box = box_of(car) or (0, 0, opacity.shape[1], opacity.shape[0])
     scale, left, top = canvas.placement(box)
-    # the photo pixel at canvas (u, v): ((u - left) / scale + x0, (v - top) / scale + y0)
+    # canvas (u, v) shows photo ((u - left) / scale + x0, (v - top) / scale + y0)
     matrix = np.float32([[scale, 0, left - box[0] * scale], [0, scale, top - box[1] * scale]])
-    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    if scale < 1:  # INTER_AREA is a resize, not a warp: resize first, then shift
-        small = (max(1, round(alpha.shape[1] * scale)), max(1, round(alpha.shape[0] * scale)))
-        premultiplied = cv2.resize(rgb * alpha[..., None], small, interpolation=interpolation)
-        opacity = cv2.resize(alpha, small, interpolation=interpolation)
+    if scale < 1:  # shrinking: area-average first (a warp would alias), then only shift
+        small = (max(1, round(opacity.shape[1] * scale)), max(1, round(opacity.shape[0] * scale)))
+        premultiplied = cv2.resize(premultiplied, small, interpolation=cv2.INTER_AREA)
+        opacity = cv2.resize(opacity, small, interpolation=cv2.INTER_AREA)
         matrix = np.float32([[1, 0, left - box[0] * scale], [0, 1, top - box[1] * scale]])
-    else:
-        premultiplied, opacity = rgb * alpha[..., None], alpha
-    premultiplied = cv2.warpAffine(premultiplied, matrix, (width, height), flags=cv2.INTER_LINEAR,
-                                   borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    opacity = cv2.warpAffine(opacity, matrix, (width, height), flags=cv2.INTER_LINEAR,
-                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        colour = np.where(opacity[..., None] > 1e-6, premultiplied / opacity[..., None], 0)
-    return colour.astype(np.float32), np.clip(opacity, 0, 1).astype(np.float32)
+    warp = dict(dsize=(width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                borderValue=0)
+    premultiplied = cv2.warpAffine(premultiplied, matrix, **warp)
+    opacity = np.clip(cv2.warpAffine(opacity, matrix, **warp), 0, 1)
+    return premultiplied.astype(np.float32), opacity.astype(np.float32)
 
 
 def ground_shadow(mask: np.ndarray, strength: float = 0.55) -> np.ndarray:
@@ -120,4 +115,5 @@ def ground_shadow(mask: np.ndarray, strength: float = 0.55) -> np.ndarray:
         contact[lowest[x]:min(h, lowest[x] + depth + 1), x] = 1.0
     contact = cv2.GaussianBlur(contact, (0, 0), max(0.8, car_w * 0.006))
     shadow = np.clip(shadow + 0.9 * contact / max(1e-6, contact.max()), 0, 1) * strength
+    shadow[shadow < 1e-3] = 0  # a blur's far tails are subnormal floats: slow to compute with
     return cv2.resize(shadow, (width, height), interpolation=cv2.INTER_LINEAR)

@@ -171,28 +171,31 @@ def composite(photo: np.ndarray, mask: np.ndarray, background: Background = TRAN
         alpha = soft_alpha(mask, probability, scale)
     else:
         alpha = feathered_alpha(mask, feather)
-    opacity, colour = alpha, photo.astype(np.float32)
+    # premultiplied: the car's colour times its opacity; a shadow is black, so it adds opacity
+    # and no colour, and the car over its shadow has opacity a + s(1 - a)
+    premultiplied = photo.astype(np.float32)
+    premultiplied *= alpha[..., None]
+    opacity = alpha
     if shadow:
         shade = floor_shadow(photo, mask) if studio else ground_shadow(mask)
-        # the car over its black shadow: opacity a + s(1 - a); laid over a colour this gives
-        # the colour darkened by the shadow where the car is not
         opacity = alpha + shade * (1.0 - alpha)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            colour *= np.where(opacity > 0, alpha / opacity, 0.0)[..., None]
     if canvas is not None:
-        colour, opacity = place(colour, opacity, mask, canvas)
+        premultiplied, opacity = place(premultiplied, opacity, mask, canvas)
     height, width = opacity.shape
     if background.transparent:
-        rgb = np.clip(colour + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(np.dstack([rgb, (opacity * 255 + 0.5).astype(np.uint8)]), "RGBA")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rgb = np.where(opacity[..., None] > 0, premultiplied / opacity[..., None], 0)
+        rgb += 0.5
+        return Image.fromarray(np.dstack([rgb.astype(np.uint8), (opacity * 255 + 0.5).astype(np.uint8)]),
+                               "RGBA")
+    # everything lies within 0..255 here: no clipping pass over the picture is needed
+    clear = (1.0 - opacity)[..., None]
     if background.kind == "color":
-        base = np.empty((height, width, 3), np.float32)
-        base[...] = background.color
+        premultiplied += clear * np.asarray(background.color, np.float32)
     else:
-        base = cover(background.image, (height, width)).astype(np.float32)
-    a = opacity[..., None]
-    out = colour * a + base * (1.0 - a)
-    return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8), "RGB")
+        premultiplied += clear * cover(background.image, (height, width)).astype(np.float32)
+    premultiplied += 0.5
+    return Image.fromarray(premultiplied.astype(np.uint8), "RGB")
 
 
 @dataclass(frozen=True)
