@@ -108,15 +108,16 @@ class Session:
             decoded = _read(source, cover=predictor.decode_cover)
             with self._lock:
                 prediction = predictor.predict_decoded(decoded.pixels, decoded.size)
-            return _read(source).pixels, prediction
+            whole = decoded.pixels.shape[:2] == tuple(decoded.size)  # not shrunk: no second decode
+            return (decoded.pixels if whole else _read(source).pixels), prediction
         photo = to_rgb(image)
         with self._lock:
             prediction = predictor.predict_decoded(photo, photo.shape[:2])
         return photo, prediction
 
 
-_default: Session | None = None
-_default_lock = threading.Lock()
+_sessions: dict[str, Session] = {}  # the module-level calls' sessions, by model
+_sessions_lock = threading.Lock()
 
 
 def load(model: str | Path = "auto", *, tta: bool = False, threads: int | None = None) -> Session:
@@ -125,13 +126,10 @@ def load(model: str | Path = "auto", *, tta: bool = False, threads: int | None =
 
 
 def _session(model: str | Path) -> Session:
-    global _default
-    with _default_lock:
-        if model != "auto":
-            return Session(model)
-        if _default is None:
-            _default = Session()
-        return _default
+    with _sessions_lock:
+        if str(model) not in _sessions:
+            _sessions[str(model)] = Session(model)
+        return _sessions[str(model)]
 
 
 def remove(image: ImageInput, *, background: str | tuple | ImageInput = "transparent",

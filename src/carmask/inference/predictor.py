@@ -237,11 +237,6 @@ class Predictor:
         """How sure the model is of each photo's mask, from its raw outputs at the model's size."""
         return assess(car_probability(outputs, self.kind)[:, 0])
 
-    def to_probabilities(self, outputs: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
-        """Like to_masks, but the car probability (float32 0..1) for soft edges in cut-outs."""
-        return [car_probability(upsample(o[None], tuple(s)), self.kind)[0, 0]
-                for o, s in zip(outputs, sizes)]
-
     # -- conveniences -------------------------------------------------------------------------
     def predict(self, photos: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Masks for RGB uint8 photos, each at its own size."""

@@ -126,10 +126,6 @@ class TorchPredictor(Predictor):
         return [confidence_from_counts(c, u, total)
                 for c, u in torch.stack((car, unsure), dim=1).tolist()]
 
-    def to_probabilities(self, outputs: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
-        return [car_probability(upsample(o[None], tuple(s)), self.kind)[0, 0].cpu().numpy()
-                for o, s in zip(outputs, sizes)]
-
     # -- the fast path: runs found on the device ----------------------------------------------
     @property
     def finds_runs(self) -> bool:
