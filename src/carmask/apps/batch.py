@@ -242,7 +242,8 @@ class _Manifest:
                  "status": "failed" if error else "written", "model": prediction.model or None,
                  "warnings": list(prediction.warnings), "width": size[1] if size else None,
                  "height": size[0] if size else None, "seconds": round(seconds, 3), "error": error}
-        self.file.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        # ASCII with escapes: any file name (even bytes that are not UTF-8) stays valid JSON
+        self.file.write(json.dumps(entry) + "\n")
         self.file.flush()
 
     def __exit__(self, *exc) -> None:

@@ -74,7 +74,7 @@ def predict(
     from carmask.apps.cutout import CutoutError
     from carmask.inference.model_files import ModelFileError
     from carmask.util.output_files import OutputError
-    from carmask.inference.job import check_outputs, run_prediction, share_job
+    from carmask.inference.job import check_outputs, check_row_names, run_prediction, share_job
     from carmask.inference.route import create_predictor
     from carmask.kaggle.submission import SubmissionError
 
@@ -93,6 +93,8 @@ def predict(
             photos, every_name = _photos_to_predict(data, [*(images or []), *(inputs or [])],
                                                     masks=masks_dir is not None)
             names = share.names(every_name)
+            if out is not None:
+                check_row_names(names)  # before the model loads
             # A Kaggle submission is always the studio model's; loose photos get the auto choice.
             submission = out is not None or data is not None
             predictor = create_predictor(

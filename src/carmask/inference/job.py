@@ -133,6 +133,19 @@ def photos_by_name(paths: Iterable[str | Path], masks: bool = False) -> dict[str
     return photos
 
 
+def check_row_names(names: Sequence[str]) -> None:
+    """ValueError, before any work, naming the photos whose names cannot be a submission row
+    (`carmask.kaggle.submission.name_problem`); commas, quotes and any script are fine."""
+    from carmask.kaggle.submission import name_problem
+
+    bad = [(name, problem) for name in names if (problem := name_problem(name))]
+    if bad:
+        shown = "; ".join(f"{name!r}: {problem}" for name, problem in bad[:3])
+        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise ValueError(f"{len(bad)} photo name(s) cannot be a submission row: {shown}{more}. "
+                         "Rename them, or write only --masks-dir")
+
+
 def check_outputs(submission: Path | None, masks_dir: Path | None, *, resume: bool = False,
                   overwrite: bool = False, locks: ExitStack | None = None) -> None:
     """Refuse outputs that cannot be written, or whose contents would be lost, before any work:
@@ -196,6 +209,8 @@ def run_prediction(
     from carmask.util.progress import silent_track
 
     track = track or silent_track
+    if submission is not None:
+        check_row_names(names)
     started = time.perf_counter()
     with ExitStack() as locks:
         for output in (submission, masks_dir):
@@ -287,7 +302,9 @@ def _mask_file(masks_dir: Path, name: str) -> Path:
 
 def _write_failures(path: Path, failures: list[tuple[str, str]], missing: list[str]) -> None:
     import csv
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as file:
+    # any name a file system allows: raw bytes that are not UTF-8 are written back as they were
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8",
+                                        errors="surrogateescape") as file:
         out = csv.writer(file)
         out.writerow(["img", "error"])
         out.writerows(failures)

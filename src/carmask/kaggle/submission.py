@@ -53,12 +53,13 @@ def read_rows(file: BinaryIO, path: str | Path) -> Iterator[Row]:
                 f"{error.start + 1}); is this really a CSV file?") from None
         if number == 1:
             text = text.removeprefix("\ufeff")  # a byte-order mark from Excel
-        fields, problem = _split(text.rstrip("\r\n"))
+        fields, problem = split_row(text.rstrip("\r\n"))
         yield Row(number, offset, len(raw), fields, problem)
         offset += len(raw)
 
 
-def _split(text: str) -> tuple[list[str], str | None]:
+def split_row(text: str) -> tuple[list[str], str | None]:
+    """A CSV line's fields (quotes as the csv module reads them), or why it is not a row."""
     if not text.strip():
         return [], None
     if '"' not in text:  # the common case, and exactly what csv.reader would return
@@ -69,6 +70,27 @@ def _split(text: str) -> tuple[list[str], str | None]:
         return next(csv.reader([text], strict=True)), None
     except csv.Error as error:
         return [], f"not a CSV row ({error}): {text[:60]!r}"
+
+
+def name_problem(name: str) -> str | None:
+    """Why a photo name cannot be a submission row's `img` (None when it can): a line break (a
+    CSV row is one line here), or bytes that are not UTF-8 (a CSV is UTF-8 text). Commas and
+    quotes are fine: `csv_row` quotes the name as Kaggle's reader expects."""
+    if "\n" in name or "\r" in name:
+        return "a line break in the name"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the name is not UTF-8 (rename the file)"
+    return None
+
+
+def csv_row(name: str, encoding: str) -> bytes:
+    """One submission row, UTF-8, the name quoted as the csv module (and Kaggle) read it when it
+    holds a comma or a quote. `name_problem` must have passed."""
+    if "," in name or '"' in name:
+        name = '"' + name.replace('"', '""') + '"'
+    return f"{name},{encoding}\n".encode("utf-8")
 
 
 def read_sample_names(path: str | Path) -> list[str]:
@@ -226,13 +248,13 @@ def merge_submissions(shards: Sequence[str | Path], out: str | Path,
             target.write(f"{HEADER}\n".encode())
             for name in expected:
                 if name not in where:
-                    target.write(f"{name},\n".encode())
+                    target.write(csv_row(name, ""))
                     continue
                 number, offset, length = where[name]
                 files[number].seek(offset)
                 # Re-parsed and written plainly: a quoted shard row becomes an unquoted one.
-                _, encoding = _split(files[number].read(length).decode("utf-8").rstrip("\r\n"))[0]
-                target.write(f"{name},{encoding}\n".encode())
+                _, encoding = split_row(files[number].read(length).decode("utf-8").rstrip("\r\n"))[0]
+                target.write(csv_row(name, encoding))
     finally:
         for file in files:
             file.close()

@@ -27,7 +27,7 @@ from carmask.kaggle import rle
 from carmask.util.atomic import atomic_path
 from carmask.util.output_files import acquire, check_output_file, lock_path, release
 from carmask.util.parallel import BoundedExecutor
-from carmask.kaggle.submission import HEADER, SubmissionError
+from carmask.kaggle.submission import HEADER, SubmissionError, csv_row, split_row
 
 log = logging.getLogger(__name__)
 
@@ -135,13 +135,18 @@ class SubmissionWriter:
             self._claimed.add(name)
 
     def _encoded(self, name: str, future: Future) -> None:
+        # runs in the pool's callback: an error must be kept and raised to the job (by the next
+        # add or the close), or the row would be lost with only a log line
         if future.exception() is not None:
             self._error = future.exception()
             return
-        self._append(name, future.result())
+        try:
+            self._append(name, future.result())
+        except Exception as error:  # noqa: BLE001  (re-raised by _raise_pending_error)
+            self._error = error
 
     def _append(self, name: str, encoding: str) -> None:
-        line = f"{name},{encoding}\n".encode("ascii")
+        line = csv_row(name, encoding)
         with self._lock:
             self._spool.write(line)
             self._spool.flush()  # a killed run loses at most the row being written
@@ -182,7 +187,7 @@ class SubmissionWriter:
                     spool.seek(offset)
                     out.write(spool.read(length))
                 else:
-                    out.write(f"{name},\n".encode())
+                    out.write(csv_row(name, ""))
             out.flush()
             os.fsync(out.fileno())
         if not missing:
@@ -257,12 +262,13 @@ class SubmissionWriter:
     def _check_row(self, line: bytes) -> tuple[str, str | None]:
         """(name, None) for a row to keep, else (name, why not)."""
         try:
-            text = line.decode("ascii").rstrip("\r\n")
+            text = line.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError:
-            return "", f"not ASCII text: {line[:40]!r}"
-        name, comma, encoding = text.partition(",")
-        if not comma:
-            return name, f"expected 'img,rle_mask', got {text[:40]!r}"
+            return "", f"not UTF-8 text: {line[:40]!r}"
+        fields, problem = split_row(text)
+        if problem or len(fields) != 2:
+            return (fields[0] if fields else ""), problem or f"expected 'img,rle_mask', got {text[:40]!r}"
+        name, encoding = fields
         if name not in self._expected:
             return name, f"{name}: not an image of this job"
         if name in self._offsets:
