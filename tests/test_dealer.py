@@ -207,3 +207,27 @@ def test_soft_alpha_is_opaque_inside_the_car_away_from_its_outline():
     probability = np.full((60, 80), 200, np.uint8)  # unsure everywhere, as over a window
     alpha = soft_alpha(mask, probability)
     assert alpha[30, 40] == 1.0 and alpha[10, 40] == pytest.approx(200 / 255)
+
+
+def test_a_second_batch_into_the_same_folder_is_refused_while_the_first_runs(held_out, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sys, time; from carmask.util.output_files import output_lock\n"
+                               f"with output_lock({str(out)!r}):\n"
+                               "    print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = CliRunner().invoke(app, ["cutout", str(held_out[0]), "--out", str(out)])
+        assert result.exit_code == 1 and "another carmask process" in result.output, result.output
+        assert not list(out.glob("*.png"))
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    again = CliRunner().invoke(app, ["cutout", str(held_out[0]), "--out", str(out)])
+    assert again.exit_code == 0 and (out / f"{held_out[0].stem}.png").is_file(), again.output

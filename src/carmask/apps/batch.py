@@ -17,6 +17,7 @@ from pathlib import Path
 from carmask.apps.cutout import FORMATS, PHOTO_SUFFIXES, CutoutError, CutoutOptions, encode_image, render
 from carmask.data.io import DataError, read_photo
 from carmask.util.atomic import write_bytes
+from carmask.util.output_files import output_lock
 from carmask.util.parallel import imap_bounded
 from carmask.util.progress import Track, silent_track
 
@@ -169,6 +170,16 @@ def cutout_files(predictor, inputs: Iterable[str | Path | Source], out_dir: str 
     if single_file and len(inputs) != 1:
         raise CutoutError(f"{out_dir} is a file name, for one photo; {len(inputs)} photos need a folder")
     (out_dir.parent if single_file else out_dir).mkdir(parents=True, exist_ok=True)
+    # two batches into one folder would overwrite each other's cut-outs and both report
+    # success: the second is refused, naming the first (as `predict` does)
+    with output_lock(out_dir):
+        return _cutout_locked(predictor, inputs, out_dir, options, fmt, overwrite, single_file,
+                              resume, track)
+
+
+def _cutout_locked(predictor, inputs: list[Source], out_dir: Path, options: CutoutOptions,
+                   fmt: str, overwrite: bool, single_file: bool, resume: bool,
+                   track: Track) -> CutoutSummary:
     summary = CutoutSummary(manifest=None if single_file else out_dir / MANIFEST)
     done = manifest_done(out_dir) if resume and not single_file else frozenset()
     todo, summary.skipped = plan_outputs(inputs, out_dir, fmt, overwrite, single_file, done)
