@@ -23,7 +23,9 @@ def cutout(
     )] = "transparent",
     feather: Annotated[float, typer.Option(
         min=0, max=64, help="Soft edge, in pixels inside the car's outline.")] = 0.0,
-    shadow: Annotated[bool, typer.Option(help="Keep the photo's soft floor shadow under the car.")] = False,
+    shadow: Annotated[bool, typer.Option(
+        help="A shadow under the car: a studio photo keeps its own floor shadow, any other photo "
+             "gets a synthetic one made from the mask.")] = False,
     hard_edges: Annotated[bool, typer.Option(
         "--hard-edges", help="Alpha 0 or 255 (the mask) instead of soft, anti-aliased edges.")] = False,
     canvas: Annotated[str, typer.Option(
@@ -45,8 +47,9 @@ def cutout(
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
     batch: BatchOption = None,
 ) -> None:
-    """Cut the car out of each photo: transparent, or composited over a colour or an image, at the
-    photo's full resolution. Any photo size works.
+    """Cut the car out of each photo: transparent with soft edges, or over a colour or an image,
+    at the photo's full resolution or framed on a --canvas. Any photo size works; each photo
+    gets the studio or the general model, as it needs.
 
     Exit code 0: all written (or already there); 3: some photos could not be read; 1: bad options.
     """
