@@ -72,10 +72,17 @@ def data_synth(
     size: Annotated[str, typer.Option(help="Image size WIDTHxHEIGHT.")] = "480x320",
     seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 0,
     sign: Annotated[bool, typer.Option(help="Bold lettering on the studio wall, a distractor.")] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace a data set this command wrote there before.")] = False,
 ) -> None:
     """Write a synthetic studio data set in the exact Kaggle layout (deterministic per seed)."""
-    from carmask.data.synth import synthesize
+    from carmask.data.synth import MARKER, synthesize
+    from carmask.util.output_files import OutputError, check_output_dir, refuse_replacing
 
+    try:
+        check_output_dir(out, "--out folder")
+        refuse_replacing([out / MARKER], "synthetic data set", overwrite)
+    except OutputError as error:
+        raise fail(str(error).replace(str(out / MARKER), f"a data set in {out}")) from None
     try:
         result = synthesize(
             out,
@@ -112,11 +119,18 @@ def data_download(
 def eda(
     data: DataDir,
     out: Annotated[Path, typer.Option("--out", help="Folder for index.html.")] = Path("eda"),
+    overwrite: Annotated[bool, typer.Option(help="Replace the report if it exists.")] = False,
 ) -> None:
     """Write a self-contained HTML report exploring a data folder."""
     from carmask.apps.eda import write_eda_report
+    from carmask.util.output_files import OutputError, check_output_dir, refuse_replacing
 
     if not data.is_dir():
         raise fail(f"{data}: data folder does not exist")
+    try:
+        check_output_dir(out, "--out folder")
+        refuse_replacing([out / "index.html"], "EDA report", overwrite)
+    except OutputError as error:
+        raise fail(str(error)) from None
     path = write_eda_report(data, out, track=progress)
     say("EDA report: ", (str(path), "bold"))

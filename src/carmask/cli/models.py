@@ -161,6 +161,7 @@ def export(
     fp16: Annotated[
         bool, typer.Option(help="Store weights in fp16 (half the file; computed in fp32).")
     ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace the --out file if it exists.")] = False,
 ) -> None:
     """Export a trained model (.safetensors, or a run folder) to one ONNX file, its config
     inside, that every command runs without torch (`--model FILE.onnx`). It takes any input
@@ -169,12 +170,15 @@ def export(
     from carmask.inference.model_files import ModelFileError
     from carmask.training.export import export_model_file
     from carmask.training.models.io import resolve_model_path
+    from carmask.util.output_files import OutputError, check_output_file, refuse_replacing
 
     try:
+        check_output_file(out, "--out ONNX file")
+        refuse_replacing([out], "ONNX file", overwrite)
         source = resolve_model_path(model)
         input_size = parse_size(size, "HEIGHTxWIDTH") if size else None
         path = export_model_file(source, out, fp16=fp16, size=input_size)
-    except ModelFileError as error:
+    except (ModelFileError, OutputError) as error:
         raise fail(str(error)) from None
     console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB, {'fp16' if fp16 else 'fp32'} "
                   f"weights) from {source}")
@@ -197,11 +201,19 @@ def average(
                                          "model's setting; 'none' turns it off).")
     ] = None,
     half: Annotated[bool, typer.Option(help="Store the weights in fp16 (half the file).")] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace the --out file if it exists.")] = False,
 ) -> None:
     """Average the weights of fine-tuned runs (a model soup): often better than any one of them,
     at no cost when predicting. The first model's config and training record are kept."""
     require_torch("average")
     from carmask.training.models.io import ModelFileError, average_models
+    from carmask.util.output_files import OutputError, check_output_file, refuse_replacing
+
+    try:
+        check_output_file(out, "--out model file")
+        refuse_replacing([out], "averaged model", overwrite)
+    except OutputError as error:
+        raise fail(str(error)) from None
     from carmask.inference.predictor import second_look_config
 
     changes = {}

@@ -75,6 +75,7 @@ def predict(
     from carmask.inference.model_files import ModelFileError
     from carmask.util.output_files import OutputError
     from carmask.inference.job import check_outputs, check_row_names, run_prediction, share_job
+    from carmask.util.output_files import refuse_replacing
     from carmask.inference.route import create_predictor
     from carmask.kaggle.submission import SubmissionError
 
@@ -95,6 +96,9 @@ def predict(
             names = share.names(every_name)
             if out is not None:
                 check_row_names(names)  # before the model loads
+            if masks_dir is not None and not resume:  # mask files are never silently replaced
+                refuse_replacing([masks_dir / (Path(n).stem + "_mask.png") for n in names],
+                                 "--masks-dir", overwrite)
             # A Kaggle submission is always the studio model's; loose photos get the auto choice.
             submission = out is not None or data is not None
             predictor = create_predictor(
@@ -214,6 +218,7 @@ def evaluate(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print {dice, iou, images} as JSON on stdout.")
     ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace the --out report if it exists.")] = False,
 ) -> None:
     """Score a model against true masks: Dice and IoU at full resolution, per view and make."""
     from carmask.data.io import DataError
@@ -223,8 +228,16 @@ def evaluate(
     from carmask.inference.model_files import ModelFileError
     from carmask.inference.route import create_predictor
 
+    from carmask.util.output_files import OutputError, check_output_dir, refuse_replacing
+
     if not data.is_dir():
         raise fail(f"{data}: data folder does not exist")
+    try:  # the report's folder, before any scoring
+        if out is not None:
+            check_output_dir(out, "--out folder")
+            refuse_replacing([out / "index.html", out / "per_image.csv"], "evaluation report", overwrite)
+    except OutputError as error:
+        raise fail(str(error)) from None
     try:
         predictor = create_predictor(
             model,

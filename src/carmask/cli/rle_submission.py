@@ -33,15 +33,17 @@ def rle_decode(
     encoding: Annotated[str, typer.Argument(help="The RLE string, or - to read it from stdin.")],
     out: Annotated[Path, typer.Option("--out", help="Output mask: .png (0/255) or .gif ({0,1}).")],
     shape: Annotated[str, typer.Option(help="Mask size HEIGHTxWIDTH.")] = "1280x1918",
+    overwrite: Annotated[bool, typer.Option(help="Replace the --out mask if it exists.")] = False,
 ) -> None:
     """Decode a Kaggle RLE string into a mask image."""
     from carmask.kaggle import rle
     from carmask.data.io import MASK_SUFFIXES, DataError, save_mask
-    from carmask.util.output_files import OutputError, check_output_file
+    from carmask.util.output_files import OutputError, check_output_file, refuse_replacing
 
     size = mask_shape(shape)
     try:  # the output is checked before stdin is read
         check_output_file(out, "--out mask")
+        refuse_replacing([out], "decoded mask", overwrite)
         if out.suffix.lower() not in MASK_SUFFIXES:
             raise OutputError(f"--out {out}: masks are written as .png or .gif (lossless), "
                               f"not {out.suffix or 'a file without an extension'}")
@@ -109,8 +111,10 @@ def submission_merge(
     ],
     out: Annotated[Path, typer.Option("--out", help="The merged submission.")],
     shape: Annotated[str, typer.Option(help="Mask size HEIGHTxWIDTH.")] = "1280x1918",
+    overwrite: Annotated[bool, typer.Option(help="Replace the --out submission if it exists.")] = False,
 ) -> None:
-    """Join prediction shards into one submission in sample order, then check it."""
+    """Join prediction shards    overwrite: Annotated[bool, typer.Option(help="Replace the --out submission if it exists.")] = False,
+ into one submission in sample order, then check it."""
     from carmask.kaggle.submission import (
         SubmissionError,
         check_submission,
@@ -118,12 +122,16 @@ def submission_merge(
         read_sample_names,
     )
 
+    from carmask.util.output_files import OutputError, check_output_file, refuse_replacing
+
     size = mask_shape(shape)
     try:
+        check_output_file(out, "--out submission")
+        refuse_replacing([out], "merged submission", overwrite)  # before any work
         expected = read_sample_names(sample)
         missing = merge_submissions(shards, out, expected)
         report = check_submission(out, expected, shape=size)
-    except (OSError, SubmissionError) as error:
+    except (OSError, SubmissionError, OutputError) as error:
         raise fail(str(error)) from None
     for line, message in report.errors[:20]:
         err.print(f"{out}:{line if line is not None else '-'}: {message}", highlight=False)

@@ -38,6 +38,18 @@ def check_output_dir(path: str | Path, what: str = "output folder") -> Path:
     return path
 
 
+def refuse_replacing(paths, what: str, overwrite: bool) -> None:
+    """The one rule for every command's outputs: none is replaced without --overwrite, and each
+    command checks before any work. OutputError names the first of `paths` that exists."""
+    if overwrite:
+        return
+    existing = [Path(p) for p in paths if Path(p).exists() or Path(p).is_symlink()]
+    if existing:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise OutputError(f"{existing[0]} exists{more}: the {what} would replace it; "
+                          "--overwrite replaces it")
+
+
 def _check_parents(path: Path, what: str) -> None:
     for parent in path.absolute().parents:
         if parent.exists():
