@@ -360,21 +360,32 @@ def test_cli_files_that_are_not_utf8_are_one_line_errors(valid_csv, tmp_path):
 
 
 # -- resuming: what is kept is checked, and nothing that is not a submission is replaced -------
+def test_resume_into_another_jobs_submission_is_refused_and_keeps_its_rows(real_masks, tmp_path):
+    names = list(real_masks)
+    out = tmp_path / "sub.csv"
+    rows = [f"{n},{rle.encode(real_masks[n])}\n" for n in names[:2]] + ["other_job.jpg,1 1\n"]
+    out.write_text("img,rle_mask\n" + "".join(rows))
+    before = out.read_bytes()
+    with pytest.raises(SubmissionError, match="1 photo.*outside this job.*'other_job.jpg'"):
+        SubmissionWriter(out, names, resume=True, shape=SHAPE)
+    assert out.read_bytes() == before and not out.with_name("sub.csv.spool").exists()
+
+
+
 def test_resume_redoes_rows_that_are_not_valid_and_names_their_lines(real_masks, tmp_path):
     names = list(real_masks)
     out = tmp_path / "sub.csv"
     good = [f"{n},{rle.encode(real_masks[n])}\n" for n in names[:6]]
-    rows = [good[0], f"{names[1]},5 0\n", good[2], "stranger.jpg,1 1\n", "no comma here\n",
+    rows = [good[0], f"{names[1]},5 0\n", good[2], "no comma here\n",
             good[3], f"{names[4]},1 1\n".replace("1 1", "1 1 1"), good[5], good[0]]
     out.write_text("img,rle_mask\n" + "".join(rows))
     writer = SubmissionWriter(out, names, resume=True, shape=SHAPE)
     assert writer.done == {names[0], names[2], names[3], names[5]}
     assert writer.dropped == [
         f"{out}:3: {names[1]}: invalid RLE: pair 1: length 0 must be >= 1",
-        f"{out}:5: stranger.jpg: not an image of this job",
-        f"{out}:6: expected 'img,rle_mask', got 'no comma here'",
-        f"{out}:8: {names[4]}: invalid RLE: odd number of tokens (3): RLE needs 'start length' pairs",
-        f"{out}:10: {names[0]}: a second row for this image (the first is kept)",
+        f"{out}:5: expected 'img,rle_mask', got 'no comma here'",
+        f"{out}:7: {names[4]}: invalid RLE: odd number of tokens (3): RLE needs 'start length' pairs",
+        f"{out}:9: {names[0]}: a second row for this image (the first is kept)",
     ]
     for name in writer.remaining:
         writer.add(name, real_masks[name])

@@ -238,6 +238,7 @@ class SubmissionWriter:
                     line += b"\n"  # a finished file need not end with a newline
                 valid_bytes += len(line)
                 lines.append(line)
+        self._refuse_foreign_rows(source, lines)  # before anything in the file is touched
         if finished:  # re-spool its rows (the header is gone already)
             with open(self.spool_path, "wb") as spool:
                 spool.writelines(lines)
@@ -258,6 +259,20 @@ class SubmissionWriter:
                         source, len(self.dropped), self.dropped[0])
         log.info("resuming %s: %d of %d rows already done", self.path, len(self._offsets),
                  len(self.names))
+
+    def _refuse_foreign_rows(self, source: Path, lines: list[bytes]) -> None:
+        """SubmissionError when the file holds rows for photos outside this job: it is another
+        job's submission, and resuming into it would delete them."""
+        foreign = []
+        for line in lines:
+            fields, problem = split_row(line.decode("utf-8", "replace").rstrip("\r\n"))
+            if not problem and len(fields) == 2 and fields[0] not in self._expected:
+                foreign.append(fields[0])
+        if foreign:
+            raise SubmissionError(
+                f"{source} holds rows for {len(foreign)} photo(s) outside this job (first: "
+                f"{foreign[0]!r}); resuming would delete them. Give another --out, or --overwrite "
+                "to start this one again")
 
     def _check_row(self, line: bytes) -> tuple[str, str | None]:
         """(name, None) for a row to keep, else (name, why not)."""
