@@ -254,10 +254,24 @@ def _decode_jpeg(data: bytes, stored: tuple[int, int], factor: int, label,
 def _decode_pillow(image: Image.Image, label) -> np.ndarray:
     try:
         image.load()
-        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+        return np.asarray(_eight_bit(ImageOps.exif_transpose(image)).convert("RGB"))
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         kind = "truncated" if "truncat" in str(error).lower() else "corrupt"
         raise PhotoError(label, kind, f"{kind} {image.format} data ({error})") from None
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """Greyscale of more than 8 bits as a viewer shows it: Pillow's convert("RGB") clips 16-bit
+    values at 255, so a 16-bit PNG would read as almost white."""
+    if image.mode not in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        top = 1.0 if values.size and np.nanmax(values) <= 1.0 else 255.0
+    else:  # 16 bits (I;16, or a 16-bit PNG that Pillow opens as I)
+        top = 65535.0 if image.mode.startswith("I;16") or (values.size and values.max() > 255) else 255.0
+    scaled = np.clip(np.nan_to_num(values) * (255.0 / top) + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(scaled, "L")
 
 
 def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:

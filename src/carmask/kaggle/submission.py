@@ -97,6 +97,7 @@ def read_sample_names(path: str | Path) -> list[str]:
     """Image names of a `sample_submission.csv` (or any `img,...` CSV), in file order."""
     path = Path(path)
     names: list[str] = []
+    first_seen: dict[str, int] = {}
     with open(path, "rb") as file:
         for row in read_rows(file, path):
             if row.problem:
@@ -108,6 +109,10 @@ def read_sample_names(path: str | Path) -> list[str]:
             elif row.fields:
                 if not row.fields[0]:
                     raise SubmissionError(f"{path}:{row.number}: no image name")
+                if row.fields[0] in first_seen:  # one row per image is the format's rule
+                    raise SubmissionError(f"{path}:{row.number}: {row.fields[0]} is listed twice "
+                                          f"(first on line {first_seen[row.fields[0]]})")
+                first_seen[row.fields[0]] = row.number
                 names.append(row.fields[0])
     if not names:
         raise SubmissionError(f"{path}: no image names after the header")

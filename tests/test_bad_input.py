@@ -1,0 +1,38 @@
+"""Bad input that used to pass silently (issue 27, class 2): each is read as a viewer shows it,
+or refused naming the file and the problem."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from carmask.data.io import read_mask, read_photo
+from carmask.kaggle.submission import SubmissionError, read_sample_names
+
+
+def test_a_16_bit_greyscale_png_reads_as_a_viewer_shows_it(held_out, shipped_predictor, tmp_path):
+    from carmask.apps.evaluate import dice_and_iou
+
+    grey = np.asarray(Image.open(held_out[0]).convert("L"), dtype=np.uint16) * 257
+    path = tmp_path / "car16.png"
+    Image.fromarray(grey).save(path)
+    assert Image.open(path).mode.startswith("I")
+    pixels = read_photo(path).pixels
+    assert abs(int(pixels[..., 0].astype(int).mean()) - int((grey // 257).mean())) <= 1  # not white
+    mask = shipped_predictor.predict([pixels])[0]
+    assert dice_and_iou(mask, read_mask(held_out[1]))[0] > 0.97
+
+
+def test_a_float_image_reads_by_its_range(tmp_path):
+    values = np.linspace(0, 1, 48 * 64, dtype=np.float32).reshape(48, 64)
+    Image.fromarray(values, "F").save(tmp_path / "f.tif")
+    pixels = read_photo(tmp_path / "f.tif").pixels
+    assert pixels[0, 0, 0] == 0 and pixels[-1, -1, 0] == 255 and 120 < pixels[24, 32, 0] < 135
+
+
+def test_a_sample_submission_that_lists_a_name_twice_is_refused(tmp_path):
+    sample = tmp_path / "sample.csv"
+    sample.write_text("img,rle_mask\na.jpg,1 1\nb.jpg,1 1\na.jpg,1 1\n")
+    with pytest.raises(SubmissionError, match="a.jpg is listed twice \\(first on line 2\\)"):
+        read_sample_names(sample)
