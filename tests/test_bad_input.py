@@ -36,3 +36,21 @@ def test_a_sample_submission_that_lists_a_name_twice_is_refused(tmp_path):
     sample.write_text("img,rle_mask\na.jpg,1 1\nb.jpg,1 1\na.jpg,1 1\n")
     with pytest.raises(SubmissionError, match="a.jpg is listed twice \\(first on line 2\\)"):
         read_sample_names(sample)
+
+
+def test_a_background_colours_alpha_is_never_silently_dropped():
+    from carmask.apps.cutout import CutoutError, parse_background
+
+    assert parse_background("rgba(0,0,0,0)").transparent
+    assert parse_background("#10203000").transparent
+    assert parse_background("rgba(10,20,30,255)").color == (10, 20, 30)
+    with pytest.raises(CutoutError, match="partly transparent"):
+        parse_background("rgba(10,20,30,128)")
+
+
+def test_a_mask_gif_with_an_inverted_palette_is_read_as_it_looks(held_out, tmp_path):
+    truth = read_mask(held_out[1])
+    inverted = Image.fromarray((~truth).astype(np.uint8), "P")  # index 1 is the background...
+    inverted.putpalette([255, 255, 255, 0, 0, 0])  # ...drawn black; the car (index 0) white
+    inverted.save(tmp_path / "inverted_mask.gif")
+    assert np.array_equal(read_mask(tmp_path / "inverted_mask.gif"), truth)

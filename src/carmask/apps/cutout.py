@@ -69,6 +69,11 @@ def parse_background(spec: str, allow_files: bool = True) -> Background:
         if not all(0 <= c <= 255 for c in color):
             raise CutoutError(f"background {spec!r}: colour components must be 0..255, "
                               f"got {tuple(color[:3])}")
+        if len(color) == 4 and color[3] == 0:  # rgba(..., 0), #RRGGBB00: fully clear
+            return TRANSPARENT
+        if len(color) == 4 and color[3] != 255:  # never silently drop the alpha asked for
+            raise CutoutError(f"background {spec!r}: a partly transparent colour is not "
+                              "supported; give an opaque colour, or transparent")
         return Background("color", color=tuple(color[:3]))
     if allow_files and Path(text).is_file():
         try:

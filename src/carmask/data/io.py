@@ -332,7 +332,11 @@ def _mask_values(image: Image.Image) -> np.ndarray:
                            else image.getchannel("A"))
         if alpha.min(initial=255) < 255:  # an all-opaque alpha holds nothing: the colours do
             return alpha
-    return np.asarray(image if image.mode in ("P", "L", "1") else image.convert("L"))
+    if image.mode == "P":
+        # as a viewer shows it: the palette's colours, not its indices, say which pixels are car
+        # (an inverted palette would otherwise turn the mask inside out without a word)
+        return np.asarray(image.convert("L"))
+    return np.asarray(image if image.mode in ("L", "1") else image.convert("L"))
 
 
 def binary_problem(values: np.ndarray) -> str | None:
