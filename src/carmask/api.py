@@ -28,7 +28,7 @@ from PIL import Image, ImageOps
 from carmask.apps.canvas import Canvas
 from carmask.apps.cutout import (TRANSPARENT, Background, CutoutError, CutoutOptions, largest_car,
                                  parse_background, render)
-from carmask.data.io import DataError, read_photo
+from carmask.data.io import DataError, eight_bit, read_photo
 
 ImageInput = Union[str, Path, bytes, Image.Image, np.ndarray]
 
@@ -178,13 +178,9 @@ def _read(source, cover=None):
 
 
 def _pil_to_rgb(image: Image.Image) -> np.ndarray:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit greyscale: scale, don't clip
-        values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
-        return _array_to_rgb((values / top).astype(np.float32))
-    if image.mode == "F":
+    if image.mode == "F":  # a float picture: 0..1, as float arrays are
         return _array_to_rgb(np.asarray(image, dtype=np.float32))
-    return np.asarray(image.convert("RGB"))
+    return np.asarray(eight_bit(image).convert("RGB"))  # 16-bit greyscale scaled, not clipped
 
 
 def _array_to_rgb(array: np.ndarray) -> np.ndarray:

@@ -83,12 +83,11 @@ def _below(path: Path, root: Path) -> Path:
         return Path(path.name)
 
 
-def output_names(inputs: Sequence[Path | Source], out_dir: Path, fmt: str) -> list[Path]:
+def output_names(inputs: Sequence[Source], out_dir: Path, fmt: str) -> list[Path]:
     """Each photo's cut-out under out_dir: its place below its folder (`stock123/1.png`), or
     `<stem>.<fmt>`; two photos that would be written to one file are an error naming both."""
     outputs, seen = [], {}
-    for item in inputs:
-        source = item if isinstance(item, Source) else Source(Path(item), Path(Path(item).name))
+    for source in inputs:
         target = out_dir / source.relative.with_suffix(f".{fmt}")
         if target in seen:
             raise CutoutError(f"{seen[target]} and {source.path} would both be written to {target}")
@@ -107,16 +106,15 @@ class CutoutSummary:
     manifest: Path | None = None
 
 
-def plan_outputs(inputs: Sequence[Path | Source], out: Path, fmt: str, overwrite: bool = False,
+def plan_outputs(inputs: Sequence[Source], out: Path, fmt: str, overwrite: bool = False,
                  single_file: bool = False, done: frozenset[Path] = frozenset()
                  ) -> tuple[list[tuple[Path, Path]], list[Path]]:
     """(photo, cut-out) pairs still to make and the cut-outs kept: those already there (without
     `overwrite`) and those of the photos in `done` (a manifest's, with --resume). `out` is a
     folder (the input tree mirrored in it) or, with `single_file` and one photo, the file."""
-    paths = [item.path if isinstance(item, Source) else Path(item) for item in inputs]
     targets = [out] if single_file else output_names(inputs, out, fmt)
     todo, skipped = [], []
-    for source, target in zip(paths, targets):
+    for source, target in zip((item.path for item in inputs), targets):
         if (target.exists() and not overwrite) or (source in done and target.exists()):
             skipped.append(target)
         else:

@@ -74,7 +74,8 @@ def predict(
     from carmask.apps.cutout import CutoutError
     from carmask.inference.model_files import ModelFileError
     from carmask.util.output_files import OutputError
-    from carmask.inference.job import check_outputs, check_row_names, run_prediction, share_job
+    from carmask.inference.job import (check_outputs, check_row_names, mask_file, run_prediction,
+                                       share_job)
     from carmask.util.output_files import refuse_replacing
     from carmask.inference.route import create_predictor
     from carmask.kaggle.submission import SubmissionError
@@ -97,8 +98,7 @@ def predict(
             if out is not None:
                 check_row_names(names)  # before the model loads
             if masks_dir is not None and not resume:  # mask files are never silently replaced
-                refuse_replacing([masks_dir / (Path(n).stem + "_mask.png") for n in names],
-                                 "--masks-dir", overwrite)
+                refuse_replacing([mask_file(masks_dir, n) for n in names], "--masks-dir", overwrite)
             # A Kaggle submission is always the studio model's; loose photos get the auto choice.
             submission = out is not None or data is not None
             predictor = create_predictor(

@@ -254,13 +254,13 @@ def _decode_jpeg(data: bytes, stored: tuple[int, int], factor: int, label,
 def _decode_pillow(image: Image.Image, label) -> np.ndarray:
     try:
         image.load()
-        return np.asarray(_eight_bit(ImageOps.exif_transpose(image)).convert("RGB"))
+        return np.asarray(eight_bit(ImageOps.exif_transpose(image)).convert("RGB"))
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         kind = "truncated" if "truncat" in str(error).lower() else "corrupt"
         raise PhotoError(label, kind, f"{kind} {image.format} data ({error})") from None
 
 
-def _eight_bit(image: Image.Image) -> Image.Image:
+def eight_bit(image: Image.Image) -> Image.Image:
     """Greyscale of more than 8 bits as a viewer shows it: Pillow's convert("RGB") clips 16-bit
     values at 255, so a 16-bit PNG would read as almost white."""
     if image.mode not in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):

@@ -241,7 +241,7 @@ def _run(predictor, photos, names, submission, masks_dir, resume, workers, track
     if masks_dir is not None:
         masks_dir.mkdir(parents=True, exist_ok=True)
         if resume:
-            todo = [n for n in todo if not _mask_file(masks_dir, n).exists()]
+            todo = [n for n in todo if not mask_file(masks_dir, n).exists()]
     resumed = len(names) - len(todo)
     missing = [n for n in todo if n not in photos]
     todo = [n for n in todo if n in photos]
@@ -251,7 +251,7 @@ def _run(predictor, photos, names, submission, masks_dir, resume, workers, track
 
     def saved(name, future):
         if future.exception() is not None:
-            unsaved.append((name, f"{_mask_file(masks_dir, name)}: {future.exception()}"))
+            unsaved.append((name, f"{mask_file(masks_dir, name)}: {future.exception()}"))
 
     predicted, models, warnings = 0, Counter(), []
     try:
@@ -267,7 +267,7 @@ def _run(predictor, photos, names, submission, masks_dir, resume, workers, track
             elif writer:
                 writer.add(name, result.mask)
             if saver:
-                future = saver.submit(save_mask, result.mask, _mask_file(masks_dir, name))
+                future = saver.submit(save_mask, result.mask, mask_file(masks_dir, name))
                 future.add_done_callback(lambda done, name=name: saved(name, done))
             predicted += 1
             models[result.model] += 1
@@ -296,7 +296,8 @@ def _photo_size(path: Path | None) -> tuple[int, int] | None:
         return None
 
 
-def _mask_file(masks_dir: Path, name: str) -> Path:
+def mask_file(masks_dir: Path, name: str) -> Path:
+    """Where the mask of the photo `name` goes in --masks-dir."""
     return masks_dir / (Path(name).stem + "_mask.png")
 
 

@@ -58,19 +58,21 @@ def shipped_models() -> list[ShippedModel]:
     return found
 
 
-def resolve_model_path(spec: str | Path | None = None) -> Path:
+def resolve_model_path(spec: str | Path | None = None, suffix: str = ".onnx") -> Path:
     """A model argument → its file: None, "shipped" or "studio" for the shipped studio model,
-    "general" for the shipped any-background model, a run folder (its model.onnx, else its
-    model.safetensors), or a file."""
+    "general" for the shipped any-background model, a run folder, or a file. `suffix` picks the
+    shipped file and a run folder's: ".onnx" (what inference runs; a run folder's model.onnx,
+    else its model.safetensors) or ".safetensors" (what training and the torch backend load)."""
     if spec is None or str(spec) in ALIASES:
-        path = SHIPPED[ALIASES[str(spec or "")]]
+        path = SHIPPED[ALIASES[str(spec or "")]].with_suffix(suffix)
         if not path.is_file():
             raise ModelFileError(f"{path}: the shipped model is missing from this install")
         return path
     path = Path(spec)
     if path.is_dir():
-        path = next((path / name for name in ("model.onnx", "model.safetensors")
-                     if (path / name).is_file()), path / "model.safetensors")
+        names = ("model.onnx", "model.safetensors") if suffix == ".onnx" else ("model.safetensors",)
+        path = next((path / name for name in names if (path / name).is_file()),
+                    path / "model.safetensors")
     if not path.is_file():
         raise ModelFileError(f"{spec}: no such model file or run folder (a run folder holds "
                              "model.safetensors)")

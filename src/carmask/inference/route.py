@@ -60,9 +60,8 @@ class AutoPredictor:
 
     def __init__(self, studio: str | Path | None = "studio", general: str | Path | None = "general",
                  **options) -> None:
-        backend = predictor_class(options.get("backend", "auto"), options.get("device", "cpu"))
-        self.studio = backend(studio, **options)
-        self.general = backend(general, **options)
+        self.studio = Predictor(studio, **options)  # the backend's class: Predictor.__new__
+        self.general = Predictor(general, **options)
         self.config = self.studio.config  # the validation cars and the like: the studio model's
         self.path, self.size, self.tta = self.studio.path, self.studio.size, self.studio.tta
         self.backend, self.device, self.batch = self.studio.backend, self.studio.device, self.studio.batch
@@ -136,7 +135,7 @@ def create_predictor(model: str | Path | None = None, **options) -> Predictor | 
     `Predictor` for exactly the model asked for."""
     if model is None or str(model) == "auto":
         return AutoPredictor(**options)
-    return predictor_class(options.get("backend", "auto"), options.get("device", "cpu"))(model, **options)
+    return Predictor(model, **options)
 
 
 def predictor_class(backend: str = "auto", device: str = "cpu") -> type[Predictor]:

@@ -9,19 +9,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from carmask.inference.model_files import METADATA_KEY, ModelFileError
+from carmask.inference import model_files
+from carmask.inference.model_files import METADATA_KEY, ModelFileError, read_config  # noqa: F401
 from carmask.training.models import create_bare_model, model_info
 from carmask.util.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 REFINER_PREFIX = "refiner."  # the outline refiner's weights in a combined model file
-WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
-SHIPPED_MODEL = WEIGHTS / "carvana-unet-mnv2.safetensors"  # the studio model: Carvana's turntable
-GENERAL_MODEL = WEIGHTS / "general-unet-mnv2.safetensors"  # cars on any background (issue 12)
+# the training files of the shipped models (the studio model, Carvana's turntable; the general
+# model, cars on any background)
+SHIPPED_MODEL = model_files.SHIPPED["studio"].with_suffix(".safetensors")
+GENERAL_MODEL = model_files.SHIPPED["general"].with_suffix(".safetensors")
 
 
 def model_config(name: str, size: tuple[int, int], threshold: float = 0.5, **extra) -> dict:
@@ -49,35 +50,9 @@ def save_state(weights: dict[str, torch.Tensor], path: str | Path, config: dict,
     return Path(path)
 
 
-def read_config(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: model file not found")
-    try:
-        with safe_open(str(path), framework="pt") as file:
-            metadata = file.metadata() or {}
-    except Exception as error:  # safetensors raises its own error types for a bad header
-        raise ModelFileError(f"{path}: not a safetensors file ({error})") from None
-    if METADATA_KEY not in metadata:
-        raise ModelFileError(f"{path}: no carmask config in the metadata (not a carmask model)")
-    return json.loads(metadata[METADATA_KEY])
-
-
 def resolve_model_path(spec: str | Path | None = None) -> Path:
-    """A model argument → its file: None, "shipped" or "studio" for the shipped studio model,
-    "general" for the shipped any-background model, a run folder, or a file."""
-    if spec is None or str(spec) in ("", "default", "shipped", "studio", "general"):
-        path = GENERAL_MODEL if str(spec) == "general" else SHIPPED_MODEL
-        if not path.is_file():
-            raise ModelFileError(f"{path}: the shipped model is missing from this install")
-        return path
-    path = Path(spec)
-    if path.is_dir():
-        path = path / "model.safetensors"
-    if not path.is_file():
-        raise ModelFileError(f"{spec}: no such model file or run folder (a run folder holds "
-                             "model.safetensors)")
-    return path
+    """A model argument → its `.safetensors` file (see `model_files.resolve_model_path`)."""
+    return model_files.resolve_model_path(spec, suffix=".safetensors")
 
 
 def load_model_config(spec: str | Path | None = None) -> dict:
