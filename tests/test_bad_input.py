@@ -54,3 +54,31 @@ def test_a_mask_gif_with_an_inverted_palette_is_read_as_it_looks(held_out, tmp_p
     inverted.putpalette([255, 255, 255, 0, 0, 0])  # ...drawn black; the car (index 0) white
     inverted.save(tmp_path / "inverted_mask.gif")
     assert np.array_equal(read_mask(tmp_path / "inverted_mask.gif"), truth)
+
+
+def _scan_start(jpeg: bytes) -> int:
+    """Where the entropy-coded data of a baseline JPEG starts (after its SOS segment)."""
+    sos = jpeg.index(b"\xff\xda")
+    return sos + 2 + int.from_bytes(jpeg[sos + 2:sos + 4], "big")
+
+
+def test_a_jpeg_whose_scan_was_replaced_is_refused_and_padding_is_not(carvana, held_out, tmp_path):
+    """libjpeg's 'N extraneous bytes before marker 0xd9' means data was left over after the last
+    pixel: padding leaves the picture whole, coded data means a spliced scan (Dice 0.59)."""
+    from carmask.data.io import PhotoError
+
+    photo = held_out[0].read_bytes()
+    own_scan = photo[_scan_start(photo):-2]
+    for other in sorted((carvana / "train").glob("*.jpg")):  # another car, its scan shorter
+        foreign = other.read_bytes()
+        foreign_scan = foreign[_scan_start(foreign):-2]
+        if other.name[:12] != held_out[0].name[:12] and len(foreign_scan) < len(own_scan) * 0.95:
+            break
+    spliced = photo[:_scan_start(photo)] + foreign_scan + own_scan[len(foreign_scan):] + b"\xff\xd9"
+    (tmp_path / "spliced.jpg").write_bytes(spliced)
+    with pytest.raises(PhotoError, match="spliced.jpg.*left over after the last pixel") as caught:
+        read_photo(tmp_path / "spliced.jpg")
+    assert caught.value.kind == "corrupt"
+
+    (tmp_path / "padded.jpg").write_bytes(photo[:-2] + b"\x00" * 300 + b"\xff\xd9")
+    assert np.array_equal(read_photo(tmp_path / "padded.jpg").pixels, read_photo(held_out[0]).pixels)

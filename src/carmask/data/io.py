@@ -242,13 +242,37 @@ def _decode_jpeg(data: bytes, stored: tuple[int, int], factor: int, label,
         return simplejpeg.decode_jpeg(data, strict=True, **options)
     except ValueError as error:
         message = str(error).strip().rstrip(".")
-        if "extraneous bytes before marker 0xd9" in message:
-            # stray bytes after the image data, before its end marker: the image itself is whole
+        stray = _STRAY_BEFORE_END.search(message)
+        if stray and _is_filler(_bytes_before_end(data, int(stray.group(1)))):
+            # padding between the image data and its end marker: every pixel was decoded from
+            # the data that was coded for it, so the picture is whole
             return simplejpeg.decode_jpeg(data, strict=False, **options)
-        if "premature end" in message.lower():
+        if stray:
+            raise PhotoError(label, "corrupt", f"corrupt JPEG data: {stray.group(1)} bytes of coded "
+                             "image data are left over after the last pixel the header declares "
+                             "(the scan was spliced or replaced), so the pixels are not the "
+                             "photo's") from None
+        if "premature end" in message.lower():  # the coded data ends before the last pixel
             raise PhotoError(label, "truncated",
                              f"truncated: the JPEG data stops early ({message})") from None
         raise PhotoError(label, "corrupt", f"corrupt JPEG data ({message})") from None
+
+
+_STRAY_BEFORE_END = re.compile(r"(\d+) extraneous bytes before marker 0xd9", re.IGNORECASE)
+
+
+def _bytes_before_end(data: bytes, count: int) -> bytes:
+    """The `count` bytes libjpeg skipped before the end-of-image marker. Inside a scan 0xFF is
+    always followed by 0x00 or a restart marker, so the first FF D9 after the first scan's start
+    is the image's end (an MPO's second picture, or a trailer, may follow it)."""
+    end = data.find(b"\xff\xd9", data.find(b"\xff\xda"))
+    return data[max(0, end - count):end] if end > 0 else b""
+
+
+def _is_filler(stray: bytes) -> bool:
+    """Padding (one byte value repeated) holds no picture; anything else is coded data the
+    decoder never used."""
+    return len(set(stray)) <= 1
 
 
 def _decode_pillow(image: Image.Image, label) -> np.ndarray:
