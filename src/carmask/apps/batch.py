@@ -14,7 +14,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from carmask.apps.cutout import FORMATS, PHOTO_SUFFIXES, CutoutError, CutoutOptions, encode_image, render
+from carmask.apps.cutout import (
+    FORMATS,
+    PHOTO_SUFFIXES,
+    CutoutError,
+    CutoutOptions,
+    check_encodable,
+    encode_image,
+    output_size,
+    render,
+)
 from carmask.data.io import DataError, read_photo
 from carmask.util.atomic import write_bytes
 from carmask.util.output_files import output_lock
@@ -195,6 +204,8 @@ def _cutout_locked(predictor, inputs: list[Source], out_dir: Path, options: Cuto
         try:
             # upright as displayed, like the photo the predictor decoded: the mask fits it
             photo = read_photo(prediction.path).pixels
+            # a photo too big for the format (WebP: 16383 a side) fails alone, with the reason
+            check_encodable(output_size(photo.shape, options), fmt)
             image = render(photo, prediction, options, predictor)
             target = targets[prediction.path]
             write_bytes(target, encode_image(image, fmt))
@@ -222,8 +233,10 @@ def _cutout_locked(predictor, inputs: list[Source], out_dir: Path, options: Cuto
 def cutout_bytes(predictor, data: bytes, options: CutoutOptions, fmt: str = "png",
                  name: str = "stdin"):
     """One photo's bytes → (the encoded cut-out, its prediction): `carmask cutout - --out -`.
-    PhotoError (a DataError) names `name` and what is wrong."""
+    PhotoError (a DataError) names `name` and what is wrong; EncodeError says why `fmt` cannot
+    hold this cut-out."""
     decoded = read_photo(data, cover=predictor.decode_cover, name=name)
+    check_encodable(output_size(decoded.size, options), fmt)  # before the model runs
     prediction = predictor.predict_decoded(decoded.pixels, decoded.size)
     photo = read_photo(data, name=name).pixels if decoded.pixels.shape[:2] != tuple(decoded.size) \
         else decoded.pixels

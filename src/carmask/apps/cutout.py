@@ -25,10 +25,22 @@ log = logging.getLogger(__name__)
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".avif", ".heic", ".heif")
 FORMATS = {"png": "PNG", "webp": "WEBP", "jpg": "JPEG"}
 MEDIA_TYPES = {"png": "image/png", "webp": "image/webp", "jpg": "image/jpeg"}
+# The most pixels a side each format holds: libwebp's limit, and libjpeg's (below the 65535 of
+# JPEG's header). PNG's, 2^31 - 1, is beyond any picture that fits in memory.
+MAX_SIDE = {"png": 2**31 - 1, "webp": 16383, "jpg": 65500}
 
 
 class CutoutError(ValueError):
     """An option or input the cut-out cannot use; the message says which and why."""
+
+
+class EncodeError(CutoutError):
+    """A picture its format cannot hold (`code` too_large_for_format), or one its encoder
+    failed on (cannot_encode); the message starts with "format" and says what to do."""
+
+    def __init__(self, message: str, code: str = "cannot_encode") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 # -- backgrounds ---------------------------------------------------------------------------------
@@ -229,18 +241,47 @@ def render(photo: np.ndarray, prediction, options: CutoutOptions, predictor=None
                      studio=prediction.model != "general", canvas=options.canvas)
 
 
+def output_size(photo_shape: tuple[int, ...], options: CutoutOptions) -> tuple[int, int]:
+    """(width, height) of the cut-out `options` make of a photo of `photo_shape` (H, W, ...)."""
+    return options.canvas.size if options.canvas else (photo_shape[1], photo_shape[0])
+
+
+def format_problem(size: tuple[int, int], fmt: str) -> str | None:
+    """Why a (width, height) picture cannot be written as `fmt` (png, webp, jpg), or None."""
+    width, height = size
+    limit = MAX_SIDE[fmt]
+    if max(width, height) <= limit:
+        return None
+    return (f"format {fmt} holds at most {limit} pixels a side, and this cut-out is "
+            f"{width}x{height}: use png, or a canvas (WIDTHxHEIGHT, up to 10000x10000)")
+
+
+def check_encodable(size: tuple[int, int], fmt: str) -> None:
+    """EncodeError (too_large_for_format) unless `fmt` can hold a (width, height) picture: asked
+    before the model runs, so a photo that cannot be written costs no prediction."""
+    if problem := format_problem(size, fmt):
+        raise EncodeError(problem, "too_large_for_format")
+
+
 def encode_image(image: Image.Image, fmt: str = "png") -> bytes:
-    """PNG, WebP (both keep alpha) or JPEG bytes; JPEG refuses a transparent image."""
+    """PNG, WebP (both keep alpha) or JPEG bytes; JPEG refuses a transparent image. Every
+    encoder failure is an EncodeError naming the format and the size, never Pillow's own
+    ValueError or OSError (which would read as a crash)."""
     fmt = fmt.lower().lstrip(".").replace("jpeg", "jpg")
     if fmt not in FORMATS:
         raise CutoutError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
     if fmt == "jpg" and image.mode == "RGBA":
         raise CutoutError("jpg has no alpha channel: use png or webp for a transparent cut-out, "
                           "or give a background colour or image")
+    check_encodable(image.size, fmt)
     buffer = io.BytesIO()
     options = {"png": {"compress_level": 3}, "webp": {"quality": 92, "method": 4},
                "jpg": {"quality": 92}}[fmt]
-    image.save(buffer, format=FORMATS[fmt], **options)
+    try:
+        image.save(buffer, format=FORMATS[fmt], **options)
+    except (OSError, ValueError) as error:
+        raise EncodeError(f"format {fmt}: could not encode this {image.size[0]}x{image.size[1]} "
+                          f"{image.mode} cut-out ({error}); try png") from None
     return buffer.getvalue()
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from carmask.apps.cutout import MAX_SIDE
 from carmask.util.atomic import write_bytes
 
 CSS = """
@@ -134,6 +135,8 @@ def image_to_data_uri(array: np.ndarray, format: str = "jpeg", max_width: int | 
     fmt = format.lower().replace("jpg", "jpeg")
     if fmt not in ("jpeg", "png"):
         raise ValueError(f"format must be 'jpeg' or 'png', got {format!r}")
+    if fmt == "jpeg" and max(array.shape[:2]) > MAX_SIDE["jpg"]:
+        fmt = "png"  # a picture JPEG cannot hold (65500 a side); the URI names what it is
     buffer = io.BytesIO()
     options = {"quality": quality, "optimize": True} if fmt == "jpeg" else {"optimize": True}
     Image.fromarray(array).save(buffer, format=fmt.upper(), **options)

@@ -13,15 +13,16 @@ Requests are admitted up to `workers + max_queue` at a time (503 beyond that) an
 of `workers` threads, so concurrent clients neither crash it nor exhaust memory: at most
 `workers` photos are decoded at once, each within the pixel limit, and waiting requests hold
 only their upload (within the byte limit). Uploads are checked before decoding: empty, too many
-bytes, not an image, too many pixels (decompression bombs are refused from the header), truncated.
-Every refusal is a 4xx JSON `{"error": {"code", "message"}}` and the server stays up.
+bytes, not an image, too many pixels (decompression bombs are refused from the header), truncated,
+two photos in one request; a cut-out its format cannot hold (WebP: 16383 pixels a side) is
+refused before the model runs. Every refusal is a 4xx JSON `{"error": {"code", "message"}}` and
+the server stays up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import json
 import logging
 import os
@@ -54,8 +55,11 @@ from carmask.apps.cutout import (
     Background,
     CutoutError,
     CutoutOptions,
+    EncodeError,
+    check_encodable,
     encode_image,
     largest_car,
+    output_size,
     parse_background,
     render,
 )
@@ -207,10 +211,25 @@ class MaskService:
 
 
 # -- what the endpoints answer --------------------------------------------------------------------
+def encoded(image: Image.Image, fmt: str) -> bytes:
+    """Every picture the service answers with, encoded; a picture its format cannot hold, or
+    its encoder failed on, is a 422 saying why (the upload is the cause, not the server)."""
+    try:
+        return encode_image(image, fmt)
+    except EncodeError as error:
+        raise ApiError(422, error.code, str(error)) from None
+
+
+def fits(size: tuple[int, int], fmt: str) -> None:
+    """A 422 before the model runs when `fmt` cannot hold a (width, height) answer."""
+    try:
+        check_encodable(size, fmt)
+    except EncodeError as error:
+        raise ApiError(422, error.code, str(error)) from None
+
+
 def mask_png(mask: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(mask.astype(np.uint8) * 255).save(buffer, format="PNG", compress_level=3)
-    return buffer.getvalue()
+    return encoded(Image.fromarray(mask.astype(np.uint8) * 255), "png")
 
 
 def mask_rle(mask: np.ndarray, prediction: Prediction) -> dict:
@@ -366,10 +385,11 @@ def create_app(predictor=None, *, model: str | None = None, backend: str = "onnx
                     decode_upload(backdrop_data, "background_image", config).pixels)
                 options = CutoutOptions(background, given["feather"], given["shadow"], given["largest"],
                                         given["hard_edges"], canvas)
-                prediction = service.predict(data, model)
                 photo = decode_upload(data, "image", config).pixels  # the cut-out is made in full
+                fits(output_size(photo.shape, options), given["format"])  # WebP: 16383 a side
+                prediction = service.predict(data, model)
                 image = render(photo, prediction, options, service.predictor_for(model))
-                return prediction, encode_image(image, given["format"])
+                return prediction, encoded(image, given["format"])
 
             prediction, body = await service.run(work)
         name = f"{Path(given.uploads['image'].filename or 'photo').stem}-cutout.{given['format']}"
@@ -392,7 +412,7 @@ def create_app(predictor=None, *, model: str | None = None, backend: str = "onnx
                 image = render(photo, prediction, CutoutOptions(), service.predictor_for(model))
                 if given["bgc"] is not None:
                     image = over_colour(image, given["bgc"])
-                return prediction, encode_image(image, "png")
+                return prediction, encoded(image, "png")
 
             prediction, body = await service.run(work)
         return Response(body, media_type="image/png", headers=result_headers(started, prediction))

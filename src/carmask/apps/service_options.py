@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import Request
 from starlette.datastructures import FormData, QueryParams, UploadFile
+from starlette.exceptions import HTTPException
 
 from carmask.apps.canvas import ALIGNS, Canvas
 from carmask.apps.cutout import MEDIA_TYPES, CutoutError, parse_background
@@ -148,6 +149,7 @@ class Endpoint:
         """The options of a request, from its query string and its form; ApiError 422 for an
         option this endpoint does not take, one given twice with different values, an upload
         sent as text (or a value as a file), a value it cannot read, or no photo."""
+        self._one_photo(form)
         texts: dict[str, str] = {}
         uploads: dict[str, UploadFile] = {}
         for where, items in (("query", query.multi_items()), ("form", form.multi_items())):
@@ -171,16 +173,35 @@ class Endpoint:
                                else f"{name}: {message}") from None
         return Given(values, uploads)
 
+    def _one_photo(self, form: FormData) -> None:
+        """422 naming every file part when a form carries more than one where one photo is
+        expected (two `image` parts, or `image` and `file`): the answer would be for one of
+        them, the other dropped without a word. Other uploads (background_image) are apart."""
+        others = set(self.uploads) - {self.photo}
+        files = [(name, value) for name, value in form.multi_items() if isinstance(value, UploadFile)
+                 and name not in others and (value.filename or name == self.photo)]
+        if len(files) > 1:
+            fields = " and ".join(dict.fromkeys(_field(name) for name, _ in files))
+            listed = ", ".join(f"{_field(name)} {_shown(value.filename)}" for name, value in files)
+            raise ApiError(422, "several_photos", f"{fields}: {len(files)} files in one request "
+                           f"({listed}); {self.path} takes one photo, as the field {self.photo!r}: "
+                           f"send one photo a request")
+
     def _take_upload(self, name: str, value: str | UploadFile, where: str,
                      uploads: dict[str, UploadFile]) -> None:
         if not isinstance(value, UploadFile):
             sent = "a query parameter" if where == "query" else "a form field without a file name"
+            if _is_nested_multipart(value):
+                sent = ("a multipart/mixed part (several files in one field); send each file as "
+                        "its own part, one photo a request")
             raise ApiError(422, "invalid_request", f"{name}: expected a file upload (a multipart "
                            f"form field with a file name), got {sent}")
         if name != self.photo and not value.filename:
             return  # a form's file input left empty
         if name in uploads:
-            raise ApiError(422, "conflicting_option", f"{name}: uploaded more than once")
+            raise ApiError(422, "conflicting_option", f"{name}: uploaded more than once "
+                           f"({_shown(uploads[name].filename)} and {_shown(value.filename)}); "
+                           f"send one")
         uploads[name] = value
 
     @staticmethod
@@ -193,7 +214,7 @@ class Endpoint:
         texts[name] = value
 
     def _unknown(self, name: str) -> ApiError:
-        shown = name if len(name) <= 60 else name[:57] + "..."
+        shown = _field(name)
         elsewhere = [e.path for e in ENDPOINTS if e is not self and (name in e.options or name in e.uploads)]
         hint = f" (it is an option of {' and '.join(elsewhere)})" if elsewhere else ""
         takes = [f"{n} (a file)" for n in self.uploads] + list(self.options)
@@ -253,7 +274,28 @@ REMBG = Endpoint("/api/remove", {"file": "Image file (byte stream) that has to b
     "extras": free_text("", "rembg's extra session parameters (JSON). Accepted and ignored."),
 })
 ENDPOINTS = (MASK, CUTOUT, REMBG)
-FORM_LIMITS = {"max_files": 4, "max_fields": 64}  # far more than any endpoint takes
+# far more than any endpoint takes, so that a form with too many files is refused naming them
+# (the body limit bounds their bytes)
+FORM_LIMITS = {"max_files": 16, "max_fields": 64}
+
+
+def _field(name: str) -> str:
+    """A form field's name as a message shows it: cut short, quoted when empty."""
+    return (name if len(name) <= 60 else name[:57] + "...") or "''"
+
+
+def _shown(filename: str | None) -> str:
+    """An uploaded file's name as a message shows it: quoted and cut short."""
+    if not filename:
+        return "(no file name)"
+    return repr(filename if len(filename) <= 60 else filename[:57] + "...")
+
+
+def _is_nested_multipart(text: str) -> bool:
+    """Whether a text field holds a multipart body: RFC 2388's several files in one field."""
+    head = text[:1000].lstrip().lower()
+    return head.startswith("--") and "content-disposition:" in head
+
 
 REMBG_DESCRIPTION = """rembg's server API (`rembg s`), so a client written for rembg works
 unchanged: POST the photo as the multipart field `file`; the answer is a PNG, the car cut out with
@@ -280,8 +322,26 @@ async def multipart(request: Request, endpoint: Endpoint):
         raise ApiError(422, "invalid_request", f"{endpoint.photo}: send the photo in a multipart/form-data "
                        f"body as the field {endpoint.photo!r} (curl -F {endpoint.photo}=@car.jpg), not "
                        f"as {kind or 'a body without a content type'}")
-    async with request.form(**FORM_LIMITS) as form:
+    try:
+        form = await request.form(**FORM_LIMITS)
+    except HTTPException as error:
+        if error.status_code != 400:  # the body limit's 413 stays as it is
+            raise
+        raise _unreadable_form(endpoint, str(error.detail)) from None  # a form it cannot parse
+    try:
         yield form
+    finally:
+        await form.close()
+
+
+def _unreadable_form(endpoint: Endpoint, detail: str) -> ApiError:
+    """A multipart body Starlette refused, as a JSON error naming the photo's field."""
+    if detail.startswith("Too many files"):
+        return ApiError(422, "several_photos", f"{endpoint.photo}: more than "
+                        f"{FORM_LIMITS['max_files']} files in one request; {endpoint.path} takes "
+                        f"one photo, as the field {endpoint.photo!r}: send one photo a request")
+    return ApiError(400, "bad_multipart", f"{endpoint.photo}: the multipart/form-data body cannot "
+                    f"be read ({detail})")
 
 
 def carmask_model(name: str) -> str:

@@ -51,7 +51,8 @@ def cutout(
     at the photo's full resolution or framed on a --canvas. Any photo size works; each photo
     gets the studio or the general model, as it needs.
 
-    Exit code 0: all written (or already there); 3: some photos could not be read; 1: bad options.
+    Exit code 0: all written (or already there); 3: some photos could not be read or written
+    (one too big for --format: WebP holds 16383 pixels a side, JPEG 65500); 1: bad options.
     """
     from carmask.apps.batch import cutout_files, find_photos, format_of
     from carmask.apps.canvas import Canvas
@@ -107,7 +108,7 @@ def _cutout_stream(inputs: list[str], out: Path, options, fmt: str, load_predict
     import sys
 
     from carmask.apps.batch import cutout_bytes, format_of
-    from carmask.apps.cutout import CutoutError
+    from carmask.apps.cutout import CutoutError, EncodeError
     from carmask.data.io import DataError
     from carmask.util.atomic import write_bytes
 
@@ -121,6 +122,8 @@ def _cutout_stream(inputs: list[str], out: Path, options, fmt: str, load_predict
                                            name="standard input" if source == "-" else source)
     except DataError as error:
         raise fail(str(error), code=INCOMPLETE) from None
+    except EncodeError as error:  # this photo cannot be written so: as a batch records it
+        raise fail(f"{'standard input' if source == '-' else source}: {error}", code=INCOMPLETE) from None
     for warning in prediction.warnings:
         warn(f"{source}: {warning}", label="check:")
     if str(out) == "-":

@@ -141,23 +141,26 @@ def index_dataset(
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: data folder does not exist")
+        raise FileNotFoundError(f"{root}: {folder_problem(root, 'data folder')}")
     problems: list[Problem] = []
     metadata, reported_cars = _read_metadata(root / "metadata.csv", problems)
 
-    train_images = _scan_images(root / "train", problems)
-    test_images = _scan_images(root / "test", problems)
-    masks = _scan_masks(root / "train_masks", problems)
+    # ids whose photo or mask is there but unusable (a broken link, a folder): already reported,
+    # so "no mask" or "no image" for them would mislead
+    unusable: set[str] = set()
+    train_images = _scan_images(root / "train", problems, unusable)
+    test_images = _scan_images(root / "test", problems, unusable)
+    masks = _scan_masks(root / "train_masks", problems, unusable)
     if not train_images and not test_images:
         problems.append(Problem(root, "no-images", "no images in train/ or test/"))
 
     for image_id in sorted(train_images.keys() & test_images.keys()):
         problems.append(Problem(test_images[image_id], "duplicate-id",
                                 f"{image_id} is both a train and a test image"))
-    for image_id in sorted(train_images.keys() - masks.keys()):
+    for image_id in sorted(train_images.keys() - masks.keys() - unusable):
         problems.append(Problem(train_images[image_id], "missing-mask",
                                 f"no mask train_masks/{image_id}{MASK_SUFFIX}"))
-    for image_id in sorted(masks.keys() - train_images.keys()):
+    for image_id in sorted(masks.keys() - train_images.keys() - unusable):
         problems.append(Problem(masks[image_id], "orphan-mask",
                                 f"no image train/{image_id}.jpg for this mask"))
 
@@ -192,8 +195,12 @@ def _read_metadata(path: Path, problems: list[Problem]) -> tuple[dict[str, dict]
     the file still counts; a car listed twice keeps its first row.
     """
     if not path.is_file():
-        problems.append(Problem(path, "missing-file", "metadata.csv not found: makes and years "
-                                "will be unknown", fatal=False))
+        if os.path.lexists(path):  # a broken link, or a folder: "not found" would mislead
+            problems.append(Problem(path, _kind_of(path, "not-a-file"), f"{not_a_file(path, 'CSV file')}: "
+                                    "makes and years will be unknown", fatal=False))
+        else:
+            problems.append(Problem(path, "missing-file", "metadata.csv not found: makes and "
+                                    "years will be unknown", fatal=False))
         return None, set()
     try:
         with open(path, encoding="utf-8-sig", newline="") as file:
@@ -253,8 +260,13 @@ def _csv_rows(file) -> Iterator[tuple[int, list[str]]]:
 
 
 def _entries(folder: Path, problems: list[Problem]) -> list[os.DirEntry]:
-    """A folder's entries sorted by name; none when it is absent or cannot be listed."""
+    """A folder's entries sorted by name; none when it is absent or cannot be listed. A link
+    that leads to no folder, or a file in the folder's place, is a problem naming it: its
+    photos would otherwise vanish without a word."""
     if not folder.is_dir():
+        if os.path.lexists(folder):
+            problems.append(Problem(folder, _kind_of(folder, "not-a-folder"),
+                                    f"{folder_problem(folder, 'folder')}: its files cannot be read"))
         return []
     try:
         with os.scandir(folder) as entries:
@@ -264,30 +276,106 @@ def _entries(folder: Path, problems: list[Problem]) -> list[os.DirEntry]:
         return []
 
 
-def _is_file(entry: os.DirEntry, problems: list[Problem], report: bool) -> bool:
-    """Whether `entry` is a file or a link to one. A link that leads to no file (its target is
-    missing, or links loop) is a problem when `report`: its name says it should be data."""
+def _is_file(entry: os.DirEntry, problems: list[Problem], what: str | None) -> bool:
+    """Whether `entry` is a file or a link to one. When `what` (photo, mask) names what its
+    name says it is, anything else is a problem that says what it is instead: a link to
+    nowhere, a loop of links, a folder or a link to one."""
     try:
         if entry.is_file():
             return True
-        if not entry.is_symlink() or os.path.exists(entry.path):
-            return False  # a folder, or a link to one
-        reason = f"its target {os.readlink(entry.path)} does not exist"
-    except OSError as error:  # ELOOP, from a link that points back at itself
-        reason = error.strerror or str(error)
-    if report:
-        problems.append(Problem(Path(entry.path), "broken-link",
-                                f"symbolic link that leads to no file: {reason}"))
+    except OSError:  # a link it cannot follow: described below
+        pass
+    if what:
+        path = Path(entry.path)
+        problems.append(Problem(path, _kind_of(path, "not-a-file"), not_a_file(path, what)))
     return False
 
 
-def _scan_images(folder: Path, problems: list[Problem]) -> dict[str, Path]:
+def _kind_of(path: Path, otherwise: str) -> str:
+    """broken-link for a symbolic link that leads nowhere (missing, a loop), else `otherwise`."""
+    return "broken-link" if path.is_symlink() and not path.exists() else otherwise
+
+
+def _follow(link: Path, limit: int = 40) -> tuple[list[str], str]:
+    """The targets a chain of symbolic links passes through, as each link writes it, and how it
+    ends: missing, loop, folder, file or other (a device, a socket; or too long a chain)."""
+    hops, seen, current = [], {os.path.abspath(link)}, os.path.abspath(link)
+    while len(hops) < limit:
+        try:
+            written = os.readlink(current)
+        except OSError:
+            return hops, "other"
+        hops.append(written)
+        current = os.path.normpath(os.path.join(os.path.dirname(current), written))
+        if current in seen:
+            return hops, "loop"
+        seen.add(current)
+        if not os.path.islink(current):
+            break
+    else:
+        return hops, "other"
+    if not os.path.lexists(current):
+        return hops, "missing"
+    return hops, "folder" if os.path.isdir(current) else "file" if os.path.isfile(current) else "other"
+
+
+def _link_text(link: Path, hops: list[str], loop: bool = False) -> str:
+    """'a symbolic link to T' (T made absolute where the link wrote it relative), and each
+    further link on the way: 'a symbolic link to b.jpg (/data/b.jpg), a symbolic link to
+    /data/c.jpg'; with `loop`, the last hop goes back to a link already passed."""
+    start = os.path.abspath(link)
+    parts, folder = [], os.path.dirname(start)
+    for number, written in enumerate(hops, 1):
+        target = os.path.normpath(os.path.join(folder, written))
+        shown = written if os.path.isabs(written) else f"{written} ({target})"
+        if loop and number == len(hops):
+            shown = "to itself" if number == 1 and target == start else f"back to {shown}"
+        else:
+            shown = f"to {shown}"
+        parts.append(f"a symbolic link {shown}")
+        folder = os.path.dirname(target)
+    return ", ".join(parts)
+
+
+_ENDS = {"missing": ", which does not exist", "other": ", which leads to no file or folder",
+         "loop": ": a loop of links that leads nowhere"}
+
+
+def link_problem(link: Path, what: str, folder: bool = False) -> str:
+    """Where a symbolic link, where a `what` is expected, points and what is wrong there: its
+    target does not exist, the links loop, or it is a file where a `folder` is expected (a
+    folder where a file is)."""
+    hops, end = _follow(link)
+    wrong = "file" if folder else "folder"
+    ending = {wrong: f", which is a {wrong}, not a {what}", **_ENDS}.get(end, "")
+    return _link_text(link, hops, end == "loop") + ending
+
+
+def not_a_file(path: Path, what: str) -> str:
+    """Why `path`, where a `what` (photo, mask, CSV file) is expected, is not one: what it is
+    instead, and for a symbolic link where it points and what is wrong there."""
+    if path.is_symlink():
+        return link_problem(path, what)
+    return f"a folder, not a {what}" if path.is_dir() else f"not a regular file, not a {what}"
+
+
+def folder_problem(path: Path, what: str = "folder") -> str:
+    """Why `path`, where a `what` (data folder, folder) is expected, is not one: it does not
+    exist, it is a file, or it is a symbolic link leading to no folder (saying where)."""
+    if path.is_symlink():
+        return f"the {what} is {link_problem(path, what, folder=True)}"
+    return f"{what} does not exist" if not path.exists() else f"a file, not a {what}"
+
+
+def _scan_images(folder: Path, problems: list[Problem], unusable: set[str]) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for entry in _entries(folder, problems):
         path = Path(entry.path)
         stem, suffix = os.path.splitext(entry.name)
-        is_image = suffix.lower() in IMAGE_SUFFIXES
-        if not is_image or not _is_file(entry, problems, report=True):
+        if suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if not _is_file(entry, problems, "photo"):
+            unusable.add(stem)
             continue
         if not NAME_PATTERN.match(stem):
             problems.append(Problem(path, "bad-name",
@@ -300,11 +388,13 @@ def _scan_images(folder: Path, problems: list[Problem]) -> dict[str, Path]:
     return found
 
 
-def _scan_masks(folder: Path, problems: list[Problem]) -> dict[str, Path]:
+def _scan_masks(folder: Path, problems: list[Problem], unusable: set[str]) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for entry in _entries(folder, problems):
         is_mask = entry.name.lower().endswith((".gif", ".png"))
-        if not _is_file(entry, problems, report=is_mask):
+        if not _is_file(entry, problems, "mask" if is_mask else None):
+            if entry.name.endswith(MASK_SUFFIX):
+                unusable.add(entry.name[: -len(MASK_SUFFIX)])
             continue
         path = Path(entry.path)
         if not entry.name.endswith(MASK_SUFFIX):
