@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import heapq
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 
-from carmask.data.io import read_mask, read_photo
+from carmask.data.io import DataError, read_mask, read_photo
 from carmask.data.layout import Record
 from carmask.apps.outline import OutlineErrors, paint_errors, worst_window
+from carmask.util.atomic import atomic_path
 from carmask.util.parallel import imap_bounded
 from carmask.inference.predictor import Predictor
+from carmask.inference.streaming import Prediction
 from carmask.util.progress import Track, silent_track
 
 log = logging.getLogger(__name__)
@@ -34,11 +36,16 @@ def dice_and_iou(prediction: np.ndarray, truth: np.ndarray) -> tuple[float, floa
     return 2 * intersection / total, intersection / (total - intersection)
 
 
+class EvaluationError(ValueError):
+    """Nothing could be scored: the message names the photos and masks, and why."""
+
+
 @dataclass
 class Evaluation:
     per_image: pd.DataFrame  # image_id, car_id, view, make, dice, iou
     report: Path | None = None
     outline: OutlineErrors | None = None  # with a report: wrong pixels by distance to the outline
+    unscored: list[tuple[str, str]] = field(default_factory=list)  # (image id, why not scored)
 
     @property
     def dice(self) -> float:
@@ -52,30 +59,33 @@ class Evaluation:
         return self.per_image.groupby(column)[["dice", "iou"]].agg(["mean", "min", "count"])
 
     def as_json(self) -> dict:
-        return {"dice": round(self.dice, 6), "iou": round(self.iou, 6), "images": len(self.per_image)}
+        return {"dice": round(self.dice, 6), "iou": round(self.iou, 6), "images": len(self.per_image),
+                "unscored": len(self.unscored)}
 
 
 def evaluate(predictor: Predictor, records: list[Record], out: Path | None = None, *,
              worst: int = 12, workers: int | None = None, track: Track = silent_track) -> Evaluation:
     """Predict every record's photo, compare with its mask at full size, optionally write
-    `out/per_image.csv` and `out/index.html`."""
+    `out/per_image.csv` and `out/index.html`.
+
+    A photo that cannot be scored (unreadable, its mask not binary or unreadable, the two of
+    different sizes) is left out and listed in `unscored` with why; when none can be scored,
+    EvaluationError names them (there is no score to give)."""
     records = [r for r in records if r.mask_path is not None]
     if not records:
         raise ValueError("no photos with true masks to evaluate")
-    truths = imap_bounded(lambda r: read_mask(r.mask_path), records, workers)
+    truths = imap_bounded(_read_truth, records, workers)
     predictions = predictor.predict_paths([r.image_path for r in records], workers=workers)
     rows: list[dict] = []
+    unscored: list[tuple[str, str]] = []
     keep: list[tuple] = []  # the `worst` images by Dice, with small pictures of both masks
     outline = OutlineErrors()  # where the wrong pixels lie, for the report
     for record, truth, prediction in track(zip(records, truths, predictions), total=len(records),
                                            description="evaluating"):
-        if prediction.error:
-            log.warning("%s", prediction.error)
-            continue
-        if prediction.mask.shape != truth.shape:  # masks align with the photo as displayed
-            log.warning("%s: photo is %dx%d as displayed but its mask %s is %dx%d; not scored",
-                        record.image_path, prediction.mask.shape[1], prediction.mask.shape[0],
-                        record.mask_path, truth.shape[1], truth.shape[0])
+        problem = _unscorable(record, truth, prediction)
+        if problem:
+            log.warning("%s", problem)
+            unscored.append((record.image_id, problem))
             continue
         dice, iou = dice_and_iou(prediction.mask, truth)
         rows.append({"image_id": record.image_id, "car_id": record.car_id, "view": record.view,
@@ -90,16 +100,48 @@ def evaluate(predictor: Predictor, records: list[Record], out: Path | None = Non
                 item = (-dice, record.image_id, record, _thumb(prediction.mask), _thumb(truth),
                         _error_window(prediction.mask, truth))
                 (heapq.heappush if len(keep) < worst else heapq.heapreplace)(keep, item)
-    evaluation = Evaluation(pd.DataFrame(rows))
+    if not rows:
+        raise EvaluationError(_none_scored(unscored))
+    evaluation = Evaluation(pd.DataFrame(rows), unscored=unscored)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        evaluation.per_image.to_csv(out / "per_image.csv", index=False)
+        with atomic_path(out / "per_image.csv") as tmp:
+            evaluation.per_image.to_csv(tmp, index=False)
         worst_first = [(-negated, record, pred, truth, window)
                        for negated, _, record, pred, truth, window in sorted(keep, reverse=True)]
         evaluation.outline = outline
         evaluation.report = write_evaluation_report(evaluation, worst_first, predictor,
                                                     {r.image_id: r for r in records}, out)
     return evaluation
+
+
+def _read_truth(record: Record) -> np.ndarray | DataError:
+    """A record's true mask, or why it cannot be one (not binary, unreadable): an error in
+    one mask must not end a scoring of thousands."""
+    try:
+        return read_mask(record.mask_path)
+    except DataError as error:
+        return error
+
+
+def _unscorable(record: Record, truth: np.ndarray | DataError, prediction: Prediction) -> str | None:
+    """Why a photo cannot be scored against its mask (naming both files), or None."""
+    if prediction.error:
+        return prediction.error
+    if isinstance(truth, DataError):
+        return str(truth)
+    if prediction.mask.shape != truth.shape:  # masks align with the photo as displayed
+        (height, width), (mask_height, mask_width) = prediction.mask.shape, truth.shape
+        return (f"{record.image_path} is {width}x{height} as displayed but its mask "
+                f"{record.mask_path} is {mask_width}x{mask_height}; not scored")
+    return None
+
+
+def _none_scored(unscored: list[tuple[str, str]]) -> str:
+    """One line for an evaluation with no score: how many, and the first reason (each one is
+    logged as it is found)."""
+    others = f" (and {len(unscored) - 1} more, each named above)" if len(unscored) > 1 else ""
+    return f"none of the {len(unscored)} photo(s) could be scored: {unscored[0][1]}{others}"
 
 
 CROP = 192  # side of the full-resolution error crops in the report

@@ -67,15 +67,15 @@ def predict(
 ) -> None:
     """Predict full-resolution masks into a Kaggle submission and/or mask files.
 
-    Exit code 0: everything predicted; 3: finished, but some photos failed or were missing
-    (listed in OUT.failures.csv, their rows left empty); 1: could not run; 130: interrupted
-    (rerun with --resume to continue).
+    Exit code 0: everything predicted; 3: finished, but some photos failed, were missing or
+    were not at the submission's size (listed in OUT.failures.csv, their rows left empty); 1:
+    could not run, or stopped by a full disk; 130: interrupted (rerun with --resume to continue).
     """
     from carmask.apps.cutout import CutoutError
     from carmask.inference.model_files import ModelFileError
     from carmask.util.output_files import OutputError
-    from carmask.inference.job import (check_outputs, check_row_names, mask_file, run_prediction,
-                                       share_job)
+    from carmask.inference.job import (check_no_clash, check_outputs, check_row_names, failures_file,
+                                       mask_file, run_prediction, share_job)
     from carmask.util.output_files import refuse_replacing
     from carmask.inference.route import create_predictor
     from carmask.kaggle.submission import SubmissionError
@@ -97,6 +97,7 @@ def predict(
             names = share.names(every_name)
             if out is not None:
                 check_row_names(names)  # before the model loads
+                check_no_clash(out, masks_dir, names)
             if masks_dir is not None and not resume:  # mask files are never silently replaced
                 refuse_replacing([mask_file(masks_dir, n) for n in names], "--masks-dir", overwrite)
             # A Kaggle submission is always the studio model's; loose photos get the auto choice.
@@ -153,9 +154,14 @@ def predict(
         console.print(f"merged {share.rank.count} parts into {share.whole}"
                       + (f" ({len(missing)} rows without a mask)" if missing else ""))
     if not summary.complete:
+        off_size = ""
+        if summary.off_size:  # the one failure a user cannot see in the photo: say what it is
+            height, width = summary.row_size
+            off_size = (f" ({len(summary.off_size)} not {width}x{height}, the size of this "
+                        "submission's rows: Kaggle would decode their rows wrongly)")
         warn(
-            f"{len(summary.failures)} failed, {len(summary.missing)} without a photo; see "
-            f"{out.with_name(out.stem + '.failures.csv') if out else 'the log'}",
+            f"{len(summary.failures)} failed{off_size}, {len(summary.missing)} without a photo; "
+            f"see {failures_file(out) if out else 'the log'}",
             label="incomplete:",
         )
         raise typer.Exit(INCOMPLETE)
@@ -220,11 +226,15 @@ def evaluate(
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace the --out report if it exists.")] = False,
 ) -> None:
-    """Score a model against true masks: Dice and IoU at full resolution, per view and make."""
+    """Score a model against true masks: Dice and IoU at full resolution, per view and make.
+
+    Exit code 0: every photo scored; 3: scored, but some photos could not be (unreadable, a
+    mask that is not binary or not the photo's size; each named on stderr); 1: nothing to score.
+    """
     from carmask.data.io import DataError
     from carmask.data.layout import index_dataset
     from carmask.data.wild import as_records, is_wild_folder, read_wild, split_wild
-    from carmask.apps.evaluate import evaluate as run_evaluation
+    from carmask.apps.evaluate import EvaluationError, evaluate as run_evaluation
     from carmask.inference.model_files import ModelFileError
     from carmask.inference.route import create_predictor
 
@@ -265,15 +275,21 @@ def evaluate(
         raise fail(
             f"{data}: no training photos with masks to evaluate" + (f" for cars {cars}" if cars else "")
         )
-    evaluation = run_evaluation(predictor, records, out, track=progress)
+    try:
+        evaluation = run_evaluation(predictor, records, out, track=progress)
+    except EvaluationError as error:
+        raise fail(str(error)) from None
     if as_json:
         print(json.dumps(evaluation.as_json()))
-        return
-    console.print(
-        f"mean Dice {evaluation.dice:.5f}, IoU {evaluation.iou:.5f} over {len(evaluation.per_image)} images"
-    )
-    if evaluation.report:
-        console.print(f"report: {evaluation.report}")
+    else:
+        console.print(f"mean Dice {evaluation.dice:.5f}, IoU {evaluation.iou:.5f} over "
+                      f"{len(evaluation.per_image)} images")
+        if evaluation.report:
+            console.print(f"report: {evaluation.report}")
+    if evaluation.unscored:  # each is named in the log as it happens; the count says it all
+        warn(f"{len(evaluation.unscored)} of {len(records)} photos not scored (the mean leaves "
+             f"them out; first: {evaluation.unscored[0][1]})", label="incomplete:")
+        raise typer.Exit(INCOMPLETE)
 
 
 def validation_records(records, config: dict):

@@ -10,6 +10,8 @@ between its train, valid and test folders; for the product photos, each a differ
 from __future__ import annotations
 
 import csv
+import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,30 +38,64 @@ class WildPhoto:
 
 
 def read_wild(folder: str | Path) -> list[WildPhoto]:
-    """Every (photo, mask) pair listed in `folder/index.csv`; a missing file or column is an error
-    that names it."""
+    """Every (photo, mask) pair listed in `folder/index.csv`; a missing file or column, or a row
+    that cannot be read (not UTF-8, too few or too many fields, no name, a name listed twice),
+    is a DataError naming index.csv and the line."""
     folder = Path(folder)
     index = folder / "index.csv"
     if not index.is_file():
         raise DataError(index, "no index.csv: expected a cars_in_the_wild folder "
                                "(images/, masks/, index.csv)")
-    with index.open(newline="", encoding="utf-8") as file:
-        reader = csv.DictReader(file)
+    reader = csv.DictReader(_index_lines(index))
+    try:
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise DataError(index, f"missing column(s) {', '.join(missing)}")
-        photos = []
-        for line, row in enumerate(reader, start=2):
-            name = row["name"]
+        photos, first_line = [], {}
+        for row in reader:
+            line = reader.line_num  # the file's line, whatever blank lines came before
+            name = _checked_name(row, reader.fieldnames, index, line, first_line)
             image, mask = folder / "images" / f"{name}.jpg", folder / "masks" / f"{name}.png"
             for path in (image, mask):
                 if not path.is_file():
                     raise DataError(path, f"listed on line {line} of {index} but missing")
             parts = Path(row["source_path"]).parts
             photos.append(WildPhoto(name, row["kind"], image, mask, parts[1] if len(parts) > 2 else ""))
+    except csv.Error as error:  # a NUL byte, say
+        raise DataError(index, f"line {reader.line_num}: not a CSV row ({error})") from None
     if not photos:
         raise DataError(index, "lists no photos")
     return photos
+
+
+def _index_lines(index: Path) -> io.StringIO:
+    """index.csv's lines as text; DataError naming the line where it is not UTF-8 (a file saved
+    by Excel as cp1252, say), rather than guessing what its bytes meant."""
+    data = index.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")  # a byte-order mark from Excel is fine
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise DataError(index, f"line {line}: not UTF-8 text (byte 0x{data[error.start]:02x} at "
+                               f"column {column}); save it as UTF-8") from None
+    return io.StringIO(text, newline="")  # line breaks as the csv module reads them
+
+
+def _checked_name(row: dict, header: Sequence[str], index: Path, line: int,
+                  first_line: dict[str, int]) -> str:
+    """The photo name of an index.csv row, after checking the row has the header's fields and a
+    name that is a file name, listed once."""
+    if None in row or None in row.values():  # csv puts extra fields under None, fills up with None
+        fields = len(header) + len(row.get(None, [])) - sum(v is None for v in row.values())
+        raise DataError(index, f"line {line} has {fields} field(s), the header {len(header)}")
+    name = row["name"]
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise DataError(index, f"line {line}: {name!r} is not a photo name")
+    if name in first_line:
+        raise DataError(index, f"line {line}: {name} is listed twice (first on line {first_line[name]})")
+    first_line[name] = line
+    return name
 
 
 def split_wild(photos: list[WildPhoto]) -> tuple[list[WildPhoto], list[WildPhoto]]:

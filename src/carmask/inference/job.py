@@ -37,6 +37,8 @@ class JobSummary:
     dropped: list[str] = field(default_factory=list)  # resumed rows found invalid and redone
     models: Counter = field(default_factory=Counter)  # masks made by each model
     warnings: list[tuple[str, str]] = field(default_factory=list)  # (image name, what to check)
+    row_size: tuple[int, int] | None = None  # (H, W) of the submission's rows
+    off_size: list[str] = field(default_factory=list)  # photos of another size: no row (failures)
 
     @property
     def complete(self) -> bool:
@@ -161,6 +163,7 @@ def check_outputs(submission: Path | None, masks_dir: Path | None, *, resume: bo
         check_output_dir(masks_dir, "--masks-dir")
     if submission is not None:
         check_output_file(submission, "--out submission")
+    check_no_clash(submission, masks_dir)  # before a lock or a folder is made at either
     if locks is not None:
         for output in (submission, masks_dir):
             if output is not None:
@@ -171,12 +174,50 @@ def check_outputs(submission: Path | None, masks_dir: Path | None, *, resume: bo
         from carmask.kaggle.writer import check_resumable
         check_resumable(submission)
         return
-    spool = submission.with_name(submission.name + ".spool")
+    spool = spool_file(submission)
     if spool.exists():
         raise OutputError(f"{spool}: a killed run's rows are there; --resume continues it, "
                           "--overwrite starts again")
     if submission.exists():
         raise OutputError(f"{submission} exists; --overwrite replaces it, --resume continues it")
+
+
+def check_no_clash(submission: Path | None, masks_dir: Path | None,
+                   names: Sequence[str] = ()) -> None:
+    """OutputError, before any work, where the outputs would write over each other: --masks-dir
+    at the submission's path or at one of the files beside it (its spool, failures list, lock),
+    the submission inside a folder it would be, or, given the photo `names`, the submission (or
+    a file beside it) at one of the mask files' paths in --masks-dir."""
+    from carmask.util.output_files import OutputError, lock_path, refuse_clashes
+
+    files = {}
+    if submission is not None:
+        files = {"--out submission": submission, "submission's spool": spool_file(submission),
+                 "submission's failures list": failures_file(submission),
+                 "submission's lock": lock_path(submission)}
+    folders = {"--masks-dir": masks_dir}
+    if masks_dir is not None:
+        files["--masks-dir's lock"] = lock_path(masks_dir)
+    refuse_clashes(files, folders)
+    if masks_dir is None or submission is None or not names:
+        return
+    folder = masks_dir.resolve()
+    beside = {path.resolve().name: what for what, path in files.items()
+              if path.resolve().parent == folder}
+    for name in names if beside else ():
+        if (what := beside.get(mask_file(masks_dir, name).name)) is not None:
+            raise OutputError(f"{mask_file(masks_dir, name)}: the {what} and the mask of {name} in "
+                              "--masks-dir would be one file; give them different paths")
+
+
+def spool_file(submission: Path) -> Path:
+    """Where a submission's rows go as they are made: what makes a killed run resumable."""
+    return submission.with_name(submission.name + ".spool")
+
+
+def failures_file(submission: Path) -> Path:
+    """Where a submission's failed and missing photos are listed, each with why."""
+    return submission.with_name(submission.stem + ".failures.csv")
 
 
 def run_prediction(
@@ -199,8 +240,11 @@ def run_prediction(
     Predictor that `finds_runs` (the torch backend).
 
     Names with no photo and photos that fail to decode are listed, the rest goes on; with any
-    of them the submission is written with empty rows for them and marked incomplete.
+    of them the submission is written with empty rows for them and marked incomplete. So are
+    photos not at the submission's size (`submission_size`): Kaggle decodes every row at one
+    size, so a row of another would be read as a wrong mask. Mask files take any size.
     The outputs are locked for the run (`NAME.lock`): a second job on them raises OutputError.
+    A full disk stops the job with DiskFullError saying what was kept; --resume continues it.
     """
     import resource
     import time
@@ -211,6 +255,7 @@ def run_prediction(
     track = track or silent_track
     if submission is not None:
         check_row_names(names)
+        check_no_clash(submission, masks_dir, names)
     started = time.perf_counter()
     with ExitStack() as locks:
         for output in (submission, masks_dir):
@@ -221,70 +266,154 @@ def run_prediction(
                     and isinstance(predictor, Predictor) and predictor.finds_runs)
         elif fast and masks_dir is not None:
             raise ValueError("the fast path writes a submission only, not mask files")
-        counts, failures, missing, dropped, models, warnings = _run(
-            predictor, photos, names, submission, masks_dir, resume, workers, track, fast)
-    return JobSummary(
-        expected=len(names), predicted=counts[0], resumed=counts[1], failures=failures,
-        missing=missing, seconds=time.perf_counter() - started,
-        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        submission=submission, masks_dir=masks_dir, dropped=dropped, models=models, warnings=warnings)
+        summary = _run(predictor, photos, names, submission, masks_dir, resume, workers, track, fast)
+    summary.seconds = time.perf_counter() - started
+    summary.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return summary
 
 
-def _run(predictor, photos, names, submission, masks_dir, resume, workers, track, fast):
-    from carmask.data.io import save_mask
-    from carmask.util.parallel import BoundedExecutor
+def _run(predictor, photos, names, submission, masks_dir, resume, workers, track, fast) -> JobSummary:
     from carmask.kaggle.writer import SubmissionWriter
+    from carmask.util.output_files import is_disk_full
 
     writer = SubmissionWriter(submission, names, resume=resume,
                               shape=lambda name: _photo_size(photos.get(name))) if submission else None
-    todo = writer.remaining if writer else list(names)
-    if masks_dir is not None:
-        masks_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
-            todo = [n for n in todo if not mask_file(masks_dir, n).exists()]
-    resumed = len(names) - len(todo)
-    missing = [n for n in todo if n not in photos]
-    todo = [n for n in todo if n in photos]
-    failures: list[tuple[str, str]] = []
+    try:
+        todo = writer.remaining if writer else list(names)
+        row_size, off_size = (_rows_off_size(photos, names, todo, masks_dir, workers) if writer
+                              else (None, {}))
+        failures = list(off_size.items())
+        for name, why in failures:
+            log.warning("%s: %s", name, why)
+        if masks_dir is not None:
+            masks_dir.mkdir(parents=True, exist_ok=True)
+            if resume:
+                todo = [n for n in todo if not mask_file(masks_dir, n).exists()]
+        resumed = len(names) - len(todo)
+        missing = [n for n in todo if n not in photos]
+        # a photo of another size is still predicted for its mask file, never for a row alone
+        todo = [n for n in todo if n in photos and (masks_dir is not None or n not in off_size)]
+        summary = _predict_all(predictor, photos, todo, writer, masks_dir, off_size, workers,
+                               track, fast)
+        failures += summary.failures
+        if writer:
+            writer.finalize(allow_missing=True)
+        if (failures or missing) and submission:
+            _write_failures(failures_file(submission), failures, missing)
+    except BaseException as error:
+        if writer:
+            writer.close()  # keep the spool: --resume picks up from here
+        if is_disk_full(error):
+            raise _stopped_by_full_disk(error, writer, masks_dir, names) from error
+        raise
+    summary.expected, summary.resumed, summary.failures, summary.missing = (
+        len(names), resumed, failures, missing)
+    summary.submission, summary.masks_dir, summary.row_size = submission, masks_dir, row_size
+    summary.off_size = list(off_size)
+    summary.dropped = writer.dropped if writer else []
+    return summary
+
+
+def _predict_all(predictor, photos, todo, writer, masks_dir, off_size, workers, track,
+                 fast) -> JobSummary:
+    """Predict `todo` into the writer (except the photos `off_size` names) and mask files; the
+    summary's counts, failures (decoding, saving) and warnings. A full disk stops it at once:
+    nothing more could be kept."""
+    from carmask.data.io import save_mask
+    from carmask.util.output_files import disk_full_error, is_disk_full
+    from carmask.util.parallel import BoundedExecutor
+
     saver = BoundedExecutor(workers=2, name="mask-png") if masks_dir is not None else None
     unsaved: list[tuple[str, str]] = []  # a mask file that could not be written is a failure
+    full: list[BaseException] = []  # ... unless the disk is full, which stops the job
 
     def saved(name, future):
-        if future.exception() is not None:
-            unsaved.append((name, f"{mask_file(masks_dir, name)}: {future.exception()}"))
+        error = future.exception()
+        if error is not None and is_disk_full(error):
+            full.append(disk_full_error(error, mask_file(masks_dir, name)))
+        elif error is not None:
+            unsaved.append((name, f"{mask_file(masks_dir, name)}: {error}"))
 
-    predicted, models, warnings = 0, Counter(), []
+    summary = JobSummary(expected=len(todo), predicted=0, resumed=0, failures=[], missing=[],
+                         seconds=0.0, peak_rss_mb=0.0, submission=None, masks_dir=masks_dir)
     try:
         predict = predictor.predict_runs if fast else predictor.predict_paths
         stream = predict([photos[n] for n in todo], workers=workers)
         for name, result in track(zip(todo, stream), total=len(todo), description="predicting"):
+            if full:
+                raise full[0]
             if result.error is not None:
-                failures.append((name, result.error))
+                summary.failures.append((name, result.error))
                 log.warning("%s", result.error)
                 continue
-            if writer and result.runs is not None:
-                writer.add_runs(name, result.runs)
-            elif writer:
-                writer.add(name, result.mask)
+            if writer and name not in off_size:
+                if result.runs is not None:
+                    writer.add_runs(name, result.runs)
+                else:
+                    writer.add(name, result.mask)
             if saver:
                 future = saver.submit(save_mask, result.mask, mask_file(masks_dir, name))
                 future.add_done_callback(lambda done, name=name: saved(name, done))
-            predicted += 1
-            models[result.model] += 1
-            warnings.extend((name, warning) for warning in result.warnings)
-    except BaseException:
-        if writer:
-            writer.close()  # keep the spool: --resume picks up from here
-        raise
+            summary.predicted += 1
+            summary.models[result.model] += 1
+            summary.warnings.extend((name, warning) for warning in result.warnings)
     finally:
         if saver:
             saver.shutdown()
-    failures.extend(unsaved)
-    if writer:
-        writer.finalize(allow_missing=True)
-    if (failures or missing) and submission:
-        _write_failures(submission.with_name(submission.stem + ".failures.csv"), failures, missing)
-    return (predicted, resumed), failures, missing, writer.dropped if writer else [], models, warnings
+    if full:
+        raise full[0]
+    summary.failures += unsaved
+    return summary
+
+
+def submission_size(sizes: Iterable[tuple[int, int] | None]) -> tuple[int, int] | None:
+    """The (H, W) of every row of a submission: Kaggle decodes each row at one size, Carvana's
+    1280x1918, so that is the size wherever a photo has it; else (a synthetic or another data
+    set) the photos' most common size, the first photo's of those as common. None without a
+    readable photo."""
+    from carmask.kaggle.rle import CARVANA_SHAPE
+
+    counts = Counter(size for size in sizes if size is not None)
+    if CARVANA_SHAPE in counts:
+        return CARVANA_SHAPE
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def _rows_off_size(photos: dict[str, Path], names: Sequence[str], todo: Sequence[str],
+                   masks_dir: Path | None, workers: int | None
+                   ) -> tuple[tuple[int, int] | None, dict[str, str]]:
+    """(the submission's row size, the photos of `todo` at another size with why). Every
+    photo of the job counts, not only those left: a resumed run keeps the size of the first."""
+    from carmask.kaggle.rle import CARVANA_SHAPE
+    from carmask.util.parallel import imap_bounded
+
+    present = [n for n in names if n in photos]
+    sizes = dict(zip(present, imap_bounded(lambda n: _photo_size(photos[n]), present, workers)))
+    row = submission_size(sizes.values())
+    whose = "Kaggle's size" if row == CARVANA_SHAPE else "the size of the job's other photos"
+    kept = "its mask file is written, its row" if masks_dir is not None else "its row"
+    return row, {
+        name: (f"the photo is {size[1]}x{size[0]} but this submission's rows are "
+               f"{row[1]}x{row[0]} ({whose}): Kaggle decodes every row at one size, so its row "
+               f"would be a wrong mask; {kept} is left empty")
+        for name in todo if (size := sizes.get(name)) is not None and size != row}
+
+
+def _stopped_by_full_disk(error: BaseException, writer, masks_dir: Path | None,
+                          names: Sequence[str]) -> Exception:
+    """The one error a job stopped by a full disk ends with: where, and what was kept for
+    --resume (the rows in the spool, the mask files already written)."""
+    from carmask.util.output_files import DiskFullError
+
+    kept = []
+    if writer is not None:
+        kept.append(f"{len(writer.done)} of {len(names)} rows in {writer.spool_path}")
+    if masks_dir is not None:
+        written = sum(mask_file(masks_dir, n).exists() for n in names)
+        kept.append(f"{written} of {len(names)} mask files in {masks_dir}")
+    where = str(error) if isinstance(error, DiskFullError) else f"the disk is full ({error})"
+    return DiskFullError(f"{where}; the job stopped, keeping {' and '.join(kept)}. Free some "
+                         "space, then run the same command with --resume to continue")
 
 
 def _photo_size(path: Path | None) -> tuple[int, int] | None:

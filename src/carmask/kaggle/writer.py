@@ -25,7 +25,8 @@ import numpy as np
 
 from carmask.kaggle import rle
 from carmask.util.atomic import atomic_path
-from carmask.util.output_files import acquire, check_output_file, lock_path, release
+from carmask.util.output_files import (acquire, check_output_file, disk_full_error, is_disk_full,
+                                       lock_path, release)
 from carmask.util.parallel import BoundedExecutor
 from carmask.kaggle.submission import HEADER, SubmissionError, csv_row, split_row
 
@@ -140,6 +141,10 @@ class SubmissionWriter:
         if future.exception() is not None:
             self._error = future.exception()
             return
+        if self._error is not None:
+            # the job is stopping; a row written after a failed write (a full disk) could join
+            # what that write left of its line, so this one is made again by --resume instead
+            return
         try:
             self._append(name, future.result())
         except Exception as error:  # noqa: BLE001  (re-raised by _raise_pending_error)
@@ -155,8 +160,11 @@ class SubmissionWriter:
             self._claimed.discard(name)
 
     def _raise_pending_error(self) -> None:
-        if self._error is not None:
-            raise SubmissionError(f"encoding a mask failed: {self._error}") from self._error
+        if self._error is None:
+            return
+        if is_disk_full(self._error):  # not the mask's fault: the job stops, the spool stays
+            raise disk_full_error(self._error, self.spool_path) from self._error
+        raise SubmissionError(f"encoding a mask failed: {self._error}") from self._error
 
     # -- finishing ----------------------------------------------------------------------------
     def finalize(self, allow_missing: bool = False) -> list[str]:
@@ -179,6 +187,20 @@ class SubmissionWriter:
             raise SubmissionError(
                 f"{len(missing)} of {len(self.names)} images have no mask yet "
                 f"(first: {missing[0]}); the spool {self.spool_path} is kept for resume")
+        try:
+            self._write_in_order()
+        except OSError as error:
+            if is_disk_full(error):  # the spool stays: a resumed run writes the file again
+                raise disk_full_error(error, self.path) from error
+            raise
+        if not missing:
+            self.spool_path.unlink()
+        log.info("wrote %s (%d rows, %d missing)", self.path, len(self.names), len(missing))
+        return missing
+
+    def _write_in_order(self) -> None:
+        """The spool's rows in sample order, an empty row for each name without one, into the
+        submission file (atomically)."""
         with atomic_path(self.path) as tmp, open(self.spool_path, "rb") as spool, open(tmp, "wb") as out:
             out.write(f"{HEADER}\n".encode())
             for name in self.names:
@@ -190,10 +212,6 @@ class SubmissionWriter:
                     out.write(csv_row(name, ""))
             out.flush()
             os.fsync(out.fileno())
-        if not missing:
-            self.spool_path.unlink()
-        log.info("wrote %s (%d rows, %d missing)", self.path, len(self.names), len(missing))
-        return missing
 
     def close(self) -> None:
         """Stop without finalising; the spool stays for a resumed run."""
@@ -201,6 +219,11 @@ class SubmissionWriter:
             self._pool.shutdown(wait=True)
             if not self._spool.closed:
                 self._spool.close()
+        except OSError as error:
+            # on a full disk the last row's bytes may not reach the spool: resuming drops a cut
+            # last line and makes that row again, so stopping matters more than this error
+            if not is_disk_full(error):
+                raise
         finally:
             self._unlock()
 

@@ -7,10 +7,11 @@ lock (`OUT.lock`, holding the writer's pid) is held for the whole run.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,23 +20,75 @@ class OutputError(RuntimeError):
     """An output path that cannot be written, or one another process is writing."""
 
 
+class DiskFullError(OutputError):
+    """Writing an output ran out of disk space (or quota): the message says what was kept."""
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+    """Whether `error`, or an error it was raised from, is the disk (or the quota) running out:
+    writers wrap the OSError of a worker thread in their own errors."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, DiskFullError) or (isinstance(error, OSError)
+                                                and error.errno in _DISK_FULL):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def disk_full_error(error: BaseException, path: str | Path) -> DiskFullError:
+    """A DiskFullError naming `path`, the output whose writing ran out of space in `error`."""
+    while not isinstance(error, OSError) and (error.__cause__ or error.__context__):
+        error = error.__cause__ or error.__context__
+    why = (error.strerror or os.strerror(error.errno)) if isinstance(error, OSError) else str(error)
+    return DiskFullError(f"{path}: the disk is full ({why})")
+
+
 def check_output_file(path: str | Path, what: str = "output") -> Path:
-    """Raise OutputError unless `path` can become a file: not a folder, and its nearest existing
-    parent a folder (mkdir would fail on a file there, after the work was done)."""
+    """Raise OutputError unless `path` can become a file: not a folder, not a broken link, and
+    its nearest existing parent a writable folder (mkdir would fail on a file there, after the
+    work was done)."""
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{path}: the {what} is a folder; give a file name")
+    _check_not_broken_link(path, what)
     _check_parents(path, what)
     return path
 
 
 def check_output_dir(path: str | Path, what: str = "output folder") -> Path:
-    """Raise OutputError unless `path` is a folder or can be made one."""
+    """Raise OutputError unless `path` is a writable folder or can be made one."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{path}: the {what} is a file, not a folder")
+    _check_not_broken_link(path, what)
+    if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: cannot write the {what}: the folder is not writable")
     _check_parents(path, what)
     return path
+
+
+def refuse_clashes(files: Mapping[str, Path | None], folders: Mapping[str, Path | None]) -> None:
+    """OutputError when two outputs of one command, each named by what it is, would write over
+    each other: the same path (however spelt: `a`, `./a`, a link to it), or anything inside an
+    output that is a file (a folder `sub.csv/masks` would make the submission a folder).
+    A file inside an output folder is fine; the caller checks its name against the folder's
+    own files."""
+    outputs = [(what, Path(path).resolve(), what in files)
+               for what, path in [*folders.items(), *files.items()] if path is not None]
+    for index, (what, path, _) in enumerate(outputs):
+        for other, other_path, _ in outputs[index + 1:]:
+            if path == other_path:
+                raise OutputError(f"{path}: the {what} and the {other} would be one path; "
+                                  "give them different paths")
+        for other, other_path, other_is_file in outputs:
+            if other_is_file and path != other_path and path.is_relative_to(other_path):
+                raise OutputError(f"{path}: the {what} would be inside the {other} "
+                                  f"{other_path}, a file; give them different paths")
 
 
 def refuse_replacing(paths, what: str, overwrite: bool) -> None:
@@ -48,6 +101,14 @@ def refuse_replacing(paths, what: str, overwrite: bool) -> None:
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
         raise OutputError(f"{existing[0]} exists{more}: the {what} would replace it; "
                           "--overwrite replaces it")
+
+
+def _check_not_broken_link(path: Path, what: str) -> None:
+    # a link to nowhere (or to itself) is not there for exists(), yet mkdir and the lock beside
+    # its target fail on it, or make folders where the link points, after the work was done
+    if path.is_symlink() and not path.exists():
+        raise OutputError(f"{path}: the {what} is a broken link (to {os.readlink(path)}); "
+                          "remove it or give another path")
 
 
 def _check_parents(path: Path, what: str) -> None:
