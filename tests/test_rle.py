@@ -201,3 +201,13 @@ def test_device_runs_accepts_uint8_and_keeps_runs_small():
     assert device_rle.encode_runs(starts, lengths) == rle.encode(mask) == "9 3"
     with pytest.raises(ValueError, match="3-D"):
         device_rle.device_runs(torch.from_numpy(mask))
+
+
+def test_an_rle_that_starts_with_a_dash_is_read_as_an_rle_not_an_option(tmp_path):
+    from typer.testing import CliRunner
+
+    from carmask.cli import app
+
+    result = CliRunner().invoke(app, ["rle", "decode", "-1 2", "--out", str(tmp_path / "m.png")])
+    assert result.exit_code == 1 and "invalid RLE" in result.stderr and "-1" in result.stderr
+    assert "No such option" not in result.output and not (tmp_path / "m.png").exists()

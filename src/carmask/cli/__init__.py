@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.logging import RichHandler
 
+from carmask.cli.arguments import CarmaskCommand, CarmaskGroup
 from carmask.cli.common import err, printable
 from carmask.cli.cutout import cutout, serve
 from carmask.cli.data import data_app, eda
@@ -22,25 +23,26 @@ from carmask.cli.refine import train_refiner
 from carmask.cli.rle_submission import rle_app, submission_app
 
 app = typer.Typer(
+    cls=CarmaskGroup,
     help="Mask cars out of photos, Carvana's studio or anywhere: data checks, training, prediction, "
     "Kaggle submissions, evaluation, cut-outs, an HTTP service with a web page, and the demo.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.command("demo")(demo)
+app.command("demo", cls=CarmaskCommand)(demo)
 app.add_typer(data_app, name="data")
-app.command("eda")(eda)
-app.command("models")(models)
-app.command("train")(train)
-app.command("train-refiner")(train_refiner)
-app.command("train-general")(train_general)
-app.command("predict")(predict)
-app.command("evaluate")(evaluate)
-app.command("export")(export)
-app.command("average")(average)
-app.command("cutout")(cutout)
-app.command("serve")(serve)
+app.command("eda", cls=CarmaskCommand)(eda)
+app.command("models", cls=CarmaskCommand)(models)
+app.command("train", cls=CarmaskCommand)(train)
+app.command("train-refiner", cls=CarmaskCommand)(train_refiner)
+app.command("train-general", cls=CarmaskCommand)(train_general)
+app.command("predict", cls=CarmaskCommand)(predict)
+app.command("evaluate", cls=CarmaskCommand)(evaluate)
+app.command("export", cls=CarmaskCommand)(export)
+app.command("average", cls=CarmaskCommand)(average)
+app.command("cutout", cls=CarmaskCommand)(cutout)
+app.command("serve", cls=CarmaskCommand)(serve)
 app.add_typer(rle_app, name="rle")
 app.add_typer(submission_app, name="submission")
 

@@ -9,12 +9,13 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from carmask.cli.arguments import CarmaskCommand
 from carmask.cli.common import DataDir, console, fail, parse_size, progress, say
 
 data_app = typer.Typer(help="Index, validate, synthesise or download Carvana data.", no_args_is_help=True)
 
 
-@data_app.command("index")
+@data_app.command("index", cls=CarmaskCommand)
 def data_index(
     data: DataDir,
     deep: Annotated[
@@ -64,7 +65,7 @@ def data_index(
         raise typer.Exit(1)
 
 
-@data_app.command("synth")
+@data_app.command("synth", cls=CarmaskCommand)
 def data_synth(
     out: Annotated[Path, typer.Option("--out", help="Folder to write the data set into.")],
     cars: Annotated[int, typer.Option(help="Training cars (16 views each).")] = 8,
@@ -99,7 +100,7 @@ def data_synth(
         f"{len(result.test_cars)} test cars to ", (str(result.root), "bold"))
 
 
-@data_app.command("download")
+@data_app.command("download", cls=CarmaskCommand)
 def data_download(
     out: Annotated[Path, typer.Option("--out", help="Folder for the Kaggle data (about 25 GB unzipped).")],
     file: Annotated[

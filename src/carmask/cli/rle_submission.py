@@ -8,13 +8,14 @@ from typing import Annotated, Optional
 
 import typer
 
+from carmask.cli.arguments import CarmaskCommand
 from carmask.cli.common import INCOMPLETE, console, err, fail, parse_size, say, warn
 
 rle_app = typer.Typer(help="Kaggle run-length encoding (row-major, 1-based).", no_args_is_help=True)
 submission_app = typer.Typer(help="Check and merge Kaggle submission files.", no_args_is_help=True)
 
 
-@rle_app.command("encode")
+@rle_app.command("encode", cls=CarmaskCommand)
 def rle_encode(
     mask: Annotated[Path, typer.Argument(help="Mask image (GIF/PNG, values {0,1} or {0,255}).")],
 ) -> None:
@@ -28,7 +29,9 @@ def rle_encode(
         raise fail(str(error)) from None
 
 
-@rle_app.command("decode")
+# An RLE such as '-1 2' is a (bad) RLE, not an option: the decoder then says what is wrong with it
+@rle_app.command("decode", cls=CarmaskCommand,
+                 context_settings={"ignore_unknown_options": True})
 def rle_decode(
     encoding: Annotated[str, typer.Argument(help="The RLE string, or - to read it from stdin.")],
     out: Annotated[Path, typer.Option("--out", help="Output mask: .png (0/255) or .gif ({0,1}).")],
@@ -75,7 +78,7 @@ def mask_shape(text: str) -> tuple[int, int]:
 
 
 # -- submission ---------------------------------------------------------------------------------
-@submission_app.command("check")
+@submission_app.command("check", cls=CarmaskCommand)
 def submission_check(
     file: Annotated[Path, typer.Argument(help="The submission CSV.")],
     sample: Annotated[
@@ -103,7 +106,7 @@ def submission_check(
         f"{report.rows - report.empty_masks} non-empty masks")
 
 
-@submission_app.command("merge")
+@submission_app.command("merge", cls=CarmaskCommand)
 def submission_merge(
     shards: Annotated[list[Path], typer.Argument(help="Shard CSVs from `carmask predict --shard i/n`.")],
     sample: Annotated[
