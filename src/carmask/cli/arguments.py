@@ -30,7 +30,8 @@ class CarmaskGroup(TyperGroup):
         from typer.exceptions import Abort
 
         try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            # the program is `carmask` however it was started (python -m, a test runner)
+            code = super().main(args, "carmask", complete_var, standalone_mode=False, **extra)
         except NoArgsIsHelpError as error:  # the help is printed already
             code = error.exit_code
         except ClickException as error:

@@ -104,26 +104,34 @@ def require_torch(command: str) -> None:
         raise fail(f"`carmask {command}` needs torch: pip install 'carmask[train]'")
 
 
-def parse_second_look(text: str) -> tuple[int, int] | None:
+def parse_second_look(text: str, option: str = "--second-look") -> tuple[int, int] | None:
     """'544x736' → (544, 736), checked as a second look's size; 'none' → None (no second look)."""
     from carmask.inference.predictor import second_look_config
 
     if text.lower() == "none":
         return None
-    size = parse_size(text, "HEIGHTxWIDTH")
+    size = parse_size(text, "HEIGHTxWIDTH", option)
     try:
         second_look_config(size)
     except ValueError as error:
-        raise typer.BadParameter(str(error)) from None
+        raise typer.BadParameter(str(error), param_hint=option) from None
     return size
 
 
-def parse_size(text: str, order: str) -> tuple[int, int]:
-    """'480x320' → (480, 320); `order` names the two numbers for the error message."""
+# A network's input side beyond this would need tens of GB; Carvana's photos are 1918 wide.
+LARGEST_INPUT_SIDE = 4096
+
+
+def parse_size(text: str, order: str, option: str = "--size",
+               largest: int | None = LARGEST_INPUT_SIDE) -> tuple[int, int]:
+    """'480x320' → (480, 320); `order` names the two numbers and `option` the option for the
+    error message; each side at most `largest` (None: no limit here)."""
     try:
         first, second = (int(part) for part in text.lower().split("x"))
     except ValueError:
-        raise typer.BadParameter(f"{text!r} is not {order}, e.g. 480x320") from None
+        raise typer.BadParameter(f"{text!r} is not {order}, e.g. 480x320", param_hint=option) from None
     if first <= 0 or second <= 0:
-        raise typer.BadParameter(f"{text!r}: both sides must be positive")
+        raise typer.BadParameter(f"{text!r}: both sides must be positive", param_hint=option)
+    if largest is not None and max(first, second) > largest:
+        raise typer.BadParameter(f"{text!r}: each side must be at most {largest}", param_hint=option)
     return first, second

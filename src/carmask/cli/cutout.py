@@ -57,8 +57,8 @@ def cutout(
     from carmask.apps.batch import cutout_files, find_photos, format_of
     from carmask.apps.canvas import Canvas
     from carmask.apps.cutout import CutoutError, CutoutOptions, parse_background
-    from carmask.inference.model_files import ModelFileError
-    from carmask.inference.route import create_predictor
+    from carmask.inference.model_files import ModelFileError, load_model_config
+    from carmask.inference.route import create_predictor, predictor_class
     from carmask.util.output_files import OutputError, check_output_dir
 
     def load_predictor():
@@ -66,6 +66,9 @@ def cutout(
                                 soft_edges=not hard_edges)
 
     try:
+        predictor_class(backend, device)  # a bad --backend, --device or --model is refused
+        if model not in (None, "auto"):  # before any folder is made or photo read
+            load_model_config(model)
         if not canvas and (margin != 0.05 or align != "center"):
             raise CutoutError("--margin and --align place the car on a --canvas: give --canvas WxH")
         options = CutoutOptions(parse_background(background), feather, shadow, largest, hard_edges,

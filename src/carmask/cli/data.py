@@ -108,9 +108,10 @@ def data_download(
     ] = None,
 ) -> None:
     """Download the competition with the Kaggle API (needs your credentials and the accepted rules)."""
-    from carmask.data.download import DownloadError, download_competition
+    from carmask.data.download import DownloadError, check_request, download_competition
 
     try:
+        check_request(out, file)
         path = download_competition(out, files=file)
     except DownloadError as error:
         raise fail(str(error)) from None

@@ -15,13 +15,19 @@ def demo(
         Optional[Path], typer.Option("--data", help="A real Kaggle folder; default: a synthetic one.")
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="Where everything is written.")] = Path("demo-output"),
-    seed: Annotated[int, typer.Option(help="Seed of the synthetic data set.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the synthetic data set.")] = 0,
 ) -> None:
     """Run the whole pipeline end to end and say where the results are."""
     from carmask.apps.demo import run_demo
+    from carmask.data.layout import folder_problem
+    from carmask.util.output_files import OutputError, check_output_dir
 
     if data is not None and not data.is_dir():
-        raise fail(f"{data}: data folder does not exist")
+        raise fail(f"--data {data}: {folder_problem(data, 'data folder')}")
+    try:
+        check_output_dir(out, "--out folder")  # a run again writes over its own results
+    except OutputError as error:
+        raise fail(str(error)) from None
     result = run_demo(out, data, seed=seed, track=progress)
     summary = result.index.summary()
     console.rule("carmask demo")

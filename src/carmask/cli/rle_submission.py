@@ -69,7 +69,7 @@ def mask_shape(text: str) -> tuple[int, int]:
     """--shape HEIGHTxWIDTH, refused before any work when it is larger than a mask can be."""
     from carmask.kaggle import rle
 
-    size = parse_size(text, "HEIGHTxWIDTH")
+    size = parse_size(text, "HEIGHTxWIDTH", "--shape", largest=None)  # check_shape bounds it
     try:
         rle.check_shape(size)
     except ValueError as error:

@@ -25,11 +25,33 @@ class DownloadError(RuntimeError):
     pass
 
 
+# What the competition's data page lists (train_hq/test_hq: the same photos at 1918x1280, less
+# compressed; 29bb3ece3180_11.jpg: a replacement for a broken test photo).
+COMPETITION_FILES = ("29bb3ece3180_11.jpg", "metadata.csv.zip", "sample_submission.csv.zip",
+                     "test.zip", "test_hq.zip", "train.zip", "train_hq.zip", "train_masks.csv.zip",
+                     "train_masks.zip")
+
+
 def kaggle_credentials_present() -> bool:
     if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
         return True
     config_dir = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
     return (config_dir / "kaggle.json").is_file()
+
+
+def check_request(out: str | Path, files: list[str] | None = None) -> None:
+    """DownloadError for a file the competition does not have or an --out that cannot be a
+    folder: found before asking Kaggle for 25 GB."""
+    from carmask.util.output_files import OutputError, check_output_dir
+
+    for name in files or ():
+        if name not in COMPETITION_FILES:
+            raise DownloadError(f"--file {name}: not a file of the competition; its files are "
+                                f"{', '.join(COMPETITION_FILES)}")
+    try:
+        check_output_dir(out, "--out folder")
+    except OutputError as error:
+        raise DownloadError(str(error)) from None
 
 
 def download_competition(out: str | Path, competition: str = COMPETITION,
@@ -39,6 +61,7 @@ def download_competition(out: str | Path, competition: str = COMPETITION,
     Raises DownloadError with instructions when there are no credentials or the rules have not
     been accepted.
     """
+    check_request(out, files)
     if not kaggle_credentials_present():
         raise DownloadError("no Kaggle API credentials found.\n" + HOW_TO)
     out = Path(out)

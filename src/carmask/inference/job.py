@@ -105,6 +105,8 @@ def parse_shard(text: str) -> tuple[int, int]:
         index, count = (int(v) for v in text.split("/"))
     except ValueError:
         raise ValueError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
+    if not 0 <= index < count:
+        raise ValueError(f"--shard {text}: part i of n counts from 0, so 0 <= i < n (e.g. 0/4 to 3/4)")
     return index, count
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -118,9 +119,20 @@ def _check_parents(path: Path, what: str) -> None:
                 raise OutputError(f"{path}: cannot write the {what}: {parent} is a file, not a folder")
             if not os.access(parent, os.W_OK | os.X_OK):
                 raise OutputError(f"{path}: cannot write the {what}: {parent} is not writable")
+            _try_making_a_folder_in(parent, path, what)
             return
         if parent.is_symlink():
             raise OutputError(f"{path}: cannot write the {what}: {parent} is a broken link")
+
+
+def _try_making_a_folder_in(parent: Path, path: Path, what: str) -> None:
+    """os.access answers yes to root for any folder, even where nothing can be made (/proc, a
+    folder being unmounted): make and remove an empty folder there to be sure."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".carmask-probe-", dir=parent))
+    except OSError as error:
+        raise OutputError(f"{path}: cannot write the {what}: nothing can be made in {parent} "
+                          f"({error.strerror})") from None
 
 
 # -- the lock ----------------------------------------------------------------------------------
