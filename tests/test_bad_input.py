@@ -82,3 +82,14 @@ def test_a_jpeg_whose_scan_was_replaced_is_refused_and_padding_is_not(carvana, h
 
     (tmp_path / "padded.jpg").write_bytes(photo[:-2] + b"\x00" * 300 + b"\xff\xd9")
     assert np.array_equal(read_photo(tmp_path / "padded.jpg").pixels, read_photo(held_out[0]).pixels)
+
+
+def test_a_mask_too_wide_for_a_gif_is_refused_naming_the_limit(tmp_path):
+    from carmask.data.io import DataError, save_mask
+
+    wide = np.zeros((2, 70_000), bool)
+    with pytest.raises(DataError, match="wide.gif.*at most 65535 pixels a side.*png"):
+        save_mask(wide, tmp_path / "wide.gif")
+    assert not (tmp_path / "wide.gif").exists()
+    save_mask(wide, tmp_path / "wide.png")
+    assert read_mask(tmp_path / "wide.png").shape == (2, 70_000)

@@ -380,6 +380,9 @@ def binary_problem(values: np.ndarray) -> str | None:
 MASK_SUFFIXES = (".png", ".gif")  # lossless: a JPEG mask would not be a mask any more
 
 
+GIF_MAX_SIDE = 65535  # its header's sides are 16-bit
+
+
 def save_mask(mask: np.ndarray, path: str | Path) -> None:
     """Write a bool mask as a 0/255 PNG or a Kaggle-style {0,1} palette GIF, by extension,
     atomically. Any other extension, or a folder at `path`, raises DataError."""
@@ -390,6 +393,9 @@ def save_mask(mask: np.ndarray, path: str | Path) -> None:
                               f"not {path.suffix or 'a file without an extension'}")
     if path.is_dir():
         raise DataError(path, "is a folder; give a file name for the mask")
+    if suffix == ".gif" and max(mask.shape) > GIF_MAX_SIDE:
+        raise DataError(path, f"a GIF holds at most {GIF_MAX_SIDE} pixels a side and this mask is "
+                              f"{mask.shape[0]}x{mask.shape[1]}: write it as .png")
     if suffix == ".gif":
         height, width = mask.shape
         image = Image.frombytes("P", (width, height), np.ascontiguousarray(mask, np.uint8).tobytes())
