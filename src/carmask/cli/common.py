@@ -95,6 +95,15 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def require_data_folder(data: Path, option: str = "--data") -> None:
+    """Exit 1 unless `data` is a folder, saying what it is instead (missing, a file, a broken or
+    looping symbolic link and where it points)."""
+    from carmask.data.layout import folder_problem
+
+    if not data.is_dir():
+        raise fail(f"{option} {data}: {folder_problem(data, 'data folder')}")
+
+
 def require_torch(command: str) -> None:
     """Exit 1 with the one line a user needs when a command that trains or exports runs where
     only the inference install is (no torch)."""

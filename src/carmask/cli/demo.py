@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from carmask.cli.common import console, fail, progress, say
+from carmask.cli.common import console, fail, progress, require_data_folder, say
 
 
 def demo(
@@ -19,11 +19,10 @@ def demo(
 ) -> None:
     """Run the whole pipeline end to end and say where the results are."""
     from carmask.apps.demo import run_demo
-    from carmask.data.layout import folder_problem
     from carmask.util.output_files import OutputError, check_output_dir
 
-    if data is not None and not data.is_dir():
-        raise fail(f"--data {data}: {folder_problem(data, 'data folder')}")
+    if data is not None:
+        require_data_folder(data)
     try:
         check_output_dir(out, "--out folder")  # a run again writes over its own results
     except OutputError as error:

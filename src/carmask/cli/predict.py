@@ -19,6 +19,7 @@ from carmask.cli.common import (
     fail,
     parse_size,
     progress,
+    require_data_folder,
     warn,
 )
 
@@ -240,8 +241,7 @@ def evaluate(
 
     from carmask.util.output_files import OutputError, check_output_dir, refuse_replacing
 
-    if not data.is_dir():
-        raise fail(f"{data}: data folder does not exist")
+    require_data_folder(data)
     try:  # the report's folder, before any scoring
         if out is not None:
             check_output_dir(out, "--out folder")
