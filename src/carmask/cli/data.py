@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from carmask.cli.arguments import CarmaskCommand
-from carmask.cli.common import DataDir, console, fail, parse_size, progress, say
+from carmask.cli.common import DataDir, console, fail, parse_size, progress, require_data_folder, say
 
 data_app = typer.Typer(help="Index, validate, synthesise or download Carvana data.", no_args_is_help=True)
 
@@ -68,10 +68,12 @@ def data_index(
 @data_app.command("synth", cls=CarmaskCommand)
 def data_synth(
     out: Annotated[Path, typer.Option("--out", help="Folder to write the data set into.")],
-    cars: Annotated[int, typer.Option(help="Training cars (16 views each).")] = 8,
-    test_cars: Annotated[int, typer.Option(help="Test cars (16 views each, true masks in test_masks/).")] = 2,
+    # at most carmask.data.synth.MAX_CARS cars in all (16,000 photos): Carvana itself has 318
+    cars: Annotated[int, typer.Option(min=1, max=1000, help="Training cars (16 views each).")] = 8,
+    test_cars: Annotated[int, typer.Option(
+        min=0, max=1000, help="Test cars (16 views each, true masks in test_masks/).")] = 2,
     size: Annotated[str, typer.Option(help="Image size WIDTHxHEIGHT.")] = "480x320",
-    seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Same seed, same bytes.")] = 0,
     sign: Annotated[bool, typer.Option(help="Bold lettering on the studio wall, a distractor.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace a data set this command wrote there before.")] = False,
 ) -> None:
@@ -79,6 +81,7 @@ def data_synth(
     from carmask.data.synth import MARKER, synthesize
     from carmask.util.output_files import OutputError, check_output_dir, refuse_replacing
 
+    image_size = parse_size(size, "WIDTHxHEIGHT", "--size")
     try:
         check_output_dir(out, "--out folder")
         refuse_replacing([out / MARKER], "synthetic data set", overwrite)
@@ -89,7 +92,7 @@ def data_synth(
             out,
             cars=cars,
             test_cars=test_cars,
-            size=parse_size(size, "WIDTHxHEIGHT"),
+            size=image_size,
             seed=seed,
             sign=sign,
             track=progress,
@@ -125,12 +128,13 @@ def eda(
 ) -> None:
     """Write a self-contained HTML report exploring a data folder."""
     from carmask.apps.eda import write_eda_report
-    from carmask.util.output_files import OutputError, check_output_dir, refuse_replacing
+    from carmask.util.output_files import (OutputError, check_output_dir, check_output_file,
+                                           refuse_replacing)
 
-    if not data.is_dir():
-        raise fail(f"{data}: data folder does not exist")
+    require_data_folder(data)  # says what the path is instead
     try:
         check_output_dir(out, "--out folder")
+        check_output_file(out / "index.html", "EDA report")  # a folder of that name, say
         refuse_replacing([out / "index.html"], "EDA report", overwrite)
     except OutputError as error:
         raise fail(str(error)) from None

@@ -7,7 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from carmask.cli.common import require_torch, DataDir, console, fail, parse_second_look, parse_size
+from carmask.cli import train_options as check
+from carmask.cli.common import (DataDir, console, fail, parse_second_look, parse_size,
+                                require_data_folder, require_torch)
 
 
 def train_general(
@@ -15,9 +17,11 @@ def train_general(
     wild: Annotated[Optional[Path], typer.Option(
         help="Outdoor photos with masks (images/, masks/, index.csv); default: cars_in_the_wild "
              "beside --data.")] = None,
-    out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, metrics, "
-                                                    "model.safetensors.")] = Path("runs/general"),
-    init: Annotated[str, typer.Option(help="The model to start from (default: the studio model); its "
+    out: Annotated[Path, typer.Option("--out", callback=check.run_folder,
+                                      help="Run folder: checkpoints, metrics, "
+                                           "model.safetensors.")] = Path("runs/general"),
+    init: Annotated[str, typer.Option(callback=check.training_model,
+                                      help="The model to start from (default: the studio model); its "
                                            "validation cars are never pasted.")] = "shipped",
     size: Annotated[str, typer.Option(help="Training HEIGHTxWIDTH, multiples of 32.")] = "352x480",
     predict_size: Annotated[Optional[str], typer.Option(
@@ -40,10 +44,12 @@ def train_general(
     epochs: Annotated[int, typer.Option(min=1, help="Epochs of --samples random samples.")] = 12,
     samples: Annotated[int, typer.Option(min=1, help="Samples drawn per epoch.")] = 480,
     batch: Annotated[int, typer.Option(min=1, help="Samples per step.")] = 8,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warm-up, cosine).")] = 5e-4,
-    seed: Annotated[int, typer.Option(help="Seed of the samples drawn.")] = 0,
+    lr: Annotated[float, typer.Option(callback=check.positive,
+                                      help="Peak learning rate (AdamW, warm-up, cosine).")] = 5e-4,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the samples drawn.")] = 0,
     workers: Annotated[Optional[int], typer.Option(min=0, help="Loader processes.")] = None,
-    max_time: Annotated[Optional[str], typer.Option(help="Stop cleanly after DD:HH:MM:SS.")] = None,
+    max_time: Annotated[Optional[str], typer.Option(callback=check.max_time,
+                                                    help="Stop cleanly after DD:HH:MM:SS.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint.")] = False,
 ) -> None:
     """Fine-tune a model for cars on any background: real outdoor photos, studio cars pasted onto
@@ -57,18 +63,22 @@ def train_general(
     from carmask.inference.model_files import ModelFileError
     from carmask.training.general import AnywhereConfig, train_anywhere
 
-    if not data.is_dir():
-        raise fail(f"{data}: data folder does not exist")
+    require_data_folder(data)  # says what the path is instead
     mix = MixConfig()
     if outdoor_share is not None:
         mix = replace(mix, wild=outdoor_share)
     if street_cars is not None:
         mix = replace(mix, street_cars=street_cars)
-    run_size = parse_size(predict_size, "HEIGHTxWIDTH") if predict_size else None
-    look_size = "init" if second_look is None else parse_second_look(second_look)
+    run_size = parse_size(predict_size, "HEIGHTxWIDTH", "--predict-size") if predict_size else None
+    look_size = "init" if second_look is None else parse_second_look(second_look, "--second-look")
+    train_size = parse_size(size, "HEIGHTxWIDTH", "--size")
+    wild = wild or wild_folder_beside(data)
+    require_data_folder(wild, "--wild")
+    if not (wild / "index.csv").is_file():  # read only after the studio data is indexed
+        raise fail(f"--wild {wild}: no index.csv there (outdoor photos: images/, masks/, index.csv)")
     try:
-        config = AnywhereConfig(carvana=data, wild=wild or wild_folder_beside(data), out=out, init=init,
-                                size=parse_size(size, "HEIGHTxWIDTH"), samples_per_epoch=samples,
+        config = AnywhereConfig(carvana=data, wild=wild, out=out, init=init,
+                                size=train_size, samples_per_epoch=samples,
                                 predict_size=run_size, second_look=look_size, epochs=epochs,
                                 batch=batch, lr=lr, seed=seed, small_car_boost=small_car_boost,
                                 workers=workers, max_time=max_time, resume=resume, mix=mix)

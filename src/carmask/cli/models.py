@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from carmask.cli import train_options as check
 from carmask.cli.common import (DataDir, ModelOption, console, fail, parse_second_look, parse_size,
-                                require_torch)
+                                require_data_folder, require_torch)
 
 
 def models() -> None:
@@ -47,47 +48,56 @@ def train(
     data: DataDir,
     model: Annotated[str, typer.Option(help="Architecture (see `carmask models`).")] = "unet-mnv2",
     out: Annotated[
-        Path, typer.Option("--out", help="Run folder: checkpoints, metrics, curves, model.safetensors.")
+        Path, typer.Option("--out", callback=check.run_folder,
+                           help="Run folder: checkpoints, metrics, curves, model.safetensors.")
     ] = Path("runs/unet-mnv2"),
     size: Annotated[
         Optional[str], typer.Option(help="Training size HEIGHTxWIDTH (default: the model's).")
     ] = None,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 20,
-    batch: Annotated[int, typer.Option(help="Batch size per device.")] = 8,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warm-up then cosine).")] = 1e-3,
-    fold: Annotated[int, typer.Option(help="Validation fold (cars of this fold are held out).")] = 0,
-    folds: Annotated[int, typer.Option(help="Number of car-grouped folds.")] = 5,
-    seed: Annotated[int, typer.Option(help="Seed of the split, the initialisation and augmentation.")] = 0,
-    patience: Annotated[int, typer.Option(help="Early stopping: validations without improvement.")] = 5,
+    epochs: Annotated[int, typer.Option(min=1, help="Maximum epochs.")] = 20,
+    batch: Annotated[int, typer.Option(min=1, help="Batch size per device.")] = 8,
+    lr: Annotated[float, typer.Option(callback=check.positive,
+                                      help="Peak learning rate (AdamW, warm-up then cosine).")] = 1e-3,
+    fold: Annotated[int, typer.Option(min=0, help="Validation fold (cars of this fold are held out).")] = 0,
+    folds: Annotated[int, typer.Option(min=2, help="Number of car-grouped folds.")] = 5,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the split, the initialisation and augmentation.")] = 0,
+    patience: Annotated[int, typer.Option(min=1, help="Early stopping: validations without improvement.")] = 5,
     devices: Annotated[
-        str, typer.Option(help="Devices per node: auto, or a number (DDP when > 1).")
+        str, typer.Option(callback=check.devices, help="Devices per node: auto, or a number (DDP when > 1).")
     ] = "auto",
-    num_nodes: Annotated[int, typer.Option(help="Nodes for multi-node DDP (torchrun/SLURM).")] = 1,
-    accelerator: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
+    num_nodes: Annotated[int, typer.Option(min=1, help="Nodes for multi-node DDP (torchrun/SLURM).")] = 1,
+    accelerator: Annotated[str, typer.Option(callback=check.accelerator,
+                                             help="auto, cpu or gpu (cuda).")] = "auto",
     precision: Annotated[
-        Optional[str], typer.Option(help="16-mixed, bf16-mixed or 32 (default: mixed on GPU, 32 on CPU).")
+        Optional[str], typer.Option(callback=check.precision,
+                                    help="16-mixed, bf16-mixed or 32 (default: mixed on GPU, 32 on CPU).")
     ] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Data loader processes per device.")] = None,
-    max_time: Annotated[Optional[str], typer.Option(help="Stop cleanly after DD:HH:MM:SS.")] = None,
-    val_every: Annotated[float, typer.Option(help="Validate every this fraction of an epoch.")] = 1.0,
+    workers: Annotated[Optional[int], typer.Option(min=0, help="Data loader processes per device.")] = None,
+    max_time: Annotated[Optional[str], typer.Option(callback=check.max_time,
+                                                    help="Stop cleanly after DD:HH:MM:SS.")] = None,
+    val_every: Annotated[float, typer.Option(callback=check.fraction_of_epoch,
+                                             help="Validate every this fraction of an epoch.")] = 1.0,
     limit_train_batches: Annotated[
-        float, typer.Option(help="Fraction (<=1) or number of batches per epoch.")
+        float, typer.Option(callback=check.positive, help="Fraction (<=1) or number of batches per epoch.")
     ] = 1.0,
     max_cars: Annotated[
-        Optional[int], typer.Option(help="Use only the first N cars (quick experiments).")
+        Optional[int], typer.Option(min=1, help="Use only the first N cars (quick experiments).")
     ] = None,
     pretrained: Annotated[
         bool, typer.Option(help="Start from ImageNet weights where the model has them.")
     ] = True,
     encoder_weights: Annotated[
-        Optional[Path], typer.Option(help="torchvision-format encoder weights file (vgg19, resnet34).")
+        Optional[Path], typer.Option(exists=True, dir_okay=False,
+                                     help="torchvision-format encoder weights file (vgg19, resnet34).")
     ] = None,
     init: Annotated[
-        Optional[str], typer.Option(help="Fine-tune: start from a carmask model's weights (a file, "
+        Optional[str], typer.Option(callback=check.training_model,
+                                    help="Fine-tune: start from a carmask model's weights (a file, "
                                          "a run folder, or 'shipped'); its split should be this run's.")
     ] = None,
     val_cars: Annotated[
-        Optional[str], typer.Option(help="Hold out exactly these cars instead of a fold: car ids "
+        Optional[str], typer.Option(callback=check.held_out_cars,
+                                    help="Hold out exactly these cars instead of a fold: car ids "
                                          "(comma-separated), or a model whose recorded validation "
                                          "cars to keep held out (e.g. 'shipped').")
     ] = None,
@@ -95,7 +105,8 @@ def train(
     half: Annotated[bool, typer.Option(help="Export the model in fp16 (half the size).")] = False,
     resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint.")] = False,
     cache: Annotated[
-        Optional[Path], typer.Option(help="Decode and resize the photos once into this folder "
+        Optional[Path], typer.Option(callback=check.cache_folder,
+                                     help="Decode and resize the photos once into this folder "
                                           "(uint8 at the training size), for long CPU runs.")
     ] = None,
 ) -> None:
@@ -106,17 +117,18 @@ def train(
     from carmask.training.train import TrainConfig
     from carmask.training.train import train as run_training
 
-    if not data.is_dir():
-        raise fail(f"{data}: data folder does not exist")
+    require_data_folder(data)  # says what the path is instead
     try:
         model_info(model)
     except UnknownModelError as error:
-        raise fail(str(error)) from None
+        raise fail(f"--model: {error}") from None
+    if fold >= folds:
+        raise fail(f"--fold {fold}: the folds are numbered 0 to {folds - 1} (--folds {folds})")
     config = TrainConfig(
         data=data,
         model=model,
         out=out,
-        size=parse_size(size, "HEIGHTxWIDTH") if size else None,
+        size=parse_size(size, "HEIGHTxWIDTH", "--size") if size else None,
         epochs=epochs,
         batch=batch,
         lr=lr,
@@ -169,14 +181,15 @@ def export(
     require_torch("export")
     from carmask.inference.model_files import ModelFileError
     from carmask.training.export import export_model_file
-    from carmask.training.models.io import resolve_model_path
     from carmask.util.output_files import OutputError, check_output_file, refuse_replacing
 
+    input_size = parse_size(size, "HEIGHTxWIDTH", "--size") if size else None
     try:
+        if out.suffix != ".onnx":  # every loader reads a model file by its suffix
+            raise OutputError(f"{out}: the --out ONNX file must end in .onnx")
         check_output_file(out, "--out ONNX file")
         refuse_replacing([out], "ONNX file", overwrite)
-        source = resolve_model_path(model)
-        input_size = parse_size(size, "HEIGHTxWIDTH") if size else None
+        source = check.model_file(model, ".safetensors")  # checksum, finite weights, config
         path = export_model_file(source, out, fp16=fp16, size=input_size)
     except (ModelFileError, OutputError) as error:
         raise fail(str(error)) from None
@@ -206,24 +219,30 @@ def average(
     """Average the weights of fine-tuned runs (a model soup): often better than any one of them,
     at no cost when predicting. The first model's config and training record are kept."""
     require_torch("average")
+    from carmask.inference.predictor import second_look_config
     from carmask.training.models.io import ModelFileError, average_models
     from carmask.util.output_files import OutputError, check_output_file, refuse_replacing
 
-    try:
-        check_output_file(out, "--out model file")
-        refuse_replacing([out], "averaged model", overwrite)
-    except OutputError as error:
-        raise fail(str(error)) from None
-    from carmask.inference.predictor import second_look_config
-
     changes = {}
     if size:
-        changes["input_size"] = list(parse_size(size, "HEIGHTxWIDTH"))
+        changes["input_size"] = list(parse_size(size, "HEIGHTxWIDTH", "--size"))
     if min_car_area is not None:
         changes["min_car_area"] = min_car_area
     if second_look:
-        look_size = parse_second_look(second_look)
+        look_size = parse_second_look(second_look, "--second-look")
         changes["second_look"] = second_look_config(look_size) if look_size else None
+    try:
+        if out.suffix == ".onnx":  # every loader reads a model file by its suffix
+            raise OutputError(f"{out}: the --out model file is a .safetensors file, not ONNX "
+                              "(carmask export makes the ONNX file of it)")
+        check_output_file(out, "--out model file")
+        refuse_replacing([out], "averaged model", overwrite)
+        for model in models:  # each one sound (checksum, finite weights) before any work
+            check.model_file(model, ".safetensors")
+        if len(models) < 2:
+            raise ModelFileError("averaging needs at least two model files")
+    except (ModelFileError, OutputError) as error:
+        raise fail(str(error)) from None
     try:
         path = average_models(models, out, half=half, **changes)
     except ModelFileError as error:

@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 
 VIEWS = 16
 MIN_SIZE = (64, 48)  # (width, height)
+# Beyond these a set takes hours and gigabytes, or one photo more memory than a machine has:
+# 4096 a side is twice Kaggle's 1918x1280; 1000 cars are 16,000 photos (Carvana has 318 cars).
+MAX_SIDE = 4096
+MAX_CARS = 1000
 _SUB = 4  # cv2 sub-pixel bits: polygon edges land between pixels, so small sizes stay smooth
 _ONE = 1 << _SUB
 
@@ -112,6 +116,11 @@ def synthesize(out: str | Path, cars: int = 8, size: tuple[int, int] = (480, 320
     size = (int(size[0]), int(size[1]))
     if size[0] < MIN_SIZE[0] or size[1] < MIN_SIZE[1]:
         raise ValueError(f"size {size[0]}x{size[1]} is below the minimum {MIN_SIZE[0]}x{MIN_SIZE[1]}")
+    if max(size) > MAX_SIDE:
+        raise ValueError(f"size {size[0]}x{size[1]} is above the maximum of {MAX_SIDE} a side")
+    if cars + test_cars > MAX_CARS:
+        raise ValueError(f"cars + test_cars is {cars + test_cars}, above the maximum of {MAX_CARS} "
+                         f"({MAX_CARS * VIEWS} photos)")
     root = Path(out)
     _claim_folder(root)
     for sub in ("train", "train_masks", "test", "test_masks"):

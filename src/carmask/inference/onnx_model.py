@@ -21,11 +21,16 @@ class OnnxModel:
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         import onnxruntime as ort
 
+        from carmask.inference.model_files import verify_model_file
+
+        # a damaged or NaN-holding file is refused, naming it, instead of masking nothing; the
+        # session is built from the very bytes checked
+        model = verify_model_file(path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.enable_mem_pattern = False
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         self.path = Path(path)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from carmask.inference.model_files import CACHE, METADATA_KEY
+from carmask.inference.model_files import CACHE, METADATA_KEY, refuse_nonfinite, seal_onnx
 from carmask.util.atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -26,20 +26,24 @@ log = logging.getLogger(__name__)
 def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int], channels: int = 3,
                 fp16: bool = False, config: dict | None = None, dynamic_size: bool = True) -> Path:
     """Export with dynamic batch (and, unless `dynamic_size` is False, height and width) axes,
-    traced at `size`; `config` goes into the metadata; written atomically.
+    traced at `size`; `config` goes into the metadata, with a checksum of the file; written
+    atomically. ModelFileError, before anything is written, for NaN or infinite weights.
 
     With `fp16` nothing is folded at export: folding a batch norm into its convolution makes
     weights that fp16 cannot hold (the general model's logits moved by up to 0.8); unfolded,
     the stored weights are the model's own fp16 ones and onnxruntime folds them in fp32 at load."""
     model = model.eval().float()
+    # named as the model names its weights (folding renames them), before any tracing
+    weights = model.state_dict().items()
+    refuse_nonfinite(Path(path), ((name, tensor.cpu().numpy()) for name, tensor in weights
+                                  if tensor.is_floating_point()))
     example = torch.zeros(1, channels, *size)
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"}
     with atomic_path(path, suffix=".onnx") as tmp:
         torch.onnx.export(model, (example,), str(tmp), input_names=["image"], output_names=["output"],
                           dynamic_axes={"image": axes, "output": axes}, opset_version=17, dynamo=False,
                           do_constant_folding=not fp16)
-        if fp16 or config is not None:
-            _finish(str(tmp), fp16, config)
+        _finish(tmp, Path(path), fp16, config)
     return Path(path)
 
 
@@ -68,18 +72,20 @@ def cached_export(model_file: Path, build: Callable[[], nn.Module], size: tuple[
     return path
 
 
-def _finish(path: str, fp16: bool, config: dict | None) -> None:
-    """Store the config in the metadata and, with `fp16`, the weights in half precision."""
+def _finish(tmp: Path, path: Path, fp16: bool, config: dict | None) -> None:
+    """Store the config in the metadata, with `fp16` the weights in half precision, and a
+    checksum of the whole (which `seal_onnx` checks for NaN and infinite weights: fp16 turns
+    weights beyond 65504 into infinities). `path` is the file's final name, for errors."""
     import onnx
 
-    graph_model = onnx.load(path)
+    graph_model = onnx.load(str(tmp))
     if fp16:
         _store_weights_in_fp16(graph_model)
     if config is not None:
         del graph_model.metadata_props[:]
         entry = graph_model.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, json.dumps(config)
-    onnx.save(graph_model, path)
+    tmp.write_bytes(seal_onnx(path, graph_model.SerializeToString()))
 
 
 def _store_weights_in_fp16(graph_model) -> None:

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
 from torch import nn
 
 from carmask.inference import model_files
@@ -39,15 +40,24 @@ def save_model(model: nn.Module, path: str | Path, config: dict, half: bool = Fa
 
 
 def save_state(weights: dict[str, torch.Tensor], path: str | Path, config: dict, half: bool = False) -> Path:
-    """Write a state dict (fp16 when `half`) and config atomically."""
+    """Write a state dict (fp16 when `half`) and config atomically, with the checksum of the
+    tensors in the metadata. ModelFileError, before anything is written, for a NaN or infinite
+    weight: a diverged run must not leave a model file that masks nothing."""
+    path = Path(path)
     state = {}
     for key, tensor in weights.items():
         tensor = tensor.detach().cpu().contiguous()
         state[key] = tensor.half() if half and tensor.is_floating_point() else tensor
+        if half and tensor.is_floating_point() and torch.isfinite(tensor).all() \
+                and not torch.isfinite(state[key]).all():
+            raise ModelFileError(f"{path}: not written: weight {key!r} holds values beyond fp16's "
+                                 "range (65504); save it in fp32 (without --half)")
+    data = model_files.seal_safetensors(  # refuses NaN and infinite weights
+        path, save_bytes(state, metadata={METADATA_KEY: json.dumps(config)}))
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(config)})
-        os.chmod(tmp, 0o644)  # safetensors creates its file owner-only; a model is meant to be shared
-    return Path(path)
+        tmp.write_bytes(data)
+        os.chmod(tmp, 0o644)  # a model is meant to be shared, whatever the umask
+    return path
 
 
 def resolve_model_path(spec: str | Path | None = None) -> Path:
@@ -87,8 +97,13 @@ def load_refiner(path: str | Path | None = None) -> tuple[nn.Module, dict] | Non
 def _load_stage(model: nn.Module, path: Path, name: str, refiner: bool) -> None:
     """Load one stage of a model file strictly, in float32: the coarse model's weights, or the
     refiner's (stored under REFINER_PREFIX)."""
+    data = model_files.verify_model_file(path)  # checksum and finite weights, naming the file
+    try:
+        tensors = load_bytes(data)
+    except Exception as error:  # safetensors raises its own error types for a bad file
+        raise ModelFileError(f"{path}: not a safetensors file ({error})") from None
     state = {}
-    for key, tensor in load_file(str(path)).items():
+    for key, tensor in tensors.items():
         if key.startswith(REFINER_PREFIX) == refiner:
             name = key[len(REFINER_PREFIX):] if refiner else key
             state[name] = tensor.float() if tensor.is_floating_point() else tensor
