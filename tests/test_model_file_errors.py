@@ -25,8 +25,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from carmask.cli import app
-from carmask.inference import model_files
-from carmask.inference.model_files import CHECKSUM_KEY, ModelFileError, verify_model_file
+from carmask.inference import model_check, model_files
+from carmask.inference.model_check import verify_model_file
+from carmask.inference.model_files import CHECKSUM_KEY, ModelFileError
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 SIZE = (64, 96)
@@ -117,7 +118,7 @@ def test_carmask_writes_a_checksum_into_every_model_file_and_loads_it(tiny):
     with safe_open(str(tiny / "a.safetensors"), framework="numpy") as file:
         assert len(file.metadata()[CHECKSUM_KEY]) == 64
     for name in ("a.onnx", "a16.onnx"):
-        recorded, actual = model_files._onnx_checksum(tiny / name, memoryview((tiny / name).read_bytes()))
+        recorded, actual = model_check._onnx_checksum(tiny / name, memoryview((tiny / name).read_bytes()))
         assert recorded == actual and len(recorded) == 64
         output = OnnxModel(tiny / name)(np.zeros((1, 3, *SIZE), np.float32))
         assert output.shape == (1, 1, *SIZE) and np.isfinite(output).all()
@@ -218,7 +219,7 @@ def test_a_damaged_shipped_file_says_to_reinstall(tiny, tmp_path, monkeypatch):
     shutil.copy(tiny / "a.onnx", shipped)
     digest = hashlib.sha256(shipped.read_bytes()).hexdigest()
     (weights / "models.json").write_text(json.dumps({"carvana-unet-mnv2": {"sha256": {"onnx": digest}}}))
-    monkeypatch.setattr(model_files, "WEIGHTS", weights)
+    monkeypatch.setattr(model_check, "WEIGHTS", weights)
     verify_model_file(shipped)
     flipped(tiny / "a.onnx", shipped)
     (tmp_path / "link.onnx").symlink_to(shipped)  # a link to a shipped file is checked as one

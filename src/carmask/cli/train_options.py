@@ -119,8 +119,8 @@ def model_file(value: str | None, suffix: str) -> Path:
     it would (checksum, finite weights, config), so that a bad one is refused before any work.
     `suffix` ".safetensors": torch's weights are needed (training, export, averaging), and an
     ONNX file is refused. ModelFileError names the file and what is wrong."""
-    from carmask.inference.model_files import (ModelFileError, read_config, resolve_model_path,
-                                               verify_model_file)
+    from carmask.inference.model_check import verify_model_file
+    from carmask.inference.model_files import ModelFileError, read_config, resolve_model_path
 
     path = resolve_model_path(value, suffix=suffix)
     if suffix == ".safetensors" and path.suffix == ".onnx":

@@ -21,7 +21,7 @@ class OnnxModel:
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         import onnxruntime as ort
 
-        from carmask.inference.model_files import verify_model_file
+        from carmask.inference.model_check import verify_model_file
 
         # a damaged or NaN-holding file is refused, naming it, instead of masking nothing; the
         # session is built from the very bytes checked

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from carmask.inference.model_files import CACHE, METADATA_KEY, refuse_nonfinite, seal_onnx
+from carmask.inference.model_check import refuse_nonfinite, seal_onnx
+from carmask.inference.model_files import CACHE, METADATA_KEY
 from carmask.util.atomic import atomic_path
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 from torch import nn
 
-from carmask.inference import model_files
+from carmask.inference import model_check, model_files
 from carmask.inference.model_files import METADATA_KEY, ModelFileError, read_config  # noqa: F401
 from carmask.training.models import create_bare_model, model_info
 from carmask.util.atomic import atomic_path
@@ -52,7 +52,7 @@ def save_state(weights: dict[str, torch.Tensor], path: str | Path, config: dict,
                 and not torch.isfinite(state[key]).all():
             raise ModelFileError(f"{path}: not written: weight {key!r} holds values beyond fp16's "
                                  "range (65504); save it in fp32 (without --half)")
-    data = model_files.seal_safetensors(  # refuses NaN and infinite weights
+    data = model_check.seal_safetensors(  # refuses NaN and infinite weights
         path, save_bytes(state, metadata={METADATA_KEY: json.dumps(config)}))
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
@@ -97,7 +97,7 @@ def load_refiner(path: str | Path | None = None) -> tuple[nn.Module, dict] | Non
 def _load_stage(model: nn.Module, path: Path, name: str, refiner: bool) -> None:
     """Load one stage of a model file strictly, in float32: the coarse model's weights, or the
     refiner's (stored under REFINER_PREFIX)."""
-    data = model_files.verify_model_file(path)  # checksum and finite weights, naming the file
+    data = model_check.verify_model_file(path)  # checksum and finite weights, naming the file
     try:
         tensors = load_bytes(data)
     except Exception as error:  # safetensors raises its own error types for a bad file
