@@ -109,11 +109,11 @@ def train_anywhere(config: AnywhereConfig, progress_bar: bool = True) -> dict:
     task = SegmentationTask(architecture, {"pretrained": False} if info.takes_pretrained else {},
                             config.lr, config.weight_decay, dice_per_photo=config.dice_per_photo)
     task.model.load_state_dict(start.state_dict(), strict=True)
-    best, crash_safe = checkpoints(out, steps_between_saves=10)
+    best, *crash_safe = checkpoints(out, steps_between_saves=10)
     gpu = torch.cuda.is_available()
     trainer = L.Trainer(
         accelerator="auto", devices=1, precision="bf16-mixed" if gpu else "32-true",
-        max_epochs=config.epochs, max_time=config.max_time, callbacks=[best, crash_safe],
+        max_epochs=config.epochs, max_time=config.max_time, callbacks=[best, *crash_safe],
         logger=CSVLogger(out, name="logs"), enable_progress_bar=progress_bar,
         log_every_n_steps=5, num_sanity_val_steps=0, default_root_dir=out,
     )

@@ -33,7 +33,8 @@ from carmask.training.models import create_model
 from carmask.training.models.io import model_config, save_model
 from carmask.training.models.outputs import upsample
 from carmask.training.refiner import MEAN, STD, RefinerGeometry, crop_mirrored, outline_band, refiner_input
-from carmask.training.train import _log_lightning_once, _resume_checkpoint, _write_metrics, adamw_with_cosine
+from carmask.training.train import (_log_lightning_once, _resume_checkpoint, _write_metrics, adamw_with_cosine,
+                                    latest_by_time)
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +208,7 @@ def train_refiner(config: RefinerTrainConfig, progress_bar: bool = True, track=N
     crash_safe = ModelCheckpoint(dirpath=out / "checkpoints", filename="latest", every_n_train_steps=25,
                                  save_top_k=1, enable_version_counter=False)
     trainer = L.Trainer(accelerator="auto", devices=1, max_epochs=config.epochs, max_time=config.max_time,
-                        callbacks=[best, crash_safe], logger=CSVLogger(out, name="logs"),
+                        callbacks=[best, crash_safe, latest_by_time(out)], logger=CSVLogger(out, name="logs"),
                         enable_progress_bar=progress_bar, log_every_n_steps=10, num_sanity_val_steps=0,
                         val_check_interval=config.val_every,
                         limit_train_batches=config.steps_per_epoch or 1.0)

@@ -222,8 +222,8 @@ def train(config: TrainConfig, progress_bar: bool = True) -> dict:
     if precision == "bf16-mixed" and not gpu and not cpu_has_bf16():
         log.warning("--precision bf16-mixed: this CPU has no bf16 instructions (no AMX or "
                     "AVX512-BF16), so it will be emulated and slow; use 32")
-    best, crash_safe = checkpoints(out, steps_between_saves=max(1, min(50, len(train_loader) // 4)))
-    callbacks = [best, crash_safe, EarlyStopping("val_dice_full", mode="max", patience=config.patience)]
+    best, *crash_safe = checkpoints(out, steps_between_saves=max(1, min(50, len(train_loader) // 4)))
+    callbacks = [best, *crash_safe, EarlyStopping("val_dice_full", mode="max", patience=config.patience)]
     multi = config.num_nodes > 1 or (isinstance(config.devices, int) and config.devices > 1)
     trainer = L.Trainer(
         accelerator=config.accelerator, devices=config.devices, num_nodes=config.num_nodes,
@@ -282,15 +282,26 @@ def loader_options(workers: int | None) -> dict:
     return dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 
 
-def checkpoints(out: Path, steps_between_saves: int) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+def checkpoints(out: Path, steps_between_saves: int) -> tuple[ModelCheckpoint, ...]:
     """The best weights by full-resolution validation Dice (and last.ckpt at each validation),
-    and latest.ckpt every few steps, so a killed run loses little (--resume)."""
+    then latest.ckpt every few steps and at least every 10 minutes (`latest_by_time`): a killed
+    run loses little (--resume), however slowly a busy machine steps."""
     best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_dice_full",
                            mode="max", save_top_k=1, save_last=True)
-    crash_safe = ModelCheckpoint(dirpath=out / "checkpoints", filename="latest",
-                                 every_n_train_steps=steps_between_saves, save_top_k=1,
-                                 enable_version_counter=False)
-    return best, crash_safe
+    by_steps = ModelCheckpoint(dirpath=out / "checkpoints", filename="latest",
+                               every_n_train_steps=steps_between_saves, save_top_k=1,
+                               enable_version_counter=False)
+    return best, by_steps, latest_by_time(out)
+
+
+def latest_by_time(out: Path, minutes: float = 10) -> ModelCheckpoint:
+    """latest.ckpt once `minutes` of training have passed since the last save: a niced run beside
+    other work may take longer than that for its few steps."""
+    from datetime import timedelta
+
+    return ModelCheckpoint(dirpath=out / "checkpoints", filename="latest", save_top_k=1,
+                           train_time_interval=timedelta(minutes=minutes),
+                           enable_version_counter=False)
 
 
 def best_task(best: ModelCheckpoint, out: Path) -> SegmentationTask:
