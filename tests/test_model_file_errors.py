@@ -211,6 +211,18 @@ def test_the_shipped_files_match_the_checksums_recorded_for_them():
             verify_model_file(path)
 
 
+def test_a_damaged_cached_export_is_made_again(tiny, tmp_path, monkeypatch):
+    """The ONNX export of a .safetensors file lives in carmask's cache: a damaged one is carmask's
+    to remake, not the user's problem."""
+    monkeypatch.setattr(model_files, "CACHE", tmp_path / "cache")
+    cached = model_files.onnx_file(tiny / "a.safetensors")
+    damaged = flipped(cached, cached).read_bytes()
+    with pytest.raises(ModelFileError):
+        verify_model_file(cached)
+    assert model_files.onnx_file(tiny / "a.safetensors") == cached
+    assert cached.read_bytes() != damaged and verify_model_file(cached)
+
+
 def test_a_damaged_shipped_file_says_to_reinstall(tiny, tmp_path, monkeypatch):
     """The shipped files have no checksum inside (they predate it): weights/models.json has it."""
     weights = tmp_path / "weights"

@@ -65,15 +65,18 @@ def cutout(
         return create_predictor(model, backend=backend, device=device, batch=batch,
                                 soft_edges=not hard_edges)
 
-    try:
-        predictor_class(backend, device)  # a bad --backend, --device or --model is refused
-        if model not in (None, "auto"):  # before any folder is made or photo read
+    def check_model() -> None:  # a bad --backend, --device or --model, before any folder is made
+        predictor_class(backend, device)
+        if model not in (None, "auto"):
             load_model_config(model)
+
+    try:
         if not canvas and (margin != 0.05 or align != "center"):
             raise CutoutError("--margin and --align place the car on a --canvas: give --canvas WxH")
         options = CutoutOptions(parse_background(background), feather, shadow, largest, hard_edges,
                                 Canvas.parse(canvas, margin, align) if canvas else None)
         if inputs == ["-"] or str(out) == "-":
+            check_model()
             return _cutout_stream(inputs, out, options, fmt, load_predictor)
         photos = find_photos(inputs)
         # one photo and --out car.png: that file; else a folder, the input tree mirrored in it
@@ -83,6 +86,7 @@ def cutout(
         fmt = (format_of(out) if single_file else fmt) or "png"
         if not single_file:
             check_output_dir(out, "--out folder")  # before the model loads
+        check_model()
         summary = cutout_files(  # the model loads only when there is a photo to cut out
             load_predictor, photos, out, options, fmt=fmt, overwrite=overwrite,
             single_file=single_file, resume=resume, track=progress)

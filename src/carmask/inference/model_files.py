@@ -12,12 +12,15 @@ Every model file is checked when it is loaded (checksum, finite weights): `model
 from __future__ import annotations
 
 import hashlib
+import logging
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from carmask.inference.protobuf import metadata_entry
+
+log = logging.getLogger(__name__)
 
 METADATA_KEY = "carmask"
 # The checksum carmask stores beside the config, of everything but the config: the tensors of a
@@ -118,6 +121,8 @@ def onnx_file(path: Path) -> Path:
         return path
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     cached = CACHE / "onnx" / f"{path.stem}-{digest}.onnx"
+    if cached.exists() and not _sound(cached):  # a damaged cache is ours to make again
+        cached.unlink()
     if not cached.exists():
         try:  # the one place inference reaches into training, and only for a training file
             from carmask.training.export import export_model_file
@@ -128,6 +133,17 @@ def onnx_file(path: Path) -> Path:
                 "the .onnx file") from None
         export_model_file(path, cached)
     return cached
+
+
+def _sound(path: Path) -> bool:
+    from carmask.inference.model_check import verify_model_file
+
+    try:
+        verify_model_file(path)
+        return True
+    except ModelFileError as error:
+        log.warning("%s; exporting it again", error)
+        return False
 
 
 def _safetensors_metadata(path: Path) -> str | None:
