@@ -2,56 +2,112 @@
 # The background training campaign (issue 24): long CPU runs that use the cores while people
 # read and write code. Start it when work on the project starts, check it before work stops.
 #
-#   benchmarks/campaign.sh start    start the current run, or resume it from its last checkpoint
+#   benchmarks/campaign.sh start    start the current run, or resume it from its last checkpoint;
+#                                   once a run has finished, the next run of the queue
 #   benchmarks/campaign.sh status   is it running, how far, its validation Dice so far
 #   benchmarks/campaign.sh stop     stop it (it resumes from its last checkpoint next time)
+#   benchmarks/campaign.sh queue    the runs in order, each with its state and command
 #
-# The run trains in the background (nohup, nice 19), so it yields the CPU to interactive work,
-# writes a checkpoint every 50 steps (a few minutes: a kill loses little) and logs the
-# full-resolution validation Dice four times an epoch. Runs live in runs/campaign/ (git-ignored).
-# Where a run's checkpoints are gone, it says so and starts again from the best file it finds:
-# its best checkpoint, else the model it fine-tunes. Nothing of this runs in CI.
+# The runs form a queue, run one at a time in order: the current run is the first one without
+# its model.safetensors (a run writes it when it finishes). `start` never starts a run while
+# another one's trainer is alive, so a finished run's trainer exits before the next one starts.
+# A run that finishes starts the next itself (a watcher waits for its trainer to end); a run
+# that was stopped or died waits for the next `start`.
 #
-# The current run: the studio model on all 150 training cars at 640x960, bf16 where the CPU has
-# it, the shipped model's 10 validation cars held out, a cosine run to its end.
-# Overrides (the tests use them for a tiny run): CAMPAIGN_DIR, CAMPAIGN_RUN, CAMPAIGN_DATA,
-# CAMPAIGN_ARGS (replaces the run's training options), CAMPAIGN_INIT, CARMASK (the command).
+# A run trains in the background (nohup, nice 19), so it yields the CPU to interactive work,
+# and writes latest.ckpt every 50 steps (the general model: every 10) AND every 10 minutes of
+# training, whichever comes first (niced beside a busy session, 50 steps once took over 25
+# minutes): a kill loses little. Runs live in runs/campaign/ (git-ignored). Where a run's
+# checkpoints are gone, it says so and starts again from the best file it finds: its best
+# checkpoint, else the model it fine-tunes. Nothing of this runs in CI.
+#
+# The queue:
+# 1. studio-all150-640: the studio model on all 150 training cars at 640x960, bf16 where the CPU
+#    has it, the shipped model's 10 validation cars held out, a cosine run to its end; it
+#    validates at full resolution four times an epoch.
+# 2. general-people-r1: the shipped general model fine-tuned with people cut from the training
+#    street frames as negatives (--people-share 0.3; issue 24), with the recipe of r20-r23
+#    (docs/training-history.md: 544x736, run at 448x608, 60% real outdoor photos, lr 7.5e-5),
+#    but 12 epochs of 480 samples instead of 3-4: 5,760 samples. A step of 8 at 544x736 in bf16
+#    took 18 s measured beside a busy session (about 3.5 s idle, scaled from docs/benchmarks.md's
+#    640x960 step): about 1.5 hours idle, about 5 at the rate the studio run has kept here (0.22
+#    photos/s at 640x960, 0.3 at 544x736).
+#
+# Overrides (the tests use them for tiny runs): CAMPAIGN_DIR, CAMPAIGN_DATA, CAMPAIGN_POLL (seconds
+# between the watcher's looks at a running trainer, 60), CARMASK (the
+# command); CAMPAIGN_RUN and/or CAMPAIGN_ARGS make the queue a single studio run (`carmask
+# train`) of that name and those training options; CAMPAIGN_INIT, the model the studio run
+# starts from; CAMPAIGN_QUEUE replaces the whole queue: one run a line, NAME|COMMAND|INIT|OPTIONS
+# (COMMAND: train or train-general; --data, --out, --init and --resume are added).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CAMPAIGN_DIR=${CAMPAIGN_DIR:-runs/campaign}
-RUN=${CAMPAIGN_RUN:-studio-all150-640}
 DATA=${CAMPAIGN_DATA:-../shared/data/carvana}
 INIT=${CAMPAIGN_INIT:-shipped}
 CARMASK=${CARMASK:-.venv/bin/carmask}
-OUT="$CAMPAIGN_DIR/$RUN"
-PIDFILE="$OUT/run.pid"
-LOG="$OUT/train.log"
 
 if grep -qE ' (amx_bf16|avx512_bf16)' /proc/cpuinfo 2>/dev/null; then PRECISION=bf16-mixed; else PRECISION=32; fi
-DEFAULT_ARGS="--model unet-mnv2 --size 640x960 --batch 2 --epochs 3 --lr 3e-4 --no-pretrained
+STUDIO_ARGS="--model unet-mnv2 --size 640x960 --batch 2 --epochs 3 --lr 3e-4 --no-pretrained
   --val-cars shipped --val-every 0.25 --patience 1000 --workers 1 --precision $PRECISION
   --half --cache $CAMPAIGN_DIR/cache"
-ARGS=${CAMPAIGN_ARGS:-$DEFAULT_ARGS}
+GENERAL_ARGS="--size 544x736 --predict-size 448x608 --outdoor-share 0.6 --people-share 0.3
+  --epochs 12 --samples 480 --batch 8 --lr 7.5e-5 --seed 24 --workers 1 --precision $PRECISION"
+if [[ -n ${CAMPAIGN_RUN:-} || -n ${CAMPAIGN_ARGS:-} ]]; then
+  QUEUE="${CAMPAIGN_RUN:-studio-all150-640}|train|$INIT|${CAMPAIGN_ARGS:-$STUDIO_ARGS}"
+else
+  QUEUE=${CAMPAIGN_QUEUE:-"studio-all150-640|train|$INIT|$STUDIO_ARGS
+general-people-r1|train-general|general|$GENERAL_ARGS"}
+fi
 
+# One line per run (the options joined into one line), blank lines left out.
+queue_lines() { tr '\n' '\r' <<<"$QUEUE" | sed 's/\r  */ /g' | tr '\r' '\n' | grep -v '^\s*$'; }
+
+select_run() {  # select_run LINE: the run's name, command, start, options and files
+  IFS='|' read -r RUN COMMAND RUN_INIT ARGS <<<"$1"
+  OUT="$CAMPAIGN_DIR/$RUN"
+  PIDFILE="$OUT/run.pid"
+  LOG="$OUT/train.log"
+}
+
+finished() { [[ -f $OUT/model.safetensors ]]; }
 running() { [[ -f $PIDFILE ]] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
+
+select_running() {  # selects the run whose trainer is alive; false when none is
+  local line
+  while IFS= read -r line; do select_run "$line"; running && return 0; done < <(queue_lines)
+  return 1
+}
+
+select_current() {  # selects the first run not finished (the last run when all are)
+  local line
+  while IFS= read -r line; do select_run "$line"; finished || return 0; done < <(queue_lines)
+}
 
 validation_figures() {  # every full-resolution validation Dice logged so far, all sessions
   local files=("$OUT"/logs/version_*/metrics.csv)
   [[ -e ${files[0]} ]] || { echo "  no validation yet"; return; }
   awk -F, 'FNR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
            col["val_dice_full"] && $col["val_dice_full"] != "" {
-             printf "  step %6d  epoch %s  val Dice (1280x1918) %s\n", $col["step"], $col["epoch"], $col["val_dice_full"] }' \
+             printf "  step %6d  epoch %s  val Dice (full resolution) %s\n", $col["step"], $col["epoch"], $col["val_dice_full"] }' \
       "${files[@]}" | sort -n -k2 | uniq
 }
 
 start() {
-  mkdir -p "$OUT"
-  if running; then echo "$RUN: already running (pid $(cat "$PIDFILE")); log: $LOG"; return; fi
-  if [[ -f $OUT/model.safetensors ]]; then
-    echo "$RUN: finished; model: $OUT/model.safetensors"; validation_figures; return
-  fi
+  if select_running; then echo "$RUN: already running (pid $(cat "$PIDFILE")); log: $LOG"; return; fi
+  local line
+  while IFS= read -r line; do
+    select_run "$line"
+    if finished; then echo "$RUN: finished; model: $OUT/model.safetensors"; continue; fi
+    start_run
+    return
+  done < <(queue_lines)
+  echo "every run of the queue has finished"
+}
+
+start_run() {  # starts or resumes the selected run in the background
   [[ -x $CARMASK ]] || { echo "error: $CARMASK not found: run 'make venv' first" >&2; exit 1; }
+  mkdir -p "$OUT"
   local ckpt="$OUT/checkpoints"
   if [[ -f $ckpt/last.ckpt || -f $ckpt/latest.ckpt ]]; then
     echo "$RUN: resuming from its last checkpoint"
@@ -59,34 +115,49 @@ start() {
     echo "$RUN: the last checkpoints are gone; starting again from its best checkpoint"
     cp "$ckpt/best.ckpt" "$ckpt/latest.ckpt"
   elif [[ -f $LOG ]]; then
-    echo "$RUN: its checkpoints are gone; starting again from $INIT"
+    echo "$RUN: its checkpoints are gone; starting again from $RUN_INIT"
   else
-    echo "$RUN: starting from $INIT"
+    echo "$RUN: starting from $RUN_INIT"
   fi
   # shellcheck disable=SC2086  # ARGS is a list of options
-  HF_HUB_OFFLINE=1 nohup nice -n 19 "$CARMASK" train --data "$DATA" --out "$OUT" --init "$INIT" \
-      --resume $ARGS >>"$LOG" 2>&1 </dev/null &
+  HF_HUB_OFFLINE=1 nohup nice -n 19 "$CARMASK" "$COMMAND" --data "$DATA" --out "$OUT" \
+      --init "$RUN_INIT" --resume $ARGS >>"$LOG" 2>&1 </dev/null &
   echo $! >"$PIDFILE"
   echo "$RUN: training in the background (pid $!); log: $LOG"
+  # when this run has finished (not when it was stopped), the next run of the queue starts
+  nohup bash -c "while kill -0 $! 2>/dev/null; do sleep ${CAMPAIGN_POLL:-60}; done
+                 [[ -f '$OUT/model.safetensors' ]] && exec '$0' start" >/dev/null 2>&1 </dev/null &
 }
 
 status() {
+  select_running || select_current
   if running; then echo "$RUN: running (pid $(cat "$PIDFILE"))"
-  elif [[ -f $OUT/model.safetensors ]]; then echo "$RUN: finished; model: $OUT/model.safetensors"
+  elif finished; then echo "$RUN: finished; model: $OUT/model.safetensors"
   else echo "$RUN: not running; 'benchmarks/campaign.sh start' resumes it"; fi
   [[ -d $OUT/checkpoints ]] && ls -l --time-style=+%H:%M "$OUT/checkpoints" | awk 'NR > 1 { print "  checkpoint", $6, $7 }'
   validation_figures
-  [[ -f $LOG ]] && { echo "  last log line:"; tail -c 2000 "$LOG" | tr '\r' '\n' | grep -v '^\s*$' | tail -1 | cut -c1-160; }
+  [[ -s $LOG ]] && { echo "  last log line:"; tail -c 2000 "$LOG" | tr '\r' '\n' | { grep -v '^\s*$' || true; } | tail -1 | cut -c1-160; }
   return 0
 }
 
 stop() {
-  if running; then kill "$(cat "$PIDFILE")"; echo "$RUN: stopped; 'start' resumes it"; else echo "$RUN: not running"; fi
+  if select_running; then kill "$(cat "$PIDFILE")"; echo "$RUN: stopped; 'start' resumes it"
+  else select_current; echo "$RUN: not running"; fi
+}
+
+queue() {
+  local line state
+  while IFS= read -r line; do
+    select_run "$line"
+    if running; then state=running; elif finished; then state=finished; else state=waiting; fi
+    echo "$RUN: $state: carmask $COMMAND --init $RUN_INIT $ARGS"
+  done < <(queue_lines)
 }
 
 case "${1:-status}" in
   start) start ;;
   status) status ;;
   stop) stop ;;
-  *) echo "usage: $0 start|status|stop" >&2; exit 2 ;;
+  queue) queue ;;
+  *) echo "usage: $0 start|status|stop|queue" >&2; exit 2 ;;
 esac

@@ -1,5 +1,6 @@
 """The background training campaign (issue 24): benchmarks/campaign.sh resumes a killed run from
-its last checkpoint, and says so when the checkpoints are gone; bf16 keeps the masks."""
+its last checkpoint, and says so when the checkpoints are gone; once a run has finished, `start`
+starts the next one of its queue; bf16 keeps the masks."""
 
 from __future__ import annotations
 
@@ -63,6 +64,82 @@ def test_the_campaign_resumes_a_killed_run_from_its_last_checkpoint(synth_data, 
         assert "checkpoints are gone; starting again from shipped" in campaign("start", env)
     finally:
         campaign("stop", env)
+
+
+def test_once_the_first_run_has_finished_start_starts_the_next(tmp_path):
+    """A stand-in for carmask records how it was called and waits: the queue's logic, quickly."""
+    calls, stand_in = tmp_path / "calls.txt", tmp_path / "carmask"
+    stand_in.write_text(f'#!/usr/bin/env bash\necho "$@" >> {calls}\nexec sleep 60\n')
+    stand_in.chmod(0o755)
+    runs = tmp_path / "runs"
+    env = {k: v for k, v in os.environ.items() if k not in ("CAMPAIGN_RUN", "CAMPAIGN_ARGS")}
+    env.update(CAMPAIGN_DIR=str(runs), CAMPAIGN_DATA="data", CARMASK=str(stand_in),
+               CAMPAIGN_QUEUE="first|train|shipped|--size 64x96 --epochs 1\n"
+                              "second|train-general|general|--size 64x96\n  --epochs 1 --people-share 0.3\n")
+    (runs / "first").mkdir(parents=True)
+    (runs / "first" / "model.safetensors").write_bytes(b"")  # the first run has finished
+    started = campaign("start", env)
+    try:
+        assert "first: finished" in started and "second: starting from general" in started
+        wait_for(lambda: calls.exists() and calls.read_text().strip(), 30, "the second run's trainer")
+        assert calls.read_text().split() == [
+            "train-general", "--data", "data", "--out", f"{runs}/second", "--init", "general", "--resume",
+            "--size", "64x96", "--epochs", "1", "--people-share", "0.3"]
+        assert "second: already running" in campaign("start", env)  # one trainer at a time
+        assert "second: running" in campaign("status", env)
+        assert campaign("queue", env).splitlines()[:2] == [
+            "first: finished: carmask train --init shipped --size 64x96 --epochs 1",
+            "second: running: carmask train-general --init general --size 64x96 --epochs 1 "
+            "--people-share 0.3"]
+    finally:
+        campaign("stop", env)
+    wait_for(lambda: "second: not running" in campaign("status", env), 30, "the trainer to stop")
+
+
+def test_a_run_that_finishes_starts_the_next_by_itself(tmp_path):
+    """A stand-in trainer that writes its model and exits: the watcher starts the next run with no
+    `start` from anyone (between sessions the cores would otherwise sit idle)."""
+    calls, stand_in = tmp_path / "calls.txt", tmp_path / "carmask"
+    stand_in.write_text('#!/usr/bin/env bash\nout=$(sed -n "s/.*--out \\([^ ]*\\).*/\\1/p" <<<"$*")\n'
+                        f'echo "$@" >> {calls}\n[[ $out == */first ]] && touch "$out/model.safetensors"\n'
+                        '[[ $out == */first ]] && exit 0\nexec sleep 60\n')
+    stand_in.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("CAMPAIGN_RUN", "CAMPAIGN_ARGS")}
+    env.update(CAMPAIGN_DIR=str(tmp_path / "runs"), CAMPAIGN_DATA="data", CARMASK=str(stand_in),
+               CAMPAIGN_POLL="1", CAMPAIGN_QUEUE="first|train|shipped|--epochs 1\n"
+                                                 "second|train-general|general|--epochs 1\n")
+    assert "first: starting from shipped" in campaign("start", env)
+    try:
+        wait_for(lambda: calls.exists() and "second" in calls.read_text(), 30, "the second run")
+        assert "second: running" in campaign("status", env)
+    finally:
+        campaign("stop", env)
+    wait_for(lambda: "second: not running" in campaign("status", env), 30, "the trainer to stop")
+
+
+def test_the_default_queue_fine_tunes_the_general_model_with_people_after_the_studio_run(
+        synth_data, wild, tmp_path, monkeypatch):
+    import shlex
+
+    from typer.testing import CliRunner
+
+    import carmask.training.general as general
+    from carmask.cli import app
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGN_")}
+    lines = campaign("queue", dict(env, CAMPAIGN_DIR=str(tmp_path))).splitlines()
+    assert [line.split(":")[0] for line in lines] == ["studio-all150-640", "general-people-r1"]
+    assert lines[0].startswith("studio-all150-640: waiting: carmask train --init shipped --model unet-mnv2")
+    command = shlex.split(lines[1].split(": ", 2)[2])
+    assert command[1:4] == ["train-general", "--init", "general"]
+    # its options are train-general's: the run would not fail hours later on a typo
+    configs = []
+    monkeypatch.setattr(general, "train_anywhere",
+                        lambda config: configs.append(config) or {"best_outdoor_val_dice": 0.5})
+    result = CliRunner().invoke(app, [*command[1:], "--data", str(synth_data), "--wild", str(wild),
+                                      "--out", str(tmp_path / "general")])
+    assert result.exit_code == 0, result.output
+    assert configs[0].init == "general" and configs[0].mix.people > 0 and configs[0].precision
 
 
 def test_bf16_autocast_keeps_the_masks_of_fp32_on_real_photos(held_out):

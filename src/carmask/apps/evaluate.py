@@ -1,11 +1,14 @@
 """Score a model on photos with true masks: Dice (Kaggle's metric) and IoU at full resolution,
-per view angle and make, a per-image CSV and an HTML report with the worst images."""
+per view angle and make, a per-image CSV and an HTML report with the worst images. Photos that
+come with a people mask also count the people taken for car (carmask.apps.people_count)."""
 
 from __future__ import annotations
 
 import heapq
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -15,6 +18,7 @@ import pandas as pd
 from carmask.data.io import DataError, read_mask, read_photo
 from carmask.data.layout import Record
 from carmask.apps.outline import OutlineErrors, paint_errors, worst_window
+from carmask.apps.people_count import RULE, as_counts, people_figures, people_section_html, people_summary
 from carmask.util.atomic import atomic_path
 from carmask.util.parallel import imap_bounded
 from carmask.inference.predictor import Predictor
@@ -42,7 +46,9 @@ class EvaluationError(ValueError):
 
 @dataclass
 class Evaluation:
-    per_image: pd.DataFrame  # image_id, car_id, view, make, dice, iou
+    # image_id, car_id, view, make, dice, iou, wrong_pixels; with people masks also
+    # person_pixels, person_called_car, people, people_taken (carmask.apps.people_count)
+    per_image: pd.DataFrame
     report: Path | None = None
     outline: OutlineErrors | None = None  # with a report: wrong pixels by distance to the outline
     unscored: list[tuple[str, str]] = field(default_factory=list)  # (image id, why not scored)
@@ -58,23 +64,41 @@ class Evaluation:
     def by(self, column: str) -> pd.DataFrame:
         return self.per_image.groupby(column)[["dice", "iou"]].agg(["mean", "min", "count"])
 
+    @property
+    def people(self) -> dict | None:
+        """People taken for car over the photos with people, or None when none has."""
+        return people_summary(self.per_image)
+
     def as_json(self) -> dict:
-        return {"dice": round(self.dice, 6), "iou": round(self.iou, 6), "images": len(self.per_image),
-                "unscored": len(self.unscored)}
+        """The scores; `by_make` is by kind of photo for an outdoor folder (web, camvid), and
+        `people` is there when some photos came with a people mask."""
+        by_make = self.per_image.groupby("make")[["dice", "iou"]].agg(["mean", "count"])
+        scores = {"dice": round(self.dice, 6), "iou": round(self.iou, 6), "images": len(self.per_image),
+                  "unscored": len(self.unscored),
+                  "by_make": {str(make): {"dice": round(row[("dice", "mean")], 6),
+                                          "iou": round(row[("iou", "mean")], 6),
+                                          "images": int(row[("dice", "count")])}
+                              for make, row in by_make.iterrows()}}
+        if self.people is not None:
+            scores["people"] = self.people
+        return scores
 
 
 def evaluate(predictor: Predictor, records: list[Record], out: Path | None = None, *,
-             worst: int = 12, workers: int | None = None, track: Track = silent_track) -> Evaluation:
+             worst: int = 12, workers: int | None = None, track: Track = silent_track,
+             people: Mapping[str, Path] | None = None) -> Evaluation:
     """Predict every record's photo, compare with its mask at full size, optionally write
-    `out/per_image.csv` and `out/index.html`.
+    `out/per_image.csv` and `out/index.html`. `people` maps image ids to people masks (255 = a
+    person): those photos also count the people the model takes for car.
 
     A photo that cannot be scored (unreadable, its mask not binary or unreadable, the two of
-    different sizes) is left out and listed in `unscored` with why; when none can be scored,
-    EvaluationError names them (there is no score to give)."""
+    different sizes, likewise its people mask) is left out and listed in `unscored` with why;
+    when none can be scored, EvaluationError names them (there is no score to give)."""
     records = [r for r in records if r.mask_path is not None]
     if not records:
         raise ValueError("no photos with true masks to evaluate")
-    truths = imap_bounded(_read_truth, records, workers)
+    people = people or {}
+    truths = imap_bounded(partial(_read_truth, people=people), records, workers)
     predictions = predictor.predict_paths([r.image_path for r in records], workers=workers)
     rows: list[dict] = []
     unscored: list[tuple[str, str]] = []
@@ -82,15 +106,17 @@ def evaluate(predictor: Predictor, records: list[Record], out: Path | None = Non
     outline = OutlineErrors()  # where the wrong pixels lie, for the report
     for record, truth, prediction in track(zip(records, truths, predictions), total=len(records),
                                            description="evaluating"):
-        problem = _unscorable(record, truth, prediction)
+        problem = _unscorable(record, truth, prediction, people.get(record.image_id))
         if problem:
             log.warning("%s", problem)
             unscored.append((record.image_id, problem))
             continue
+        truth, people_mask = truth
         dice, iou = dice_and_iou(prediction.mask, truth)
         rows.append({"image_id": record.image_id, "car_id": record.car_id, "view": record.view,
                      "make": record.make, "dice": dice, "iou": iou,
-                     "wrong_pixels": int(np.count_nonzero(prediction.mask != truth))})
+                     "wrong_pixels": int(np.count_nonzero(prediction.mask != truth)),
+                     **(people_figures(prediction.mask, people_mask) if people_mask is not None else {})})
         if out is not None:
             outline.add(prediction.mask, truth)
             # Max-heap on Dice (stored negated): its top is the best of the worst kept so far.
@@ -102,7 +128,7 @@ def evaluate(predictor: Predictor, records: list[Record], out: Path | None = Non
                 (heapq.heappush if len(keep) < worst else heapq.heapreplace)(keep, item)
     if not rows:
         raise EvaluationError(_none_scored(unscored))
-    evaluation = Evaluation(pd.DataFrame(rows), unscored=unscored)
+    evaluation = Evaluation(as_counts(pd.DataFrame(rows)), unscored=unscored)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         with atomic_path(out / "per_image.csv") as tmp:
@@ -115,25 +141,31 @@ def evaluate(predictor: Predictor, records: list[Record], out: Path | None = Non
     return evaluation
 
 
-def _read_truth(record: Record) -> np.ndarray | DataError:
-    """A record's true mask, or why it cannot be one (not binary, unreadable): an error in
-    one mask must not end a scoring of thousands."""
+Truth = tuple[np.ndarray, "np.ndarray | None"]  # the car mask, and the people mask if any
+
+
+def _read_truth(record: Record, people: Mapping[str, Path]) -> Truth | DataError:
+    """A record's true mask and its people mask (None without one), or why either cannot be
+    read (not binary, unreadable): an error in one mask must not end a scoring of thousands."""
     try:
-        return read_mask(record.mask_path)
+        people_path = people.get(record.image_id)
+        return read_mask(record.mask_path), (read_mask(people_path) if people_path else None)
     except DataError as error:
         return error
 
 
-def _unscorable(record: Record, truth: np.ndarray | DataError, prediction: Prediction) -> str | None:
-    """Why a photo cannot be scored against its mask (naming both files), or None."""
+def _unscorable(record: Record, truth: Truth | DataError, prediction: Prediction,
+                people_path: Path | None = None) -> str | None:
+    """Why a photo cannot be scored against its masks (naming the files), or None."""
     if prediction.error:
         return prediction.error
     if isinstance(truth, DataError):
         return str(truth)
-    if prediction.mask.shape != truth.shape:  # masks align with the photo as displayed
-        (height, width), (mask_height, mask_width) = prediction.mask.shape, truth.shape
-        return (f"{record.image_path} is {width}x{height} as displayed but its mask "
-                f"{record.mask_path} is {mask_width}x{mask_height}; not scored")
+    (height, width), (car, people) = prediction.mask.shape, truth
+    for what, path, mask in (("mask", record.mask_path, car), ("people mask", people_path, people)):
+        if mask is not None and mask.shape != (height, width):  # masks align with the photo as displayed
+            return (f"{record.image_path} is {width}x{height} as displayed but its {what} {path} "
+                    f"is {mask.shape[1]}x{mask.shape[0]}; not scored")
     return None
 
 
@@ -246,7 +278,11 @@ def write_evaluation_report(evaluation: Evaluation, worst: list[tuple], predicto
         html.section("Scores", headline, "Dice = 2|A∩B|/(|A|+|B|) per image, averaged; masks are "
                      "predicted at the model's input size and upsampled as logits to each photo's full size."),
         html.section("By view angle", views + by_view, "Which views are hardest for this model."),
-        html.section("By make", by_make, "Worst makes first."),
+        html.section("By make", by_make, "Worst makes first (for an outdoor folder: by kind of "
+                     "photo, web or camvid street frame)."),
+        html.section("People taken for car", people_section_html(frame),
+                     f"On the photos with a people mask: {RULE}. The frames whose people are most "
+                     "taken for car first.") if evaluation.people else "",
         html.section("Along the outline", outline + f"<p>{legend}</p><div class='grid'>{crops}</div>",
                      "Wrong pixels by distance to the true outline (1 = the first pixel outside or "
                      "inside it), and each worst image's full-resolution crop where they crowd most."),

@@ -223,11 +223,16 @@ def evaluate(
         typer.Option(help="Only these car ids (comma-separated), or 'val' for the model's validation cars."),
     ] = None,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print {dice, iou, images} as JSON on stdout.")
+        bool, typer.Option("--json", help="Print {dice, iou, images, by_make, ...} as JSON on stdout; "
+                                          "with people masks (an outdoor folder's people/), also "
+                                          "the people taken for car.")
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace the --out report if it exists.")] = False,
 ) -> None:
-    """Score a model against true masks: Dice and IoU at full resolution, per view and make.
+    """Score a model against true masks: Dice and IoU at full resolution, per view and make (an
+    outdoor folder: per kind of photo). Where the folder has people masks (people/NAME.png), it
+    also reports the people taken for car: the share of person pixels called car, and the frames
+    where over 10% of a person's pixels are.
 
     Exit code 0: every photo scored; 3: scored, but some photos could not be (unreadable, a
     mask that is not binary or not the photo's size; each named on stderr); 1: nothing to score.
@@ -258,12 +263,15 @@ def evaluate(
         )
     except (ModelFileError, ValueError) as error:
         raise fail(str(error)) from None
+    people = {}  # image id -> people mask: the outdoor folder's street frames have one
     if is_wild_folder(data):  # outdoor photos: `--cars val` is their held-out split
         try:
             training, held_out = split_wild(read_wild(data))
         except DataError as error:
             raise fail(str(error)) from None
-        records = as_records(held_out if cars == "val" else training + held_out)
+        photos = held_out if cars == "val" else training + held_out
+        records = as_records(photos)
+        people = {p.name: p.people_path for p in photos if p.people_path}
     else:
         records = [r for r in index_dataset(data, check_pixels=False).train if r.mask_path]
         if cars == "val":
@@ -276,7 +284,7 @@ def evaluate(
             f"{data}: no training photos with masks to evaluate" + (f" for cars {cars}" if cars else "")
         )
     try:
-        evaluation = run_evaluation(predictor, records, out, track=progress)
+        evaluation = run_evaluation(predictor, records, out, track=progress, people=people)
     except EvaluationError as error:
         raise fail(str(error)) from None
     if as_json:
@@ -284,6 +292,11 @@ def evaluate(
     else:
         console.print(f"mean Dice {evaluation.dice:.5f}, IoU {evaluation.iou:.5f} over "
                       f"{len(evaluation.per_image)} images")
+        if evaluation.people:
+            figures = evaluation.people
+            console.print(f"people taken for car: {figures['person_pixels_called_car']:.2%} of the "
+                          f"person pixels; a person taken in {figures['frames_with_a_person_taken']} "
+                          f"of {figures['frames_with_people']} frames with people", highlight=False)
         if evaluation.report:
             console.print(f"report: {evaluation.report}")
     if evaluation.unscored:  # each is named in the log as it happens; the count says it all

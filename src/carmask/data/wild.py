@@ -1,5 +1,5 @@
-"""Car photos from outside the studio (`cars_in_the_wild`: images/, masks/, index.csv) and their
-honest split into training and validation.
+"""Car photos from outside the studio (`cars_in_the_wild`: images/, masks/, index.csv, and
+people/ for the street frames) and their honest split into training and validation.
 
 The street frames are every third frame of a few dashboard videos, so neighbouring frames are
 near copies: a random split would validate on photos the model has all but seen. The split is by
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from carmask.data.io import DataError
+from carmask.data.io import DataError, PhotoError, read_photo_header
 from carmask.data.layout import Record
 
 # The street video held out whole: 57 frames of a sequence no training frame comes from.
@@ -30,6 +30,9 @@ class WildPhoto:
     image_path: Path
     mask_path: Path
     source_split: str  # the export's train/valid/test folder
+    # people/NAME.png where the folder has one (street frames): 255 = a person on foot or on a
+    # bicycle. Not car: negatives for training, and a count of people taken for car.
+    people_path: Path | None = None
 
     @property
     def video(self) -> str:
@@ -38,9 +41,10 @@ class WildPhoto:
 
 
 def read_wild(folder: str | Path) -> list[WildPhoto]:
-    """Every (photo, mask) pair listed in `folder/index.csv`; a missing file or column, or a row
-    that cannot be read (not UTF-8, too few or too many fields, no name, a name listed twice),
-    is a DataError naming index.csv and the line."""
+    """Every (photo, mask) pair listed in `folder/index.csv`, with its people mask where
+    people/NAME.png exists; a missing file or column, or a row that cannot be read (not UTF-8,
+    too few or too many fields, no name, a name listed twice), is a DataError naming index.csv
+    and the line; a people mask of another size than its photo is a DataError naming both."""
     folder = Path(folder)
     index = folder / "index.csv"
     if not index.is_file():
@@ -60,12 +64,32 @@ def read_wild(folder: str | Path) -> list[WildPhoto]:
                 if not path.is_file():
                     raise DataError(path, f"listed on line {line} of {index} but missing")
             parts = Path(row["source_path"]).parts
-            photos.append(WildPhoto(name, row["kind"], image, mask, parts[1] if len(parts) > 2 else ""))
+            people = _people_mask(folder, name, image)
+            photos.append(WildPhoto(name, row["kind"], image, mask, parts[1] if len(parts) > 2 else "",
+                                    people))
     except csv.Error as error:  # a NUL byte, say
         raise DataError(index, f"line {reader.line_num}: not a CSV row ({error})") from None
     if not photos:
         raise DataError(index, "lists no photos")
     return photos
+
+
+def _people_mask(folder: Path, name: str, image: Path) -> Path | None:
+    """people/NAME.png when there is one, after checking it has its photo's size: a people mask
+    that does not line up would count the wrong pixels, and paste the wrong ones in training."""
+    people = folder / "people" / f"{name}.png"
+    if not people.is_file():
+        return None
+    try:
+        photo_size = read_photo_header(image).size
+    except PhotoError:  # an unreadable photo is named when it is used (evaluate leaves it out)
+        return people
+    people_size = read_photo_header(people).size
+    if photo_size != people_size:
+        (height, width), (people_height, people_width) = photo_size, people_size
+        raise DataError(people, f"the people mask is {people_width}x{people_height} but its photo "
+                                f"{image} is {width}x{height}: they must be the same size")
+    return people
 
 
 def _index_lines(index: Path) -> io.StringIO:
@@ -101,14 +125,16 @@ def _checked_name(row: dict, header: Sequence[str], index: Path, line: int,
 def split_wild(photos: list[WildPhoto]) -> tuple[list[WildPhoto], list[WildPhoto]]:
     """(training, validation): street frames by video, product photos by the export's split
     (its valid and test folders are validation)."""
-    def held_out(photo: WildPhoto) -> bool:
-        if photo.kind == "camvid":
-            return photo.video in VALIDATION_VIDEOS
-        return photo.source_split in ("valid", "test")
-
-    training = [p for p in photos if not held_out(p)]
-    validation = [p for p in photos if held_out(p)]
+    training = [p for p in photos if not is_held_out(p)]
+    validation = [p for p in photos if is_held_out(p)]
     return training, validation
+
+
+def is_held_out(photo: WildPhoto) -> bool:
+    """Whether a photo belongs to the validation split (see `split_wild`)."""
+    if photo.kind == "camvid":
+        return photo.video in VALIDATION_VIDEOS
+    return photo.source_split in ("valid", "test")
 
 
 def is_wild_folder(folder: str | Path) -> bool:

@@ -28,7 +28,7 @@ from carmask.training.models import model_info
 from carmask.training.models.io import load_model, model_config, save_model
 from carmask.inference.predictor import second_look_config
 from carmask.training.train import SegmentationTask, _log_lightning_once, _resume_checkpoint, _score, \
-    _write_metrics, best_task, checkpoints, held_out_cars, loader_options
+    _write_metrics, best_task, checkpoints, cpu_has_bf16, held_out_cars, loader_options, use_channels_last
 
 log = logging.getLogger(__name__)
 GENERAL_SIZE = (352, 480)  # the outdoor photos are 480x360; multiples of 32 for the U-Net
@@ -51,6 +51,7 @@ class AnywhereConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     workers: int | None = None
+    precision: str | None = None  # Lightning's; default: bf16-mixed on GPU, 32-true on CPU
     max_time: str | None = None  # "DD:HH:MM:SS"
     resume: bool = False
     export_half: bool = True
@@ -111,8 +112,14 @@ def train_anywhere(config: AnywhereConfig, progress_bar: bool = True) -> dict:
     task.model.load_state_dict(start.state_dict(), strict=True)
     best, *crash_safe = checkpoints(out, steps_between_saves=10)
     gpu = torch.cuda.is_available()
+    precision = config.precision or ("bf16-mixed" if gpu else "32-true")
+    if gpu or precision == "bf16-mixed":
+        task = use_channels_last(task)
+    if precision == "bf16-mixed" and not gpu and not cpu_has_bf16():
+        log.warning("precision bf16-mixed: this CPU has no bf16 instructions (no AMX or "
+                    "AVX512-BF16), so it will be emulated and slow; use 32")
     trainer = L.Trainer(
-        accelerator="auto", devices=1, precision="bf16-mixed" if gpu else "32-true",
+        accelerator="auto", devices=1, precision=precision,
         max_epochs=config.epochs, max_time=config.max_time, callbacks=[best, *crash_safe],
         logger=CSVLogger(out, name="logs"), enable_progress_bar=progress_bar,
         log_every_n_steps=5, num_sanity_val_steps=0, default_root_dir=out,
@@ -128,7 +135,7 @@ def train_anywhere(config: AnywhereConfig, progress_bar: bool = True) -> dict:
         # the studio model's held-out cars: never pasted here, so its figure can be re-checked
         "val_car_ids": sorted(kept_out), "seconds": round(time.time() - started), "seed": config.seed,
         "mix": asdict(config.mix), "dice_per_photo": config.dice_per_photo,
-        "small_car_boost": config.small_car_boost,
+        "small_car_boost": config.small_car_boost, "precision": precision,
     }
     save_model(restored.model, out / "model.safetensors",
                model_config(architecture, config.predict_size or config.size, training=summary,

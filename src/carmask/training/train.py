@@ -215,10 +215,7 @@ def train(config: TrainConfig, progress_bar: bool = True) -> dict:
     precision = config.precision or (("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed")
                                      if gpu else "32-true")
     if gpu or precision == "bf16-mixed":
-        # the convolutions' fast kernels, on a GPU and on CPUs with bf16 units (AMX, Zen 4):
-        # 1.9x a training step at 640x960 on a Xeon with AMX (docs/benchmarks.md)
-        task.channels_last = True
-        task = task.to(memory_format=torch.channels_last)
+        task = use_channels_last(task)
     if precision == "bf16-mixed" and not gpu and not cpu_has_bf16():
         log.warning("--precision bf16-mixed: this CPU has no bf16 instructions (no AMX or "
                     "AVX512-BF16), so it will be emulated and slow; use 32")
@@ -262,6 +259,14 @@ def train(config: TrainConfig, progress_bar: bool = True) -> dict:
     log.info("best full-resolution val Dice %.5f; model written to %s",
              summary["best_val_dice_full"] or float("nan"), out / "model.safetensors")
     return summary
+
+
+def use_channels_last(task: SegmentationTask) -> SegmentationTask:
+    """The task with its weights and inputs channels-last: the convolutions' fast kernels, on a
+    GPU and on CPUs with bf16 units (AMX, Zen 4): 1.9x a training step at 640x960 on a Xeon with
+    AMX (docs/benchmarks.md)."""
+    task.channels_last = True
+    return task.to(memory_format=torch.channels_last)
 
 
 def cpu_has_bf16() -> bool:

@@ -7,6 +7,8 @@ Each sample is one of three kinds, drawn at random:
   scene of sky, ground and walls; sometimes two cars;
 - a plain studio photo, so the studio stays known.
 A real street frame may also get cars cut from another street frame (`paste_street_cars`).
+A real street frame or a pasted picture may also get people cut from a training street frame,
+beside and in front of its cars (`paste_people`): people are not car.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from carmask.data.io import read_image, read_mask, read_photo
 from carmask.data.layout import Record
 from carmask.training.data.paste import (PasteConfig, StreetPasteConfig, overlay_caption, paste_car,
                                 paste_street_cars)
+from carmask.training.data.people import PeopleBank, PeoplePasteConfig, paste_people
 from carmask.training.data.transforms import AugmentConfig, normalize, train_transforms
 from carmask.data.wild import WildPhoto
 
@@ -34,6 +37,10 @@ from carmask.data.wild import WildPhoto
 # negatives.
 REGISTRY_PICTURES = ("brick.png", "grass.png", "gravel.png", "rocket.jpg", "coffee.png", "chelsea.png",
                      "astronaut.png", "motorcycle_left.png", "hubble_deep_field.jpg")
+
+
+# the fields of MixConfig that are shares of the samples, each from 0 to 1
+SHARES = ("wild", "studio", "two_cars", "synthetic", "registry", "caption", "street_cars", "people")
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,17 @@ class MixConfig:
     # r10 and r11, the runs in the shipped average: 0.7)
     street_cars: float = 0.7
     street_paste: StreetPasteConfig = StreetPasteConfig()
+    # share of real street frames and pasted pictures that get 1-2 people cut from a training
+    # street frame, beside or in front of a car (issue 24: the shipped model, trained with none,
+    # kept people as car on street photos). Needs the outdoor folder's people/ masks.
+    people: float = 0.3
+    people_paste: PeoplePasteConfig = PeoplePasteConfig()
+
+    def __post_init__(self) -> None:
+        for name in SHARES:  # a share outside 0..1 would quietly mean "always" or "never"
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ValueError(f"the training mix's {name} share must be from 0 to 1, not {value}")
 
 
 def registry_pictures() -> list[np.ndarray]:
@@ -103,6 +121,8 @@ class AnywhereDataset(Dataset):
         self.wild, self.studio = list(wild), [r for r in studio if r.mask_path is not None]
         self.size, self.length, self.config = tuple(size), length, config
         self.streets = [p for p in self.wild if p.kind == "camvid"]
+        # never a held-out frame's people; none read when none are asked for
+        self.people = PeopleBank(self.streets if config.people else [], config.people_paste)
         self.registry = [fit_photo(p, self.size) for p in registry]
         self.mean, self.std = mean, std
         self.transform = train_transforms(config.augment)
@@ -136,10 +156,21 @@ class AnywhereDataset(Dataset):
     def _real_photo(self, photo: WildPhoto, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """A real outdoor photo; a street frame sometimes with cars of another frame laid in."""
         picture, mask = self._wild_photo(photo)
-        if photo.kind == "camvid" and self.config.street_cars and rng.random() < self.config.street_cars:
+        if photo.kind != "camvid":
+            return picture, mask
+        if self.config.street_cars and rng.random() < self.config.street_cars:
             donor = self._wild_photo(self.streets[rng.integers(len(self.streets))])
             picture, mask = paste_street_cars(picture, mask, *donor, rng, self.config.street_paste)
-        return picture, mask
+        return self._with_people(picture, mask, rng)
+
+    def _with_people(self, picture: np.ndarray, mask: np.ndarray,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """The picture with people laid by its cars, the `people` share of the time."""
+        if not (self.config.people and len(self.people)) or rng.random() >= self.config.people:
+            return picture, mask
+        low, high = self.config.people_paste.people
+        return paste_people(picture, mask, lambda min_height: self.people.draw(rng, min_height),
+                            int(rng.integers(low, high + 1)), rng, self.config.people_paste)
 
     @staticmethod
     def _studio_photo(record: Record, size: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
@@ -166,7 +197,7 @@ class AnywhereDataset(Dataset):
         for _ in range(2 if rng.random() < self.config.two_cars else 1):
             car, car_mask = self._studio_photo(self.studio[rng.integers(len(self.studio))], None)
             picture, mask = paste_car(car, car_mask, picture, rng, self.config.paste, background_mask=mask)
-        return picture, mask
+        return self._with_people(picture, mask, rng)
 
 
 class WildValidationSet(Dataset):

@@ -54,7 +54,8 @@ def motion_blur(picture: np.ndarray, length: int) -> np.ndarray:
     return cv2.filter2D(picture, -1, kernel, borderType=cv2.BORDER_REFLECT)
 
 
-def _jitter_colour(car: np.ndarray, amount: float, rng: np.random.Generator) -> np.ndarray:
+def jitter_colour(car: np.ndarray, amount: float, rng: np.random.Generator) -> np.ndarray:
+    """Brightness, contrast and saturation each moved by up to ± `amount` (a share)."""
     if amount <= 0:
         return car
     image = car.astype(np.float32)
@@ -118,7 +119,7 @@ def paste_car(photo: np.ndarray, mask: np.ndarray, background: np.ndarray,
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     car = cv2.resize(np.ascontiguousarray(car), size, interpolation=interpolation)
     alpha = cv2.resize(np.ascontiguousarray(alpha), size, interpolation=interpolation)
-    car = _jitter_colour(car, config.colour, rng)
+    car = jitter_colour(car, config.colour, rng)
     car_h, car_w = alpha.shape
     bottom = int(np.clip(rng.uniform(*config.ground) * height, car_h, height))
     left = int(rng.integers(0, max(1, width - car_w + 1)))
