@@ -18,6 +18,7 @@ from pathlib import Path
 from carmask.util.atomic import atomic_path
 from carmask.data.io import DataError, read_photo_header
 from carmask.inference.distributed import Rank
+from carmask.kaggle.writer import spool_file
 from carmask.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -210,11 +211,6 @@ def check_no_clash(submission: Path | None, masks_dir: Path | None,
         if (what := beside.get(mask_file(masks_dir, name).name)) is not None:
             raise OutputError(f"{mask_file(masks_dir, name)}: the {what} and the mask of {name} in "
                               "--masks-dir would be one file; give them different paths")
-
-
-def spool_file(submission: Path) -> Path:
-    """Where a submission's rows go as they are made: what makes a killed run resumable."""
-    return submission.with_name(submission.name + ".spool")
 
 
 def failures_file(submission: Path) -> Path:

@@ -65,7 +65,7 @@ class SubmissionWriter:
             raise SubmissionError("the list of expected image names has duplicates")
         self._expected = set(self.names)
         self.shape = shape
-        self.spool_path = self.path.with_name(self.path.name + ".spool")
+        self.spool_path = spool_file(self.path)
         self._offsets: dict[str, tuple[int, int]] = {}  # name -> (offset, length) in the spool
         self._lock = threading.Lock()
         self._error: BaseException | None = None
@@ -321,12 +321,17 @@ class SubmissionWriter:
 _ANY_SHAPE = (1 << 31, 1 << 31)
 
 
+def spool_file(submission: Path) -> Path:
+    """Where a submission's rows go as they are made: what makes a killed run resumable."""
+    return submission.with_name(submission.name + ".spool")
+
+
 def check_resumable(path: str | Path) -> None:
     """Raise SubmissionError unless resuming into `path` is safe: it is absent, it has a spool
     beside it, or it is a submission (its header is `img,rle_mask`). Resuming replaces the file,
     so anything else would be lost."""
     path = Path(path)
-    if path.with_name(path.name + ".spool").is_file() or not path.exists():
+    if spool_file(path).is_file() or not path.exists():
         return
     if not path.is_file():
         raise SubmissionError(f"{path}: not a file; refusing to resume into it")
