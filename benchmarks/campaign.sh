@@ -9,7 +9,7 @@
 #   benchmarks/campaign.sh queue    the runs in order, each with its state and command
 #
 # The runs form a queue, run one at a time in order: the current run is the first one without
-# its model.safetensors (a run writes it when it finishes). `start` never starts a run while
+# its model.safetensors (a refiner run: refiner.safetensors), which a run writes when it finishes. `start` never starts a run while
 # another one's trainer is alive, so a finished run's trainer exits before the next one starts.
 # A run that finishes starts the next itself (a watcher waits for its trainer to end); a run
 # that was stopped or died waits for the next `start`.
@@ -25,7 +25,11 @@
 # 1. studio-all150-640: the studio model on all 150 training cars at 640x960, bf16 where the CPU
 #    has it, the shipped model's 10 validation cars held out, a cosine run to its end; it
 #    validates at full resolution four times an epoch.
-# 2. general-people-r1: the shipped general model fine-tuned with people cut from the training
+# 2. refiner-r3: the outline refiner (carmask train-refiner) on the outlines of the studio run's
+#    model, on its 150 training cars, scored on crops of the same 10 held-out cars: 1,600 steps
+#    of 16 full-resolution crops in bf16 (22 CPU minutes made the last one, r2; this is ~4x), for
+#    `--quality best`. Its coarse logits are cached as photos are first used.
+# 3. general-people-r1: the shipped general model fine-tuned with people cut from the training
 #    street frames as negatives (--people-share 0.3; issue 24), with the recipe of r20-r23
 #    (docs/training-history.md: 544x736, run at 448x608, 60% real outdoor photos, lr 7.5e-5),
 #    but 12 epochs of 480 samples instead of 3-4: 5,760 samples. A step of 8 at 544x736 in bf16
@@ -51,12 +55,15 @@ if grep -qE ' (amx_bf16|avx512_bf16)' /proc/cpuinfo 2>/dev/null; then PRECISION=
 STUDIO_ARGS="--model unet-mnv2 --size 640x960 --batch 2 --epochs 3 --lr 3e-4 --no-pretrained
   --val-cars shipped --val-every 0.25 --patience 1000 --workers 1 --precision $PRECISION
   --half --cache $CAMPAIGN_DIR/cache"
+REFINER_ARGS="--epochs 1 --steps-per-epoch 1600 --crops 16 --lr 1e-3 --val-photos 48
+  --val-every 0.125 --workers 0 --precision $PRECISION"
 GENERAL_ARGS="--size 544x736 --predict-size 448x608 --outdoor-share 0.6 --people-share 0.3
   --epochs 12 --samples 480 --batch 8 --lr 7.5e-5 --seed 24 --workers 1 --precision $PRECISION"
 if [[ -n ${CAMPAIGN_RUN:-} || -n ${CAMPAIGN_ARGS:-} ]]; then
   QUEUE="${CAMPAIGN_RUN:-studio-all150-640}|train|$INIT|${CAMPAIGN_ARGS:-$STUDIO_ARGS}"
 else
   QUEUE=${CAMPAIGN_QUEUE:-"studio-all150-640|train|$INIT|$STUDIO_ARGS
+refiner-r3|train-refiner|$CAMPAIGN_DIR/studio-all150-640|$REFINER_ARGS
 general-people-r1|train-general|general|$GENERAL_ARGS"}
 fi
 
@@ -68,9 +75,14 @@ select_run() {  # select_run LINE: the run's name, command, start, options and f
   OUT="$CAMPAIGN_DIR/$RUN"
   PIDFILE="$OUT/run.pid"
   LOG="$OUT/train.log"
+  if [[ $COMMAND == train-refiner ]]; then  # a refiner starts from the coarse model it refines
+    PRODUCT="$OUT/refiner.safetensors"; INIT_OPTION=--coarse
+  else
+    PRODUCT="$OUT/model.safetensors"; INIT_OPTION=--init
+  fi
 }
 
-finished() { [[ -f $OUT/model.safetensors ]]; }
+finished() { [[ -f $PRODUCT ]]; }
 running() { [[ -f $PIDFILE ]] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
 
 select_running() {  # selects the run whose trainer is alive; false when none is
@@ -87,9 +99,12 @@ select_current() {  # selects the first run not finished (the last run when all 
 validation_figures() {  # every full-resolution validation Dice logged so far, all sessions
   local files=("$OUT"/logs/version_*/metrics.csv)
   [[ -e ${files[0]} ]] || { echo "  no validation yet"; return; }
-  awk -F, 'FNR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
+  awk -F, 'FNR == 1 { delete col; for (i = 1; i <= NF; i++) col[$i] = i; next }
            col["val_dice_full"] && $col["val_dice_full"] != "" {
-             printf "  step %6d  epoch %s  val Dice (full resolution) %s\n", $col["step"], $col["epoch"], $col["val_dice_full"] }' \
+             printf "  step %6d  epoch %s  val Dice (full resolution) %s\n", $col["step"], $col["epoch"], $col["val_dice_full"] }
+           col["val_refined_wrong"] && $col["val_refined_wrong"] != "" {
+             printf "  step %6d  epoch %s  wrong band pixels per validation crop %s (coarse model %s)\n",
+                    $col["step"], $col["epoch"], $col["val_refined_wrong"], $col["val_coarse_wrong"] }' \
       "${files[@]}" | sort -n -k2 | uniq
 }
 
@@ -98,7 +113,7 @@ start() {
   local line
   while IFS= read -r line; do
     select_run "$line"
-    if finished; then echo "$RUN: finished; model: $OUT/model.safetensors"; continue; fi
+    if finished; then echo "$RUN: finished; model: $PRODUCT"; continue; fi
     start_run
     return
   done < <(queue_lines)
@@ -121,18 +136,18 @@ start_run() {  # starts or resumes the selected run in the background
   fi
   # shellcheck disable=SC2086  # ARGS is a list of options
   HF_HUB_OFFLINE=1 nohup nice -n 19 "$CARMASK" "$COMMAND" --data "$DATA" --out "$OUT" \
-      --init "$RUN_INIT" --resume $ARGS >>"$LOG" 2>&1 </dev/null &
+      "$INIT_OPTION" "$RUN_INIT" --resume $ARGS >>"$LOG" 2>&1 </dev/null &
   echo $! >"$PIDFILE"
   echo "$RUN: training in the background (pid $!); log: $LOG"
   # when this run has finished (not when it was stopped), the next run of the queue starts
   nohup bash -c "while kill -0 $! 2>/dev/null; do sleep ${CAMPAIGN_POLL:-60}; done
-                 [[ -f '$OUT/model.safetensors' ]] && exec '$0' start" >/dev/null 2>&1 </dev/null &
+                 [[ -f '$PRODUCT' ]] && exec '$0' start" >/dev/null 2>&1 </dev/null &
 }
 
 status() {
   select_running || select_current
   if running; then echo "$RUN: running (pid $(cat "$PIDFILE"))"
-  elif finished; then echo "$RUN: finished; model: $OUT/model.safetensors"
+  elif finished; then echo "$RUN: finished; model: $PRODUCT"
   else echo "$RUN: not running; 'benchmarks/campaign.sh start' resumes it"; fi
   [[ -d $OUT/checkpoints ]] && ls -l --time-style=+%H:%M "$OUT/checkpoints" | awk 'NR > 1 { print "  checkpoint", $6, $7 }'
   validation_figures
@@ -150,7 +165,7 @@ queue() {
   while IFS= read -r line; do
     select_run "$line"
     if running; then state=running; elif finished; then state=finished; else state=waiting; fi
-    echo "$RUN: $state: carmask $COMMAND --init $RUN_INIT $ARGS"
+    echo "$RUN: $state: carmask $COMMAND $INIT_OPTION $RUN_INIT $ARGS"
   done < <(queue_lines)
 }
 

@@ -75,7 +75,8 @@ def test_once_the_first_run_has_finished_start_starts_the_next(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("CAMPAIGN_RUN", "CAMPAIGN_ARGS")}
     env.update(CAMPAIGN_DIR=str(runs), CAMPAIGN_DATA="data", CARMASK=str(stand_in),
                CAMPAIGN_QUEUE="first|train|shipped|--size 64x96 --epochs 1\n"
-                              "second|train-general|general|--size 64x96\n  --epochs 1 --people-share 0.3\n")
+                              "second|train-general|general|--size 64x96\n  --epochs 1 --people-share 0.3\n"
+                              "third|train-refiner|runs/first|--crops 4\n")
     (runs / "first").mkdir(parents=True)
     (runs / "first" / "model.safetensors").write_bytes(b"")  # the first run has finished
     started = campaign("start", env)
@@ -87,10 +88,11 @@ def test_once_the_first_run_has_finished_start_starts_the_next(tmp_path):
             "--size", "64x96", "--epochs", "1", "--people-share", "0.3"]
         assert "second: already running" in campaign("start", env)  # one trainer at a time
         assert "second: running" in campaign("status", env)
-        assert campaign("queue", env).splitlines()[:2] == [
+        assert campaign("queue", env).splitlines() == [
             "first: finished: carmask train --init shipped --size 64x96 --epochs 1",
             "second: running: carmask train-general --init general --size 64x96 --epochs 1 "
-            "--people-share 0.3"]
+            "--people-share 0.3",
+            "third: waiting: carmask train-refiner --coarse runs/first --crops 4"]
     finally:
         campaign("stop", env)
     wait_for(lambda: "second: not running" in campaign("status", env), 30, "the trainer to stop")
@@ -102,44 +104,57 @@ def test_a_run_that_finishes_starts_the_next_by_itself(tmp_path):
     calls, stand_in = tmp_path / "calls.txt", tmp_path / "carmask"
     stand_in.write_text('#!/usr/bin/env bash\nout=$(sed -n "s/.*--out \\([^ ]*\\).*/\\1/p" <<<"$*")\n'
                         f'echo "$@" >> {calls}\n[[ $out == */first ]] && touch "$out/model.safetensors"\n'
-                        '[[ $out == */first ]] && exit 0\nexec sleep 60\n')
+                        '[[ $out == */second ]] && touch "$out/refiner.safetensors"\n'
+                        '[[ $out == */third ]] || exit 0\nexec sleep 60\n')
     stand_in.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k not in ("CAMPAIGN_RUN", "CAMPAIGN_ARGS")}
     env.update(CAMPAIGN_DIR=str(tmp_path / "runs"), CAMPAIGN_DATA="data", CARMASK=str(stand_in),
                CAMPAIGN_POLL="1", CAMPAIGN_QUEUE="first|train|shipped|--epochs 1\n"
-                                                 "second|train-general|general|--epochs 1\n")
+                                                 "second|train-refiner|runs/first|--crops 4\n"
+                                                 "third|train-general|general|--epochs 1\n")
     assert "first: starting from shipped" in campaign("start", env)
-    try:
-        wait_for(lambda: calls.exists() and "second" in calls.read_text(), 30, "the second run")
-        assert "second: running" in campaign("status", env)
+    try:  # a refiner run finishes with its refiner.safetensors
+        wait_for(lambda: calls.exists() and "third" in calls.read_text(), 45, "the third run")
+        assert "third: running" in campaign("status", env)
+        assert "train-refiner --data data --out" in calls.read_text()
+        assert "--coarse runs/first --resume --crops 4" in calls.read_text()
     finally:
         campaign("stop", env)
-    wait_for(lambda: "second: not running" in campaign("status", env), 30, "the trainer to stop")
+    wait_for(lambda: "third: not running" in campaign("status", env), 30, "the trainer to stop")
 
 
-def test_the_default_queue_fine_tunes_the_general_model_with_people_after_the_studio_run(
+def test_the_default_queue_refines_the_studio_run_then_fine_tunes_the_general_model_with_people(
         synth_data, wild, tmp_path, monkeypatch):
     import shlex
 
     from typer.testing import CliRunner
 
     import carmask.training.general as general
+    import carmask.training.refiner_train as refiner_train
     from carmask.cli import app
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGN_")}
     lines = campaign("queue", dict(env, CAMPAIGN_DIR=str(tmp_path))).splitlines()
-    assert [line.split(":")[0] for line in lines] == ["studio-all150-640", "general-people-r1"]
+    assert [line.split(":")[0] for line in lines] == ["studio-all150-640", "refiner-r3", "general-people-r1"]
     assert lines[0].startswith("studio-all150-640: waiting: carmask train --init shipped --model unet-mnv2")
-    command = shlex.split(lines[1].split(": ", 2)[2])
-    assert command[1:4] == ["train-general", "--init", "general"]
-    # its options are train-general's: the run would not fail hours later on a typo
+    refiner, people = (shlex.split(line.split(": ", 2)[2]) for line in lines[1:])
+    # the refiner refines the studio run's own model
+    assert refiner[1:4] == ["train-refiner", "--coarse", f"{tmp_path}/studio-all150-640"]
+    assert people[1:4] == ["train-general", "--init", "general"]
+    # their options are the commands' own: a run would not fail hours later on a typo
     configs = []
     monkeypatch.setattr(general, "train_anywhere",
                         lambda config: configs.append(config) or {"best_outdoor_val_dice": 0.5})
-    result = CliRunner().invoke(app, [*command[1:], "--data", str(synth_data), "--wild", str(wild),
+    result = CliRunner().invoke(app, [*people[1:], "--data", str(synth_data), "--wild", str(wild),
                                       "--out", str(tmp_path / "general")])
     assert result.exit_code == 0, result.output
     assert configs[0].init == "general" and configs[0].mix.people > 0 and configs[0].precision
+    monkeypatch.setattr(refiner_train, "train_refiner", lambda config, track=None: configs.append(config)
+                        or {"steps": 1, "best_val_refined_wrong": 1.0})
+    result = CliRunner().invoke(app, [*refiner[1:4], "--coarse", "studio", *refiner[4:],
+                                      "--data", str(synth_data), "--out", str(tmp_path / "refiner")])
+    assert result.exit_code == 0, result.output
+    assert configs[1].steps_per_epoch >= 1000 and configs[1].precision
 
 
 def test_bf16_autocast_keeps_the_masks_of_fp32_on_real_photos(held_out):

@@ -76,7 +76,7 @@ KINDS: dict[str, dict[str, str]] = {
                       "--train-cars": "cars", "--epochs": "count", "--steps-per-epoch": "count",
                       "--crops": "count", "--lr": "positive", "--val-photos": "count",
                       "--val-every": "positive", "--max-time": "duration", "--workers": "index",
-                      "--resume": "flag"},
+                      "--precision": "choice", "--resume": "flag"},
     "train-general": {"--data": "data folder", "--wild": "data folder", "--out": "output folder",
                       "--init": "model", "--size": "size", "--predict-size": "size",
                       "--second-look": "second-look", "--outdoor-share": "fraction",

@@ -26,6 +26,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, Dataset
 
+from carmask.inference.model_files import model_id
 from carmask.util.atomic import atomic_path
 from carmask.data.io import read_image, read_mask
 from carmask.data.layout import Record, index_dataset
@@ -34,7 +35,7 @@ from carmask.training.models.io import model_config, save_model
 from carmask.training.models.outputs import upsample
 from carmask.training.refiner import MEAN, STD, RefinerGeometry, crop_mirrored, outline_band, refiner_input
 from carmask.training.train import (_log_lightning_once, _resume_checkpoint, _write_metrics, adamw_with_cosine,
-                                    latest_by_time)
+                                    cpu_has_bf16, latest_by_time)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class RefinerTrainConfig:
     geometry: RefinerGeometry = RefinerGeometry()
     workers: int = 0
     resume: bool = False
+    precision: str | None = None  # Lightning's; default: bf16-mixed on a GPU, 32-true on a CPU
 
 
 def coarse_logit(predictor, record: Record, cache: Path) -> np.ndarray:
@@ -207,7 +209,13 @@ def train_refiner(config: RefinerTrainConfig, progress_bar: bool = True, track=N
                            mode="min", save_top_k=1, save_last=True)
     crash_safe = ModelCheckpoint(dirpath=out / "checkpoints", filename="latest", every_n_train_steps=25,
                                  save_top_k=1, enable_version_counter=False)
-    trainer = L.Trainer(accelerator="auto", devices=1, max_epochs=config.epochs, max_time=config.max_time,
+    gpu = torch.cuda.is_available()
+    precision = config.precision or ("bf16-mixed" if gpu else "32-true")
+    if precision == "bf16-mixed" and not gpu and not cpu_has_bf16():
+        log.warning("precision bf16-mixed: this CPU has no bf16 instructions (no AMX or "
+                    "AVX512-BF16), so it will be emulated and slow; use 32")
+    trainer = L.Trainer(accelerator="auto", devices=1, precision=precision,
+                        max_epochs=config.epochs, max_time=config.max_time,
                         callbacks=[best, crash_safe, latest_by_time(out)], logger=CSVLogger(out, name="logs"),
                         enable_progress_bar=progress_bar, log_every_n_steps=10, num_sanity_val_steps=0,
                         val_check_interval=config.val_every,
@@ -220,7 +228,8 @@ def train_refiner(config: RefinerTrainConfig, progress_bar: bool = True, track=N
                "train_cars": sorted({r.car_id for r in train_records}),
                "val_car_ids": sorted({r.car_id for r in val_records}), "steps": trainer.global_step,
                "best_val_refined_wrong": round(float(best.best_model_score or float("nan")), 4),
-               "last_metrics": metrics, "seconds": round(time.time() - started), "seed": config.seed}
+               "last_metrics": metrics, "seconds": round(time.time() - started), "seed": config.seed,
+               "precision": precision, "coarse": model_id(predictor.path)}
     save_model(restored.model, out / "refiner.safetensors",
                model_config(config.model, (g.tile, g.tile), geometry=g.as_dict(), training=summary))
     _write_metrics(trainer, out)
