@@ -108,6 +108,14 @@ validation_figures() {  # every full-resolution validation Dice logged so far, a
       "${files[@]}" | sort -n -k2 | uniq
 }
 
+last_step() {  # the last training step logged, and when
+  local newest
+  newest=$(ls -t "$OUT"/logs/version_*/metrics.csv 2>/dev/null | head -1)
+  [[ -n $newest ]] || return 0
+  awk -F, -v when="$(date -r "$newest" +%H:%M)" 'FNR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
+    { step = $col["step"] } END { if (step != "") printf "  last step logged: %s (%s)\n", step, when }' "$newest"
+}
+
 start() {
   if select_running; then echo "$RUN: already running (pid $(cat "$PIDFILE")); log: $LOG"; return; fi
   local line
@@ -151,6 +159,7 @@ status() {
   else echo "$RUN: not running; 'benchmarks/campaign.sh start' resumes it"; fi
   [[ -d $OUT/checkpoints ]] && ls -l --time-style=+%H:%M "$OUT/checkpoints" | awk 'NR > 1 { print "  checkpoint", $6, $7 }'
   validation_figures
+  last_step
   [[ -s $LOG ]] && { echo "  last log line:"; tail -c 2000 "$LOG" | tr '\r' '\n' | { grep -v '^\s*$' || true; } | tail -1 | cut -c1-160; }
   return 0
 }
