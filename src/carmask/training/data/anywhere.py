@@ -9,6 +9,9 @@ Each sample is one of three kinds, drawn at random:
 A real street frame may also get cars cut from another street frame (`paste_street_cars`).
 A real street frame or a pasted picture may also get people cut from a training street frame,
 beside and in front of its cars (`paste_people`): people are not car.
+A real outdoor photo or a pasted picture may also get a hard shadow, a contact shadow under its
+cars or a bright highlight on them (`shadows_and_highlights`), before any people: shaded or
+shining body is still car.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from carmask.data.layout import Record
 from carmask.training.data.paste import (PasteConfig, StreetPasteConfig, overlay_caption, paste_car,
                                 paste_street_cars)
 from carmask.training.data.people import PeopleBank, PeoplePasteConfig, paste_people
+from carmask.training.data.shadows import ShadowConfig, shadows_and_highlights
 from carmask.training.data.transforms import AugmentConfig, normalize, train_transforms
 from carmask.data.wild import WildPhoto
 
@@ -40,7 +44,8 @@ REGISTRY_PICTURES = ("brick.png", "grass.png", "gravel.png", "rocket.jpg", "coff
 
 
 # the fields of MixConfig that are shares of the samples, each from 0 to 1
-SHARES = ("wild", "studio", "two_cars", "synthetic", "registry", "caption", "street_cars", "people")
+SHARES = ("wild", "studio", "two_cars", "synthetic", "registry", "caption", "street_cars", "people",
+          "shadows")
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,12 @@ class MixConfig:
     # kept people as car on street photos). Needs the outdoor folder's people/ masks.
     people: float = 0.3
     people_paste: PeoplePasteConfig = PeoplePasteConfig()
+    # share of real outdoor photos and pasted pictures that get a hard cast shadow, a contact
+    # shadow under the cars or a specular highlight on them (users saw holes in car bodies under a
+    # carport's shadow and in sunlit reflections, and the lower front cut off). 0 up to and
+    # including the shipped model.
+    shadows: float = 0.0
+    shadow_style: ShadowConfig = ShadowConfig()
 
     def __post_init__(self) -> None:
         for name in SHARES:  # a share outside 0..1 would quietly mean "always" or "never"
@@ -157,11 +168,18 @@ class AnywhereDataset(Dataset):
         """A real outdoor photo; a street frame sometimes with cars of another frame laid in."""
         picture, mask = self._wild_photo(photo)
         if photo.kind != "camvid":
-            return picture, mask
+            return self._with_shadows(picture, mask, rng), mask
         if self.config.street_cars and rng.random() < self.config.street_cars:
             donor = self._wild_photo(self.streets[rng.integers(len(self.streets))])
             picture, mask = paste_street_cars(picture, mask, *donor, rng, self.config.street_paste)
-        return self._with_people(picture, mask, rng)
+        return self._with_people(self._with_shadows(picture, mask, rng), mask, rng)
+
+    def _with_shadows(self, picture: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The picture under hard outdoor light, the `shadows` share of the time; its mask stays.
+        Nothing is drawn at share 0, so runs without shadows draw the samples they always did."""
+        if not self.config.shadows or rng.random() >= self.config.shadows:
+            return picture
+        return shadows_and_highlights(picture, mask, rng, self.config.shadow_style)
 
     def _with_people(self, picture: np.ndarray, mask: np.ndarray,
                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -197,7 +215,7 @@ class AnywhereDataset(Dataset):
         for _ in range(2 if rng.random() < self.config.two_cars else 1):
             car, car_mask = self._studio_photo(self.studio[rng.integers(len(self.studio))], None)
             picture, mask = paste_car(car, car_mask, picture, rng, self.config.paste, background_mask=mask)
-        return self._with_people(picture, mask, rng)
+        return self._with_people(self._with_shadows(picture, mask, rng), mask, rng)
 
 
 class WildValidationSet(Dataset):
