@@ -29,8 +29,9 @@
 #    model, on its 150 training cars, scored on crops of the same 10 held-out cars: 1,600 steps
 #    of 16 full-resolution crops in bf16 (22 CPU minutes made the last one, r2; this is ~4x), for
 #    `--quality best`. Its coarse logits are cached as photos are first used.
-# 3. general-people-r1: the shipped general model fine-tuned with people cut from the training
-#    street frames as negatives (--people-share 0.3; issue 24), with the recipe of r20-r23
+# 3. general-people-shadows-r1: the shipped general model fine-tuned with people cut from the
+#    training street frames as negatives (--people-share 0.3) and hard shadows, contact shadows
+#    and highlights over the cars (--shadow-share 0.3; issue 24), with the recipe of r20-r23
 #    (docs/training-history.md: 544x736, run at 448x608, 60% real outdoor photos, lr 7.5e-5),
 #    but 12 epochs of 480 samples instead of 3-4: 5,760 samples. A step of 8 at 544x736 in bf16
 #    took 18 s measured beside a busy session (about 3.5 s idle, scaled from docs/benchmarks.md's
@@ -58,13 +59,13 @@ STUDIO_ARGS="--model unet-mnv2 --size 640x960 --batch 2 --epochs 3 --lr 3e-4 --n
 REFINER_ARGS="--epochs 1 --steps-per-epoch 1600 --crops 16 --lr 1e-3 --val-photos 48
   --val-every 0.125 --workers 0 --precision $PRECISION"
 GENERAL_ARGS="--size 544x736 --predict-size 448x608 --outdoor-share 0.6 --people-share 0.3
-  --epochs 12 --samples 480 --batch 8 --lr 7.5e-5 --seed 24 --workers 1 --precision $PRECISION"
+  --shadow-share 0.3 --epochs 12 --samples 480 --batch 8 --lr 7.5e-5 --seed 24 --workers 1 --precision $PRECISION"
 if [[ -n ${CAMPAIGN_RUN:-} || -n ${CAMPAIGN_ARGS:-} ]]; then
   QUEUE="${CAMPAIGN_RUN:-studio-all150-640}|train|$INIT|${CAMPAIGN_ARGS:-$STUDIO_ARGS}"
 else
   QUEUE=${CAMPAIGN_QUEUE:-"studio-all150-640|train|$INIT|$STUDIO_ARGS
 refiner-r3|train-refiner|$CAMPAIGN_DIR/studio-all150-640|$REFINER_ARGS
-general-people-r1|train-general|general|$GENERAL_ARGS"}
+general-people-shadows-r1|train-general|general|$GENERAL_ARGS"}
 fi
 
 # One line per run (the options joined into one line), blank lines left out.

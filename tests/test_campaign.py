@@ -135,7 +135,7 @@ def test_the_default_queue_refines_the_studio_run_then_fine_tunes_the_general_mo
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGN_")}
     lines = campaign("queue", dict(env, CAMPAIGN_DIR=str(tmp_path))).splitlines()
-    assert [line.split(":")[0] for line in lines] == ["studio-all150-640", "refiner-r3", "general-people-r1"]
+    assert [line.split(":")[0] for line in lines] == ["studio-all150-640", "refiner-r3", "general-people-shadows-r1"]
     assert lines[0].startswith("studio-all150-640: waiting: carmask train --init shipped --model unet-mnv2")
     refiner, people = (shlex.split(line.split(": ", 2)[2]) for line in lines[1:])
     # the refiner refines the studio run's own model
@@ -148,7 +148,8 @@ def test_the_default_queue_refines_the_studio_run_then_fine_tunes_the_general_mo
     result = CliRunner().invoke(app, [*people[1:], "--data", str(synth_data), "--wild", str(wild),
                                       "--out", str(tmp_path / "general")])
     assert result.exit_code == 0, result.output
-    assert configs[0].init == "general" and configs[0].mix.people > 0 and configs[0].precision
+    assert configs[0].init == "general" and configs[0].mix.people > 0 and configs[0].mix.shadows > 0
+    assert configs[0].precision
     monkeypatch.setattr(refiner_train, "train_refiner", lambda config, track=None: configs.append(config)
                         or {"steps": 1, "best_val_refined_wrong": 1.0})
     result = CliRunner().invoke(app, [*refiner[1:4], "--coarse", "studio", *refiner[4:],
