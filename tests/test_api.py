@@ -77,9 +77,9 @@ def test_module_level_calls_share_one_loaded_session(photo_path):
     small = np.asarray(Image.open(photo_path).convert("RGB").resize((480, 320)))
     first = carmask.mask(small)
     assert first.dtype == bool and first.shape == (320, 480) and first.mean() > 0.1
-    loaded = carmask.api._sessions["auto"]
+    loaded = carmask.api._sessions["auto", "fast"]
     carmask.remove(small, largest=True, feather=2)
-    assert carmask.api._sessions["auto"] is loaded and len(carmask.api._sessions) == 1
+    assert carmask.api._sessions["auto", "fast"] is loaded and len(carmask.api._sessions) == 1
 
 
 @pytest.mark.parametrize("bad, words", [

@@ -204,11 +204,17 @@ def test_non_finite_weights_are_never_saved_or_exported(tiny, tmp_path):
 
 def test_the_shipped_files_match_the_checksums_recorded_for_them():
     recorded = json.loads((model_files.WEIGHTS / "models.json").read_text())
+    for path in model_files.SHIPPED.values():  # each model ships as ONNX and as torch's weights
+        assert set(recorded[path.stem]["sha256"]) == {"onnx", "safetensors"}, path
     for stem, entry in recorded.items():
-        for suffix in ("onnx", "safetensors"):
+        for suffix, digest in entry["sha256"].items():
             path = model_files.WEIGHTS / f"{stem}.{suffix}"
-            assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"][suffix], path
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, path
             verify_model_file(path)
+    for entry in recorded.values():  # a shipped refiner, once released, is recorded as they are
+        refiner = model_files.WEIGHTS / entry.get("refiner", "-")
+        if refiner.is_file():
+            assert refiner.stem in recorded, f"{refiner}: no SHA-256 in models.json"
 
 
 def test_a_damaged_cached_export_is_made_again(tiny, tmp_path, monkeypatch):
@@ -231,7 +237,7 @@ def test_a_damaged_shipped_file_says_to_reinstall(tiny, tmp_path, monkeypatch):
     shutil.copy(tiny / "a.onnx", shipped)
     digest = hashlib.sha256(shipped.read_bytes()).hexdigest()
     (weights / "models.json").write_text(json.dumps({"carvana-unet-mnv2": {"sha256": {"onnx": digest}}}))
-    monkeypatch.setattr(model_check, "WEIGHTS", weights)
+    monkeypatch.setattr(model_files, "WEIGHTS", weights)
     verify_model_file(shipped)
     flipped(tiny / "a.onnx", shipped)
     (tmp_path / "link.onnx").symlink_to(shipped)  # a link to a shipped file is checked as one

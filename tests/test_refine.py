@@ -129,8 +129,9 @@ def test_combined_model_file_holds_both_stages(tmp_path):
 
 
 def test_predictor_refines_only_along_the_outline(held_out, tmp_path):
-    """A model file with a refiner: every consumer's Predictor runs it, on both backends, and it
-    changes nothing away from the coarse outline."""
+    """A model file with a refiner: a Predictor asked for it (refine=True, or quality best) runs
+    it, on both backends, and it changes nothing away from the coarse outline; by default
+    (quality fast) it does not run."""
     from carmask.data.io import read_photo
     from carmask.training.models.io import attach_refiner, model_config, save_model
     from carmask.inference.predictor import Predictor
@@ -143,11 +144,13 @@ def test_predictor_refines_only_along_the_outline(held_out, tmp_path):
                        model_config("refiner-mnv2", (geometry.tile,) * 2, geometry=geometry.as_dict()))
     combined = attach_refiner(None, alone, tmp_path / "combined.safetensors")
     photo = read_photo(held_out[0]).pixels
-    coarse = Predictor(combined, refine=False).predict([photo])[0]
+    plain = Predictor(combined)
+    assert plain.refiner is None and not plain.tta  # quality fast: neither
+    coarse = plain.predict([photo])[0]
     band = outline_band(coarse, geometry.band + 1)  # +1: the coarse mask is thresholded again
     refined = {}
     for backend in ("onnx", "torch"):
-        predictor = Predictor(combined, backend=backend)
+        predictor = Predictor(combined, backend=backend, refine=True)
         assert predictor.refiner is not None and "refiner-mnv2" in predictor.name
         refined[backend] = predictor.predict([photo])[0]
         changed = refined[backend] != coarse

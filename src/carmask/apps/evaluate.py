@@ -22,6 +22,7 @@ from carmask.apps.people_count import RULE, as_counts, people_figures, people_se
 from carmask.util.atomic import atomic_path
 from carmask.util.parallel import imap_bounded
 from carmask.inference.predictor import Predictor
+from carmask.inference.refine import describe_quality, quality_record
 from carmask.inference.streaming import Prediction
 from carmask.util.progress import Track, silent_track
 
@@ -52,6 +53,7 @@ class Evaluation:
     report: Path | None = None
     outline: OutlineErrors | None = None  # with a report: wrong pixels by distance to the outline
     unscored: list[tuple[str, str]] = field(default_factory=list)  # (image id, why not scored)
+    quality: dict | None = None  # what ran: {"quality", "tta", "refiner"} (refine.quality_record)
 
     @property
     def dice(self) -> float:
@@ -81,6 +83,8 @@ class Evaluation:
                               for make, row in by_make.iterrows()}}
         if self.people is not None:
             scores["people"] = self.people
+        if self.quality is not None:
+            scores["quality"] = self.quality
         return scores
 
 
@@ -128,7 +132,8 @@ def evaluate(predictor: Predictor, records: list[Record], out: Path | None = Non
                 (heapq.heappush if len(keep) < worst else heapq.heapreplace)(keep, item)
     if not rows:
         raise EvaluationError(_none_scored(unscored))
-    evaluation = Evaluation(as_counts(pd.DataFrame(rows)), unscored=unscored)
+    evaluation = Evaluation(as_counts(pd.DataFrame(rows)), unscored=unscored,
+                            quality=quality_record(predictor))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         with atomic_path(out / "per_image.csv") as tmp:
@@ -230,7 +235,8 @@ def write_evaluation_report(evaluation: Evaluation, worst: list[tuple], predicto
         ("Images", len(frame), f"{frame['car_id'].nunique()} cars"),
         ("Worst Dice", f"{frame['dice'].min():.4f}", frame.loc[frame['dice'].idxmin(), 'image_id']),
         ("Model", predictor.config["architecture"], predictor.path.name),
-        ("Input", f"{predictor.size[0]}x{predictor.size[1]}", "flip TTA" if predictor.tta else "no TTA"),
+        ("Input", f"{predictor.size[0]}x{predictor.size[1]}", "the model's input size"),
+        ("Quality", evaluation.quality["quality"], describe_quality(evaluation.quality)),
     ])
     figure, axis = plt.subplots(figsize=(9, 3.2))
     per_view = frame.groupby("view")["dice"].agg(["mean", "min"])

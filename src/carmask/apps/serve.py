@@ -76,6 +76,7 @@ from carmask.apps.service_options import (
     multipart,
 )
 from carmask.data.io import Photo, PhotoError, read_photo
+from carmask.inference.refine import quality_record
 from carmask.inference.streaming import Prediction
 from carmask.kaggle.rle import encode
 
@@ -277,9 +278,10 @@ def over_colour(image: Image.Image, rgba: tuple[int, int, int, int]) -> Image.Im
 
 # -- the app --------------------------------------------------------------------------------------
 def create_app(predictor=None, *, model: str | None = None, backend: str = "onnx",
-               config: ServeConfig | None = None):
+               config: ServeConfig | None = None, quality: str = "fast"):
     """The FastAPI app; loads the model once (the shipped ones by default, keeping each photo's
-    probability for soft cut-out edges) unless given a predictor (`create_predictor`'s)."""
+    probability for soft cut-out edges, at `quality` for every request) unless given a
+    predictor (`create_predictor`'s)."""
     from carmask import __version__
     from carmask.inference.model_files import shipped_models
 
@@ -288,7 +290,8 @@ def create_app(predictor=None, *, model: str | None = None, backend: str = "onnx
         from carmask.inference.route import create_predictor
         # each worker gets its share of the cores: oversubscribed model threads thrash
         threads = max(1, (os.cpu_count() or 1) // config.workers)
-        predictor = create_predictor(model, backend=backend, threads=threads, soft_edges=True)
+        predictor = create_predictor(model, backend=backend, threads=threads, soft_edges=True,
+                                     quality=quality)
     service = MaskService(predictor, config)
 
     @asynccontextmanager
@@ -460,7 +463,7 @@ def loaded_models(predictor) -> dict[str, dict]:
     for one in predictors:
         entry = {k: one.config.get(k) for k in ("architecture", "input_size", "threshold")}
         entry.update(file=one.path.name, backend=getattr(one, "backend", None),
-                     training=one.config.get("training"))
+                     training=one.config.get("training"), **quality_record(one))
         loaded[getattr(one, "role", "studio")] = entry
     return loaded
 
@@ -524,8 +527,8 @@ class BackgroundServer:
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, *, model: str | None = None,
-          backend: str = "onnx", config: ServeConfig | None = None) -> None:
+          backend: str = "onnx", config: ServeConfig | None = None, quality: str = "fast") -> None:
     """Serve until interrupted (the `carmask serve` command)."""
     import uvicorn
-    uvicorn.run(create_app(model=model, backend=backend, config=config), host=host, port=port,
-                log_level="info")
+    uvicorn.run(create_app(model=model, backend=backend, config=config, quality=quality),
+                host=host, port=port, log_level="info")

@@ -82,6 +82,28 @@ ModelOption = Annotated[
 ]
 
 
+
+def _quality(value: str) -> str:
+    from carmask.inference.refine import QUALITIES
+
+    if value not in QUALITIES:
+        raise typer.BadParameter(f"{value!r} is not one of: {', '.join(QUALITIES)}")
+    return value
+
+
+QualityOption = Annotated[
+    str, typer.Option(callback=_quality, metavar="[fast|best]",
+                      help="fast: one pass. best: flip TTA plus the model's outline refiner, which "
+                           "redraws the car's outline from the full-resolution photo (the studio "
+                           "model's; the general model has none, so best is flip TTA there), for "
+                           "fewer wrong pixels along the outline at about half the photos/s.")
+]
+TtaOption = Annotated[
+    Optional[bool], typer.Option(help="Average with the horizontally flipped photo (default: with "
+                                      "--quality best only).", show_default=False)
+]
+
+
 def progress(iterable, total=None, description=""):
     """A rich progress bar on stderr, handed to the library as its `track`."""
     return rich_track(

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from carmask.cli.common import INCOMPLETE, ModelOption, by_model, console, err, fail, progress, warn
+from carmask.cli.common import (INCOMPLETE, ModelOption, QualityOption, by_model, console, err, fail,
+                                progress, warn)
 from carmask.cli.predict import BackendOption, BatchOption
 
 
@@ -38,6 +39,7 @@ def cutout(
     largest: Annotated[bool, typer.Option(
         help="Keep only the biggest car of a photo with several (default: every car).")] = False,
     model: ModelOption = None,
+    quality: QualityOption = "fast",
     fmt: Annotated[str, typer.Option("--format", help="png or webp (keep alpha), or jpg (default: "
                                      "the --out file's, else png).")] = "",
     overwrite: Annotated[bool, typer.Option(help="Replace cut-outs that already exist.")] = False,
@@ -63,7 +65,7 @@ def cutout(
 
     def load_predictor():
         return create_predictor(model, backend=backend, device=device, batch=batch,
-                                soft_edges=not hard_edges)
+                                quality=quality, soft_edges=not hard_edges)
 
     def check_model() -> None:  # a bad --backend, --device or --model, before any folder is made
         predictor_class(backend, device)
@@ -153,6 +155,7 @@ def serve(
         help="Address to bind; 0.0.0.0 exposes it to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
     model: ModelOption = None,
+    quality: QualityOption = "fast",
     backend: Annotated[str, typer.Option(help="onnx (faster on a CPU), torch, or auto (onnx).")] = "onnx",
     workers: Annotated[int, typer.Option(min=1, help="Photos processed at once.")] = 2,
     max_queue: Annotated[int, typer.Option(min=0, help="Requests waiting beyond those; more get 503.")] = 16,
@@ -162,7 +165,7 @@ def serve(
 ) -> None:
     """Serve the web page (/), the HTTP API (/v1/mask, /v1/cutout, rembg's /api/remove,
     /v1/models, /healthz) and its OpenAPI docs (/docs), on the two shipped models (each photo
-    gets the one it needs) or the --model given."""
+    gets the one it needs) or the --model given, at one --quality for every request."""
     from carmask.inference.model_files import ModelFileError, load_model_config
     from carmask.inference.predictor import resolve_backend
     from carmask.apps.serve import ServeConfig
@@ -182,7 +185,7 @@ def serve(
     err.print(f"carmask: web page at http://{host}:{port}/ , API docs at http://{host}:{port}/docs",
               highlight=False)
     try:
-        run_server(host, port, model=model, backend=backend, config=config)
+        run_server(host, port, model=model, backend=backend, config=config, quality=quality)
     except (ModelFileError, ValueError) as error:
         raise fail(str(error)) from None
 

@@ -174,13 +174,23 @@ def export(
         bool, typer.Option(help="Store weights in fp16 (half the file; computed in fp32).")
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace the --out file if it exists.")] = False,
+    refines: Annotated[Optional[str], typer.Option(
+        callback=check.coarse_model,
+        help="For an outline refiner: the coarse model it refines (studio, general, or its model "
+             "file), recorded in the ONNX file (default: the model its training record names).")
+    ] = None,
 ) -> None:
     """Export a trained model (.safetensors, or a run folder) to one ONNX file, its config
     inside, that every command runs without torch (`--model FILE.onnx`). It takes any input
-    size; --size only sets the size it is traced at and the size it runs at by default."""
+    size; --size only sets the size it is traced at and the size it runs at by default.
+
+    An outline refiner (a `carmask train-refiner` run folder or its refiner.safetensors) becomes
+    a refiner ONNX file, fixed at its tiles, which `--quality best` runs without torch: the
+    studio model's ships as weights/carvana-refiner-mnv2.onnx (use --fp16, as the shipped files).
+    """
     require_torch("export")
-    from carmask.inference.model_files import ModelFileError
-    from carmask.training.export import export_model_file
+    from carmask.inference.model_files import ModelFileError, model_id, read_config, resolve_model_path
+    from carmask.training.export import export_model_file, is_refiner, refiner_export_config
     from carmask.util.output_files import OutputError, check_output_file, refuse_replacing
 
     input_size = parse_size(size, "HEIGHTxWIDTH", "--size") if size else None
@@ -189,12 +199,28 @@ def export(
             raise OutputError(f"{out}: the --out ONNX file must end in .onnx")
         check_output_file(out, "--out ONNX file")
         refuse_replacing([out], "ONNX file", overwrite)
-        source = check.model_file(model, ".safetensors")  # checksum, finite weights, config
-        path = export_model_file(source, out, fp16=fp16, size=input_size)
+        # checksum, finite weights, config
+        source = check.model_file(_refiner_run(model), ".safetensors")
+        coarse = model_id(resolve_model_path(refines)) if refines else None
+        config = read_config(source)
+        if is_refiner(config):  # what it refines is settled before any work
+            coarse = refiner_export_config(config, coarse, source)["refines"]
+        elif refines:
+            raise ModelFileError(f"--refines: {source} is not an outline refiner")
+        path = export_model_file(source, out, fp16=fp16, size=input_size, refines=coarse)
     except (ModelFileError, OutputError) as error:
         raise fail(str(error)) from None
     console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB, {'fp16' if fp16 else 'fp32'} "
-                  f"weights) from {source}")
+                  f"weights) from {source}" + (f", the outline refiner of {coarse}" if coarse else ""))
+
+
+def _refiner_run(model: str | None) -> str | None:
+    """A `carmask train-refiner` run folder → its refiner.safetensors; any other as it is."""
+    folder = Path(model) if model else None
+    if folder and folder.is_dir() and not (folder / "model.safetensors").exists() \
+            and (folder / "refiner.safetensors").is_file():
+        return str(folder / "refiner.safetensors")
+    return model
 
 
 def average(

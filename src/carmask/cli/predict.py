@@ -14,6 +14,8 @@ from carmask.cli.common import (
     DataDir,
     by_model,
     ModelOption,
+    QualityOption,
+    TtaOption,
     console,
     err,
     fail,
@@ -54,7 +56,8 @@ def predict(
     size: Annotated[
         Optional[str], typer.Option(help="Model input HEIGHTxWIDTH (default: the model's).")
     ] = None,
-    tta: Annotated[bool, typer.Option(help="Average with the horizontally flipped photo.")] = False,
+    quality: QualityOption = "fast",
+    tta: TtaOption = None,
     batch: BatchOption = None,
     workers: Annotated[Optional[int], typer.Option(min=1, help="Decoding threads.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
@@ -107,6 +110,7 @@ def predict(
                 model or ("studio" if submission else None),
                 device=share.device,
                 backend=backend,
+                quality=quality,
                 tta=tta,
                 batch=batch,
                 size=parse_size(size, "HEIGHTxWIDTH") if size else None,
@@ -116,8 +120,8 @@ def predict(
             raise fail(str(error)) from None
         err.print(
             f"predicting {len(names)} images with {predictor.name} at "
-            f"{predictor.size[0]}x{predictor.size[1]}{' + flip TTA' if tta else ''} "
-            f"({predictor.backend}, {predictor.device}, batch {predictor.batch})",
+            f"{predictor.size[0]}x{predictor.size[1]}{' + flip TTA' if predictor.tta else ''}, "
+            f"quality {quality} ({predictor.backend}, {predictor.device}, batch {predictor.batch})",
             highlight=False,
         )
         try:
@@ -212,7 +216,8 @@ def evaluate(
     out: Annotated[
         Optional[Path], typer.Option("--out", help="Folder for per_image.csv and index.html.")
     ] = None,
-    tta: Annotated[bool, typer.Option(help="Average with the horizontally flipped photo.")] = False,
+    quality: QualityOption = "fast",
+    tta: TtaOption = None,
     size: Annotated[
         Optional[str], typer.Option(help="Model input HEIGHTxWIDTH (default: the model's).")
     ] = None,
@@ -242,6 +247,7 @@ def evaluate(
     from carmask.data.wild import as_records, is_wild_folder, read_wild, split_wild
     from carmask.apps.evaluate import EvaluationError, evaluate as run_evaluation
     from carmask.inference.model_files import ModelFileError
+    from carmask.inference.refine import describe_quality, quality_record
     from carmask.inference.route import create_predictor
 
     from carmask.util.output_files import OutputError, check_output_dir, refuse_replacing
@@ -258,6 +264,7 @@ def evaluate(
             model,
             device=device,
             backend=backend,
+            quality=quality,
             tta=tta,
             size=parse_size(size, "HEIGHTxWIDTH") if size else None,
         )
@@ -291,7 +298,8 @@ def evaluate(
         print(json.dumps(evaluation.as_json()))
     else:
         console.print(f"mean Dice {evaluation.dice:.5f}, IoU {evaluation.iou:.5f} over "
-                      f"{len(evaluation.per_image)} images")
+                      f"{len(evaluation.per_image)} images; quality {quality}: "
+                      f"{describe_quality(quality_record(predictor))}", highlight=False)
         if evaluation.people:
             figures = evaluation.people
             console.print(f"people taken for car: {figures['person_pixels_called_car']:.2%} of the "

@@ -13,7 +13,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from carmask.inference.model_files import CHECKSUM_KEY, WEIGHTS, ModelFileError
+from carmask.inference import model_files
+from carmask.inference.model_files import CHECKSUM_KEY, ModelFileError
 from carmask.inference.protobuf import length_delimited, metadata_entry, scan
 
 
@@ -106,15 +107,23 @@ def refuse_nonfinite(path: Path, weights) -> None:
 
 def _shipped_checksum(path: Path) -> str | None:
     """The SHA-256 weights/models.json records for a shipped file (or a link to one), or None
-    for any other."""
+    for any other; ModelFileError for a refiner it names without recording one."""
+    weights = model_files.WEIGHTS  # looked up at each call, so a test may point it elsewhere
     try:
         path = path.resolve()
-        if path.parent != WEIGHTS.resolve():
+        if path.parent != weights.resolve():
             return None
-        summaries = json.loads((WEIGHTS / "models.json").read_text(encoding="utf-8"))
+        summaries = json.loads((weights / "models.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return summaries.get(path.stem, {}).get("sha256", {}).get(path.suffix.lstrip("."))
+    recorded = summaries.get(path.stem, {}).get("sha256", {}).get(path.suffix.lstrip("."))
+    if recorded is None and any(isinstance(entry, dict) and entry.get("refiner") == path.name
+                                for entry in summaries.values()):
+        # a shipped model's refiner is checked as the model is: its release must record it
+        raise ModelFileError(f"{path}: weights/models.json names it as a shipped refiner but records "
+                             f"no SHA-256 for it (an entry \"{path.stem}\" with \"sha256\": "
+                             "{\"onnx\": ...}); an unchecked shipped file is not run")
+    return recorded
 
 
 # safetensors: 8 bytes (little-endian header length), a JSON header naming each tensor's dtype,

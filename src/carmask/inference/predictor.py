@@ -4,7 +4,8 @@ Photos are decoded (libjpeg-reduced where the model size allows), resized to the
 run in batches through onnxruntime, and the RAW outputs (logits) are upsampled bilinearly to each
 photo's own size before thresholding; horizontal-flip TTA averages the raw outputs. The seeds
 thresholded at 224x224 and resized the masks with nearest neighbour, which cost them most of
-their score.
+their score. `quality="best"` adds flip TTA and the model's outline refiner (carmask.inference.
+refine), where it has one, to the one plain pass of "fast".
 
 This module never imports torch. The torch backend (a GPU, and its fast path for submissions)
 is `carmask.training.torch_backend.TorchPredictor`, a subclass with the same interface, chosen
@@ -26,6 +27,7 @@ from carmask.inference.model_files import (TRAIN_EXTRA, ModelFileError, onnx_fil
                                            resolve_model_path)
 from carmask.inference.outputs import (car_mask, car_probability, drop_specks, fit_photo,
                                        resize_antialiased, upsample)
+from carmask.inference.refine import REFINER_ROLE, OnnxRefiner, Refiner, check_quality, shipped_refiner
 from carmask.inference.streaming import Decoded, Prediction, stream_predictions
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,13 @@ class Predictor:
     overrides the model's share of the photo under which predicted regions are dropped (0: keep
     all). A model whose config asks for a `SecondLook` gets it unless `second_look` is False.
     For the torch backend (a GPU) see `create_predictor`.
+
+    `quality` "fast" (the default) is one plain pass; "best" adds flip TTA and the model's outline
+    refiner, at about half the photos per second. `tta` and `refine`, when given, override what
+    the quality sets. The refiner is `refiner`, a refiner ONNX file of your own (given, it runs
+    unless `refine` is False), else the one attached in a combined `.safetensors` file (torch),
+    else a shipped model's own (weights/models.json). A model without one runs best as flip TTA
+    alone, and says so in the log.
     """
 
     backend = "onnx"
@@ -87,11 +96,13 @@ class Predictor:
         device: str = "cpu",
         backend: str = "auto",
         size: tuple[int, int] | None = None,
-        tta: bool = False,
+        tta: bool | None = None,
         batch: int | None = None,
         threshold: float | None = None,
         threads: int | None = None,
-        refine: bool = True,
+        refine: bool | None = None,
+        quality: str = "fast",
+        refiner: str | Path | None = None,
         min_car_area: float | None = None,
         second_look: bool = True,
         soft_edges: bool = False,
@@ -104,8 +115,12 @@ class Predictor:
         self.batch = default_batch(self.backend) if batch is None else batch
         if self.batch < 1:
             raise ValueError(f"batch must be at least 1, got {self.batch}")
+        self.quality = check_quality(quality)
         self.path = self._resolve(model)
         self.config = read_config(self.path)
+        if self.config.get("role") == REFINER_ROLE:
+            raise ModelFileError(f"{self.path}: an outline refiner, which refines a model's outline "
+                                 "and masks nothing alone; pass it as the refiner of a model")
         self.size = tuple(size or self.config["input_size"])
         self.kind = self.config["output"]
         self.threshold = self.config.get("threshold", 0.5) if threshold is None else threshold
@@ -120,10 +135,13 @@ class Predictor:
         self.mean = np.array(self.config["mean"], np.float32).reshape(1, 1, -1)
         self.std = np.array(self.config["std"], np.float32).reshape(1, 1, -1)
         self.channels = self.config["channels"]
-        self.tta = tta
-        self.refiner = None
-        if refine and self.kind == "logit" and self.config.get("refiner"):
-            self.refiner = self._load_refiner(threads)
+        best = self.quality == "best"
+        self.tta = best if tta is None else bool(tta)
+        self.refiner: Refiner | None = None
+        # a refiner file given is asked for; otherwise quality decides, unless `refine` does
+        wanted = (best or refiner is not None) if refine is None else refine
+        if wanted and self.kind == "logit":
+            self.refiner = self._load_refiner(refiner, threads)
         self._load_network(threads)
 
     # -- what a backend provides ------------------------------------------------------------
@@ -137,8 +155,26 @@ class Predictor:
             raise ValueError("the onnx backend runs on the CPU; use --backend torch on a GPU")
         self._run = OnnxModel(onnx_file(self.path), threads)  # one session serves every size
 
-    def _load_refiner(self, threads: int | None):
-        try:  # refiners are research models, built and run with torch (exported to ONNX)
+    def _load_refiner(self, given: str | Path | None, threads: int | None) -> Refiner | None:
+        """The refiner `given`, else the one attached in the model file, else the shipped one
+        weights/models.json names for it; None (logged) where there is none."""
+        if given is not None:
+            return OnnxRefiner(given, threads, coarse=self.path)
+        if self.config.get("refiner"):
+            return self._attached_refiner(threads)
+        named = shipped_refiner(self.path)
+        if named is not None and named.is_file():
+            return OnnxRefiner(named, threads, coarse=self.path)
+        runs = "flip TTA only" if self.tta else "no refinement"
+        if named is not None:  # a release without its refiner: say so, and go on
+            log.warning("%s: its outline refiner %s is not in this install; running %s",
+                        self.path.name, named.name, runs)
+        else:
+            log.info("%s has no outline refiner; running %s", self.path.name, runs)
+        return None
+
+    def _attached_refiner(self, threads: int | None) -> Refiner:
+        try:  # a refiner inside a .safetensors file is built with torch (exported to ONNX once)
             from carmask.training.refiner import OutlineRefiner
         except ImportError:
             raise ModelFileError(f"{self.path} holds an outline refiner, which needs torch: "

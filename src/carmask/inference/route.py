@@ -56,14 +56,18 @@ def studio_look(photo: np.ndarray) -> StudioLook:
 class AutoPredictor:
     """A studio and a general `Predictor` behind one interface; each photo goes to the one its
     look asks for (`studio_look`), and back to the general one when the studio mask is unsure.
-    Options are those of `Predictor` and apply to both."""
+    Options are those of `Predictor` and apply to both, but `refiner` (a refiner file of your
+    own), which is the studio model's. With quality "best" each runs flip TTA and its outline
+    refiner: the studio model's (weights/models.json); the general model has none."""
 
     def __init__(self, studio: str | Path | None = "studio", general: str | Path | None = "general",
-                 **options) -> None:
-        self.studio = Predictor(studio, **options)  # the backend's class: Predictor.__new__
+                 refiner: str | Path | None = None, **options) -> None:
+        # the backend's class: Predictor.__new__
+        self.studio = Predictor(studio, refiner=refiner, **options)
         self.general = Predictor(general, **options)
         self.config = self.studio.config  # the validation cars and the like: the studio model's
         self.path, self.size, self.tta = self.studio.path, self.studio.size, self.studio.tta
+        self.quality = self.studio.quality
         self.backend, self.device, self.batch = self.studio.backend, self.studio.device, self.studio.batch
         # decode at the larger input of the two, and in full where a refiner reads the outline
         self._cover = None if (self.studio.refiner or self.general.refiner) else \

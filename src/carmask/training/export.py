@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from carmask.inference.model_check import refuse_nonfinite, seal_onnx
-from carmask.inference.model_files import CACHE, METADATA_KEY
+from carmask.inference.model_files import CACHE, METADATA_KEY, ModelFileError
+from carmask.inference.refine import REFINER_ROLE, RefinerGeometry
 from carmask.util.atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -49,17 +50,50 @@ def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int], chann
 
 
 def export_model_file(model_file: str | Path, out: str | Path, fp16: bool = False,
-                      size: tuple[int, int] | None = None) -> Path:
-    """The ONNX file of a carmask `.safetensors` model, config included."""
+                      size: tuple[int, int] | None = None, refines: str | None = None) -> Path:
+    """The ONNX file of a carmask `.safetensors` model, config included. An outline refiner
+    (`carmask train-refiner`'s refiner.safetensors) becomes a refiner ONNX file (see
+    `refiner_export_config`; `refines` names the coarse model it refines)."""
     from carmask.training.models.io import load_model
 
     network, config = load_model(model_file)
+    if is_refiner(config):
+        config = refiner_export_config(config, refines, model_file)
+        tile = tuple(config["input_size"])
+        if size is not None and tuple(size) != tile:
+            raise ModelFileError(f"{model_file}: an outline refiner runs on its {tile[0]}x{tile[1]} "
+                                 "tiles; leave --size out")
+        log.info("exporting the refiner %s to ONNX (%s)", Path(model_file).name, out)
+        # fixed at the tile, as the attached refiner's cached export is
+        return export_onnx(network, out, tile, 4, fp16=fp16, config=config, dynamic_size=False)
     if config.get("refiner"):
         config = {k: v for k, v in config.items() if k != "refiner"}
-        log.warning("%s: its outline refiner is not exported (it runs with torch)", model_file)
+        log.warning("%s: its outline refiner is not exported; export the refiner.safetensors it "
+                    "was attached from (carmask export --model RUN/refiner.safetensors)", model_file)
     size = tuple(size or config["input_size"])
     log.info("exporting %s to ONNX (%s)", Path(model_file).name, out)
     return export_onnx(network, out, size, config["channels"], fp16=fp16, config=config)
+
+
+def is_refiner(config: dict) -> bool:
+    """Whether a model file's config is an outline refiner's (`carmask train-refiner`)."""
+    from carmask.training.models import model_info
+
+    return "geometry" in config and model_info(config["architecture"]).role == REFINER_ROLE
+
+
+def refiner_export_config(config: dict, refines: str | None, source: str | Path) -> dict:
+    """A refiner's ONNX config: its own (architecture, geometry, training record), role
+    "refiner", its tile as the input size, and "refines": the model id (stem@sha256 prefix) of
+    the coarse model it refines, `refines` or else its training record's `coarse`.
+    ModelFileError when neither names one."""
+    refines = refines or (config.get("training") or {}).get("coarse")
+    if not refines:
+        raise ModelFileError(f"{source}: its training record does not name the coarse model it "
+                             "refines; say which with --refines (e.g. --refines studio)")
+    tile = RefinerGeometry(**config["geometry"]).tile
+    return dict(config, role=REFINER_ROLE, input_size=[tile, tile], channels=4, output="logit",
+                refines=refines)
 
 
 def cached_export(model_file: Path, build: Callable[[], nn.Module], size: tuple[int, int],

@@ -1,46 +1,25 @@
-"""Full-resolution outline refinement: the second stage after the coarse model.
+"""The outline refiner's torch side: its network (`ResidualRefiner`, registered as
+"refiner-mnv2") and `OutlineRefiner`, the refiner attached inside a combined `.safetensors`
+model file, on torch or (exported once) onnxruntime.
 
-The coarse model sees the photo at 640x960, so each of its pixels covers 2x2 photo pixels, and
-most of its wrong pixels are the first pixel on either side of the true outline. The refiner
-looks at the full-resolution photo plus the coarse logit, but only in tiles that hold the coarse
-outline, and rewrites the logit in a narrow band around it. Everything else keeps the coarse
-answer.
-
-A tile is a `core` x `core` square of the photo on a fixed grid, read with `margin` pixels of
-context on each side (so the network's input is core + 2*margin square). Training crops follow
-the same geometry (see refine_train), so the network sees at training what it sees here.
+The geometry, the tiling and the refinement itself are torch-free and live in
+carmask.inference.refine (a refiner's own ONNX file runs there without torch); they are
+re-exported here for the training code.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
-from carmask.training.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+from carmask.inference.refine import (LOGIT_CLIP, MEAN, STD, Refiner, RefinerGeometry, crop_mirrored,
+                                      outline_band, refine_logit, refiner_input, tiles_on_band)
 
-LOGIT_CLIP = 8.0  # the coarse logit enters the refiner as clip(logit, ±8) / 8
-MEAN = np.array(IMAGENET_MEAN, np.float32)  # the photo's channels are normalised as ImageNet's
-STD = np.array(IMAGENET_STD, np.float32)
-
-
-@dataclass(frozen=True)
-class RefinerGeometry:
-    core: int = 96  # photo pixels each tile decides
-    margin: int = 16  # context on each side, read but not decided
-    band: int = 6  # pixels within this distance of the coarse outline are refined
-
-    @property
-    def tile(self) -> int:
-        return self.core + 2 * self.margin
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["LOGIT_CLIP", "MEAN", "STD", "OutlineRefiner", "RefinerGeometry", "ResidualRefiner",
+           "crop_mirrored", "outline_band", "refine_logit", "refiner_input", "tiles_on_band"]
 
 
 class ResidualRefiner(nn.Module):
@@ -65,70 +44,7 @@ class ResidualRefiner(nn.Module):
         return (x[:, 3:4] + correction) * LOGIT_CLIP
 
 
-def outline_band(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Pixels within `radius` of the mask's outline (inside or outside), as a bool array."""
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    mask8 = mask.astype(np.uint8)
-    return cv2.dilate(mask8, kernel).astype(bool) & ~cv2.erode(mask8, kernel).astype(bool)
-
-
-def tiles_on_band(band: np.ndarray, core: int) -> list[tuple[int, int]]:
-    """Top-left corners (y, x) of the grid tiles of side `core` that hold band pixels."""
-    height, width = band.shape
-    rows, cols = -(-height // core), -(-width // core)
-    padded = np.zeros((rows * core, cols * core), bool)
-    padded[:height, :width] = band
-    occupied = padded.reshape(rows, core, cols, core).any(axis=(1, 3))
-    return [(int(r) * core, int(c) * core) for r, c in zip(*np.nonzero(occupied))]
-
-
-def crop_mirrored(array: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
-    """A size x size crop at (top, left) that may lie partly outside `array`: outside, the
-    pixels are mirrored, as the photo's own edge would continue."""
-    ys = _mirror(np.arange(top, top + size), array.shape[0])
-    xs = _mirror(np.arange(left, left + size), array.shape[1])
-    return array[ys[:, None], xs[None, :]]
-
-
-def _mirror(index: np.ndarray, length: int) -> np.ndarray:
-    period = 2 * length - 2 if length > 1 else 1
-    index = np.abs(index) % period
-    return np.where(index >= length, period - index, index)
-
-
-def refiner_input(photo: np.ndarray, logit: np.ndarray, top: int, left: int, size: int,
-                  mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """(4, size, size) float32 at (top, left): RGB normalised with `mean`/`std`, then the coarse
-    logit clipped and scaled to [-1, 1]."""
-    rgb = (crop_mirrored(photo, top, left, size).astype(np.float32) / 255.0 - mean) / std
-    scaled = np.clip(crop_mirrored(logit, top, left, size), -LOGIT_CLIP, LOGIT_CLIP) / LOGIT_CLIP
-    return np.concatenate([rgb.transpose(2, 0, 1), scaled[None]], axis=0).astype(np.float32)
-
-
-def refine_logit(photo: np.ndarray, logit: np.ndarray, run: Callable[[np.ndarray], np.ndarray],
-                 geometry: RefinerGeometry, mean: np.ndarray, std: np.ndarray,
-                 batch: int = 32) -> np.ndarray:
-    """The coarse full-resolution `logit` (H, W) with the band around its outline rewritten by
-    the refiner. `photo` is the RGB uint8 photo at the same (H, W); `run` maps a float32 batch
-    (N, 4, tile, tile) to logits (N, 1, tile, tile)."""
-    band = outline_band(logit > 0, geometry.band)
-    corners = tiles_on_band(band, geometry.core)
-    refined = logit.copy()
-    core, margin = geometry.core, geometry.margin
-    height, width = logit.shape
-    for start in range(0, len(corners), batch):
-        chunk = corners[start:start + batch]
-        inputs = np.stack([refiner_input(photo, logit, y - margin, x - margin, geometry.tile,
-                                         mean, std) for y, x in chunk])
-        outputs = np.asarray(run(inputs))[:, 0, margin:margin + core, margin:margin + core]
-        for (y, x), output in zip(chunk, outputs):
-            h, w = min(core, height - y), min(core, width - x)
-            where = band[y:y + h, x:x + w]
-            refined[y:y + h, x:x + w][where] = output[:h, :w][where]
-    return refined
-
-
-class OutlineRefiner:
+class OutlineRefiner(Refiner):
     """The refiner of a combined model file (its `config["refiner"]`), ready to run on torch (any
     device) or onnxruntime. As for the coarse model, its torch weights are loaded for onnxruntime
     only to export them the first time."""
@@ -138,7 +54,7 @@ class OutlineRefiner:
         from carmask.training.models.io import load_refiner
 
         self.geometry = RefinerGeometry(**config["geometry"])
-        self.architecture = config["architecture"]
+        self.architecture, self.source = config["architecture"], Path(model_file).name
         self.device = torch.device(device if isinstance(device, (str, torch.device)) else str(device))
         if backend == "onnx":
             from carmask.inference.onnx_model import OnnxModel
@@ -153,7 +69,3 @@ class OutlineRefiner:
     def _run_torch(self, batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return self.network(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
-
-    def __call__(self, photo: np.ndarray, logit: np.ndarray) -> np.ndarray:
-        """The full-resolution coarse logit (H, W) refined along its outline."""
-        return refine_logit(photo, logit, self._run, self.geometry, MEAN, STD)

@@ -64,7 +64,7 @@ class TorchPredictor(Predictor):
         self._mean = torch.from_numpy(self.mean.reshape(1, -1, 1, 1)).to(self.device)
         self._std = torch.from_numpy(self.std.reshape(1, -1, 1, 1)).to(self.device)
 
-    def _load_refiner(self, threads: int | None):
+    def _attached_refiner(self, threads: int | None):
         from carmask.training.refiner import OutlineRefiner
 
         return OutlineRefiner(self.config["refiner"], model_file=self.path, backend="torch",
