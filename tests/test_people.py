@@ -99,6 +99,13 @@ def test_evaluate_reports_people_taken_for_car_in_json_csv_and_report(wild, tmp_
     assert pd.isna(per_image.loc[web.name, "person_pixels"])  # a product photo has no people mask
     report = (tmp_path / "report" / "index.html").read_text()
     assert "People taken for car" in report and street.name in report
+    # and where car is lost, by kind of photo (carmask.apps.car_losses)
+    losses = scores["car_losses"]
+    assert set(losses["by_make"]) == {"camvid", "web"} and losses["photos"] == 2
+    assert (per_image["low_missed"] <= per_image["low_pixels"]).all()
+    assert losses["lower_body_missed"] == pytest.approx(
+        per_image["low_missed"].sum() / per_image["low_pixels"].sum(), abs=1e-6)
+    assert "Where car is lost" in report
 
 
 # -- people as negatives in training -----------------------------------------------------------

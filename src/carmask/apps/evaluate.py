@@ -18,6 +18,7 @@ import pandas as pd
 from carmask.data.io import DataError, read_mask, read_photo
 from carmask.data.layout import Record
 from carmask.apps.outline import OutlineErrors, paint_errors, worst_window
+from carmask.apps.car_losses import RULE as LOSS_RULE, car_loss_figures, car_loss_summary
 from carmask.apps.people_count import RULE, as_counts, people_figures, people_section_html, people_summary
 from carmask.util.atomic import atomic_path
 from carmask.util.parallel import imap_bounded
@@ -47,8 +48,9 @@ class EvaluationError(ValueError):
 
 @dataclass
 class Evaluation:
-    # image_id, car_id, view, make, dice, iou, wrong_pixels; with people masks also
-    # person_pixels, person_called_car, people, people_taken (carmask.apps.people_count)
+    # image_id, car_id, view, make, dice, iou, wrong_pixels; car_pixels, hole_pixels, holes,
+    # low_pixels, low_missed, high_pixels, high_missed (carmask.apps.car_losses); with people
+    # masks also person_pixels, person_called_car, people, people_taken (apps.people_count)
     per_image: pd.DataFrame
     report: Path | None = None
     outline: OutlineErrors | None = None  # with a report: wrong pixels by distance to the outline
@@ -71,6 +73,17 @@ class Evaluation:
         """People taken for car over the photos with people, or None when none has."""
         return people_summary(self.per_image)
 
+    def car_losses(self) -> dict | None:
+        """Holes and the lower body cut off (carmask.apps.car_losses), over all photos and by
+        make (for an outdoor folder: by kind of photo)."""
+        overall = car_loss_summary(self.per_image)
+        if overall is None:
+            return None
+        by_make = {str(make): car_loss_summary(frame) for make, frame in self.per_image.groupby("make")}
+        for summary in by_make.values():
+            summary.pop("rule")
+        return {**overall, "by_make": by_make}
+
     def as_json(self) -> dict:
         """The scores; `by_make` is by kind of photo for an outdoor folder (web, camvid), and
         `people` is there when some photos came with a people mask."""
@@ -81,6 +94,9 @@ class Evaluation:
                                           "iou": round(row[("iou", "mean")], 6),
                                           "images": int(row[("dice", "count")])}
                               for make, row in by_make.iterrows()}}
+        losses = self.car_losses()
+        if losses is not None:
+            scores["car_losses"] = losses
         if self.people is not None:
             scores["people"] = self.people
         if self.quality is not None:
@@ -120,6 +136,7 @@ def evaluate(predictor: Predictor, records: list[Record], out: Path | None = Non
         rows.append({"image_id": record.image_id, "car_id": record.car_id, "view": record.view,
                      "make": record.make, "dice": dice, "iou": iou,
                      "wrong_pixels": int(np.count_nonzero(prediction.mask != truth)),
+                     **car_loss_figures(prediction.mask, truth),
                      **(people_figures(prediction.mask, people_mask) if people_mask is not None else {})})
         if out is not None:
             outline.add(prediction.mask, truth)
@@ -286,6 +303,9 @@ def write_evaluation_report(evaluation: Evaluation, worst: list[tuple], predicto
         html.section("By view angle", views + by_view, "Which views are hardest for this model."),
         html.section("By make", by_make, "Worst makes first (for an outdoor folder: by kind of "
                      "photo, web or camvid street frame)."),
+        html.section("Where car is lost", _car_losses_html(evaluation),
+                     f"Holes enclosed by the predicted mask (a shadow or a reflection on the body) "
+                     f"and the lower body cut off: {LOSS_RULE}."),
         html.section("People taken for car", people_section_html(frame),
                      f"On the photos with a people mask: {RULE}. The frames whose people are most "
                      "taken for car first.") if evaluation.people else "",
@@ -302,3 +322,16 @@ def write_evaluation_report(evaluation: Evaluation, worst: list[tuple], predicto
         f"carmask evaluation: Dice {evaluation.dice:.5f}", body,
         subtitle=f"{len(frame)} images · {predictor.name}"))
 
+
+
+def _car_losses_html(evaluation: Evaluation) -> str:
+    """A table of the car lost in holes and at the lower body, overall and by make or kind."""
+    from carmask.apps import report as html
+
+    losses = evaluation.car_losses()
+    rows = [("all", losses)] + sorted(losses["by_make"].items())
+    columns = ["", "photos", "car pixels in holes", "photos with a hole", "lower body missed",
+               "rest of the body missed"]
+    return html.table_html([[name, f["photos"], f["car_pixels_in_holes"], f["photos_with_a_hole"],
+                             f["lower_body_missed"], f["upper_body_missed"]] for name, f in rows],
+                           columns, formats={column: ".3%" for column in columns[2:] if "photos" not in column})
