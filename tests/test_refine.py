@@ -156,3 +156,26 @@ def test_predictor_refines_only_along_the_outline(held_out, tmp_path):
         changed = refined[backend] != coarse
         assert changed.any() and not (changed & ~band).any()
     assert (refined["onnx"] != refined["torch"]).mean() < 1e-4
+
+
+def test_coarse_logits_are_computed_by_the_predictor_and_cached(held_out, shipped_predictor, tmp_path):
+    """train-refiner caches the coarse model's raw logit of each photo as it is first used."""
+    from carmask.data.io import read_mask
+    from carmask.data.layout import Record
+    from carmask.training.refiner_train import coarse_logit
+
+    image_id = held_out[0].stem
+    record = Record(image_id, image_id.split("_")[0], int(image_id.split("_")[1]), held_out[0],
+                    held_out[1], "train")
+    logit = coarse_logit(shipped_predictor, record, tmp_path)
+    assert logit.shape == tuple(shipped_predictor.size) and logit.dtype == np.float32
+    truth = read_mask(held_out[1])
+    assert dice_and_iou(full_logit_of(logit, truth.shape) > 0, truth)[0] > 0.99
+    assert (tmp_path / f"{record.image_id}.npy").is_file()
+    np.testing.assert_array_equal(coarse_logit(None, record, tmp_path), logit)  # from the cache
+
+
+def full_logit_of(logit: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    from carmask.training.refiner_train import full_logit
+
+    return full_logit(logit, shape)

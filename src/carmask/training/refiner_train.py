@@ -71,7 +71,7 @@ def coarse_logit(predictor, record: Record, cache: Path) -> np.ndarray:
         if predictor is None:
             raise FileNotFoundError(f"{path}: coarse logit not cached and no coarse model given")
         photo, _ = predictor.load(record.image_path)
-        logit = predictor.raw_outputs(predictor.preprocess(photo)[None])[0, 0].numpy()
+        logit = np.asarray(predictor.raw_outputs(predictor.preprocess(photo)[None]))[0, 0]
         with atomic_path(path, suffix=".npy") as tmp:  # np.save would add .npy to another name
             np.save(tmp, logit.astype(np.float16))
     return np.load(path).astype(np.float32)
