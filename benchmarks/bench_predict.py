@@ -18,6 +18,11 @@ the two CSVs are byte-identical (the CPU test proves it; this checks it on the G
 
     python benchmarks/bench_predict.py --device cuda --sizes --throughput-count 2000 --batch 16 --skip-memory --fast
 
+`--quality` instead times `--quality best` (flip TTA and the outline refiner, where the release
+has one) against the default, fast, on onnxruntime, and prints the ratio:
+
+    python benchmarks/bench_predict.py --quality
+
 `--profile` instead times each stage of the pipeline per photo, in this process, to show where a
 photo's time goes (on a GPU: whether the model, the upsampling, the copy back or the RLE):
 
@@ -45,7 +50,7 @@ from carmask.inference.job import run_prediction
 photos = json.loads(Path(sys.argv[1]).read_text()); backend = sys.argv[2]; size = tuple(json.loads(sys.argv[3]) or ()) or None
 device, model, batch, workers = sys.argv[5], sys.argv[6] or None, int(sys.argv[7]), int(sys.argv[8]) or None
 fast = {"auto": None, "plain": False, "fast": True}[sys.argv[9]]
-predictor = Predictor(model, backend=backend, size=size, batch=batch, device=device)
+predictor = Predictor(model, backend=backend, size=size, batch=batch, device=device, quality=sys.argv[10])
 names = list(photos)
 start = time.perf_counter()
 summary = run_prediction(predictor, {n: Path(p) for n, p in photos.items()}, names, submission=Path(sys.argv[4]),
@@ -58,14 +63,17 @@ print(json.dumps({"seconds": time.perf_counter() - start, "images": summary.pred
 OPTIONS = argparse.Namespace(device="cpu", model="", batch=4, workers=0)
 
 
-def run(photos: dict[str, str], backend: str, size, out: Path, path: str = "auto") -> dict:
+def run(photos: dict[str, str], backend: str, size, out: Path, path: str = "auto",
+        quality: str = "fast") -> dict:
     """One prediction job in a fresh process (so its peak RSS is its own). `path`: "plain",
-    "fast" (Predictor.predict_runs) or "auto" (run_prediction's choice: fast on torch)."""
+    "fast" (Predictor.predict_runs) or "auto" (run_prediction's choice: fast on torch);
+    `quality`: the predictor's ("best": flip TTA and the outline refiner)."""
     listing = out.with_suffix(".photos.json")  # 2,000 paths do not fit on a command line
     listing.write_text(json.dumps(photos))
     result = subprocess.run([sys.executable, "-c", RUN, str(listing), backend, json.dumps(size),
                              str(out), OPTIONS.device, OPTIONS.model, str(OPTIONS.batch),
-                             str(OPTIONS.workers), path], capture_output=True, text=True, check=False)
+                             str(OPTIONS.workers), path, quality], capture_output=True, text=True,
+                            check=False)
     if result.returncode:
         raise SystemExit(f"prediction failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -226,6 +234,9 @@ def main() -> None:
     parser.add_argument("--throughput-count", type=int, default=0,
                         help="also time this many photos (the real ones repeated) end to end at the "
                              "model's default size and project the 100,064-image test set; 2000 on a GPU")
+    parser.add_argument("--quality", action="store_true",
+                        help="only time --quality best against fast (the baseline) at the model's "
+                             "size on onnxruntime, and report the ratio")
     parser.add_argument("--profile", action="store_true",
                         help="only time each stage per photo (decode ... CSV) at the model's size")
     parser.add_argument("--fast", action="store_true",
@@ -239,6 +250,8 @@ def main() -> None:
     if args.profile:
         return profile(photos, OUTPUT / "profile.csv")
     real = {p.name: str(p) for p in photos}
+    if args.quality:
+        return qualities(real)
     default_size = "x".join(map(str, load_model_config(args.model or None)["input_size"]))
     backends = ["torch"] if args.device != "cpu" else ["torch", "onnx"]
     for size_text in args.sizes:
@@ -264,6 +277,18 @@ def main() -> None:
            short_peak_rss_mb=round(short["peak_rss_mb"]), long_peak_rss_mb=round(long["peak_rss_mb"]),
            growth_percent=round(100 * growth, 1), long_images_per_s=round(long["images"] / long["seconds"], 2),
            target_met=growth <= 0.10)
+
+
+def qualities(real: dict[str, str]) -> None:
+    """--quality best (flip TTA and the outline refiner) against fast, on the real test photos."""
+    run(dict(list(real.items())[:4]), "onnx", None, OUTPUT / "warm.csv")
+    speed = {}
+    for quality in ("fast", "best"):
+        figures = run(real, "onnx", None, OUTPUT / f"predict-{quality}.csv", quality=quality)
+        speed[quality] = figures["images"] / figures["seconds"]
+        report("predict_quality", quality=quality, images=figures["images"],
+               images_per_s=round(speed[quality], 2), peak_rss_mb=round(figures["peak_rss_mb"]),
+               ratio_to_fast=round(speed[quality] / speed["fast"], 2))
 
 
 if __name__ == "__main__":
