@@ -111,7 +111,7 @@ validation_figures() {  # every full-resolution validation Dice logged so far, a
 
 last_step() {  # the last training step logged, and when
   local newest
-  newest=$(ls -t "$OUT"/logs/version_*/metrics.csv 2>/dev/null | head -1)
+  newest=$(ls -t "$OUT"/logs/version_*/metrics.csv 2>/dev/null | head -1 || true)  # none yet: none
   [[ -n $newest ]] || return 0
   awk -F, -v when="$(date -r "$newest" +%H:%M)" 'FNR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
     { step = $col["step"] } END { if (step != "") printf "  last step logged: %s (%s)\n", step, when }' "$newest"
