@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The pending GPU work (H100/H200), in order of value:
-#   1. fine-tune the shipped unet-mnv2 at 640x960 on all 150 training cars (the folder grew from
-#      100 to 160 cars) with the cosine schedule run to its end, holding out the shipped model's
-#      own 10 validation cars (--val-cars shipped; fold 0 of the grown folder would hold out cars
-#      it trained on);
+#   1. fine-tune the shipped unet-mnv2 at 640x960 on all 150 training cars with the cosine
+#      schedule run to its end, holding out the shipped model's own 10 validation cars
+#      (--val-cars shipped). The CPU campaign did this once and shipped it (0.996061, 2026-12-06);
+#      from that model, a GPU run is a second pass (more epochs: EPOCHS; or a larger SIZE);
 #   2. continue the general model (issue 12: cars on any background) for many more epochs than
 #      a CPU can give (trained at 544x736, run at 448x608 with a second look at 544x736, as the
 #      shipped one; GENERAL_SIZE and GENERAL_SECOND_LOOK try larger), when the outdoor photos
