@@ -28,7 +28,8 @@ from carmask.training.models import model_info
 from carmask.training.models.io import load_model, model_config, save_model
 from carmask.inference.predictor import second_look_config
 from carmask.training.train import SegmentationTask, _log_lightning_once, _resume_checkpoint, _score, \
-    _write_metrics, best_task, checkpoints, cpu_has_bf16, held_out_cars, loader_options, use_channels_last
+    _write_metrics, best_task, checkpoints, held_out_cars, loader_options, use_channels_last, \
+    warn_if_bf16_is_emulated
 
 log = logging.getLogger(__name__)
 GENERAL_SIZE = (352, 480)  # the outdoor photos are 480x360; multiples of 32 for the U-Net
@@ -115,9 +116,7 @@ def train_anywhere(config: AnywhereConfig, progress_bar: bool = True) -> dict:
     precision = config.precision or ("bf16-mixed" if gpu else "32-true")
     if gpu or precision == "bf16-mixed":
         task = use_channels_last(task)
-    if precision == "bf16-mixed" and not gpu and not cpu_has_bf16():
-        log.warning("precision bf16-mixed: this CPU has no bf16 instructions (no AMX or "
-                    "AVX512-BF16), so it will be emulated and slow; use 32")
+    warn_if_bf16_is_emulated(precision, gpu)
     trainer = L.Trainer(
         accelerator="auto", devices=1, precision=precision,
         max_epochs=config.epochs, max_time=config.max_time, callbacks=[best, *crash_safe],

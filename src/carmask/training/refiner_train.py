@@ -35,7 +35,7 @@ from carmask.training.models.io import model_config, save_model
 from carmask.training.models.outputs import upsample
 from carmask.training.refiner import MEAN, STD, RefinerGeometry, crop_mirrored, outline_band, refiner_input
 from carmask.training.train import (_log_lightning_once, _resume_checkpoint, _write_metrics, adamw_with_cosine,
-                                    cpu_has_bf16, latest_by_time)
+                                    latest_by_time, warn_if_bf16_is_emulated)
 
 log = logging.getLogger(__name__)
 
@@ -211,9 +211,7 @@ def train_refiner(config: RefinerTrainConfig, progress_bar: bool = True, track=N
                                  save_top_k=1, enable_version_counter=False)
     gpu = torch.cuda.is_available()
     precision = config.precision or ("bf16-mixed" if gpu else "32-true")
-    if precision == "bf16-mixed" and not gpu and not cpu_has_bf16():
-        log.warning("precision bf16-mixed: this CPU has no bf16 instructions (no AMX or "
-                    "AVX512-BF16), so it will be emulated and slow; use 32")
+    warn_if_bf16_is_emulated(precision, gpu)
     trainer = L.Trainer(accelerator="auto", devices=1, precision=precision,
                         max_epochs=config.epochs, max_time=config.max_time,
                         callbacks=[best, crash_safe, latest_by_time(out)], logger=CSVLogger(out, name="logs"),

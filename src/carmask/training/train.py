@@ -216,9 +216,7 @@ def train(config: TrainConfig, progress_bar: bool = True) -> dict:
                                      if gpu else "32-true")
     if gpu or precision == "bf16-mixed":
         task = use_channels_last(task)
-    if precision == "bf16-mixed" and not gpu and not cpu_has_bf16():
-        log.warning("--precision bf16-mixed: this CPU has no bf16 instructions (no AMX or "
-                    "AVX512-BF16), so it will be emulated and slow; use 32")
+    warn_if_bf16_is_emulated(precision, gpu)
     best, *crash_safe = checkpoints(out, steps_between_saves=max(1, min(50, len(train_loader) // 4)))
     callbacks = [best, *crash_safe, EarlyStopping("val_dice_full", mode="max", patience=config.patience)]
     multi = config.num_nodes > 1 or (isinstance(config.devices, int) and config.devices > 1)
@@ -267,6 +265,13 @@ def use_channels_last(task: SegmentationTask) -> SegmentationTask:
     AMX (docs/benchmarks.md)."""
     task.channels_last = True
     return task.to(memory_format=torch.channels_last)
+
+
+def warn_if_bf16_is_emulated(precision: str, gpu: bool) -> None:
+    """bf16 on a CPU without bf16 units is emulated, several times slower than fp32: say so."""
+    if precision == "bf16-mixed" and not gpu and not cpu_has_bf16():
+        log.warning("--precision bf16-mixed: this CPU has no bf16 instructions (no AMX or "
+                    "AVX512-BF16), so it will be emulated and slow; use 32")
 
 
 def cpu_has_bf16() -> bool:
