@@ -82,13 +82,17 @@ ModelOption = Annotated[
 ]
 
 
+def one_of(value: str, allowed: tuple[str, ...]) -> str:
+    """A typer callback's check of a choice: `value`, or BadParameter listing the choices."""
+    if value not in allowed:
+        raise typer.BadParameter(f"{value!r} is not one of: {', '.join(allowed)}")
+    return value
+
 
 def _quality(value: str) -> str:
     from carmask.inference.refine import QUALITIES
 
-    if value not in QUALITIES:
-        raise typer.BadParameter(f"{value!r} is not one of: {', '.join(QUALITIES)}")
-    return value
+    return one_of(value, QUALITIES)
 
 
 QualityOption = Annotated[

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import typer
 
+from carmask.cli.common import one_of
+
 # Lightning's own format for `max_time` (lightning.pytorch.callbacks.Timer): DD:HH:MM:SS
 DURATION = re.compile(r"(\d+):(\d\d):(\d\d):(\d\d)")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")  # what train.py knows how to set up
@@ -45,17 +47,11 @@ def devices(value: str) -> str:
 
 
 def accelerator(value: str) -> str:
-    return _one_of(value, ACCELERATORS)
+    return one_of(value, ACCELERATORS)
 
 
 def precision(value: str | None) -> str | None:
-    return None if value is None else _one_of(value, PRECISIONS)
-
-
-def _one_of(value: str, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise typer.BadParameter(f"{value!r} is not one of: {', '.join(allowed)}")
-    return value
+    return None if value is None else one_of(value, PRECISIONS)
 
 
 def fraction_of_epoch(value: float) -> float:
