@@ -40,7 +40,7 @@ def car_loss_figures(prediction: np.ndarray, truth: np.ndarray) -> dict[str, int
     """One photo's figures (the COLUMNS) from its predicted and true car masks (bool, same size)."""
     missed = truth & ~prediction
     enclosed = (missed & filled(prediction)).astype(np.uint8)
-    count, _, stats, _ = cv2.connectedComponentsWithStats(enclosed, connectivity=8)
+    _, _, stats, _ = cv2.connectedComponentsWithStats(enclosed, connectivity=8)
     sizes = stats[1:, cv2.CC_STAT_AREA]
     car_pixels = int(truth.sum())
     holes = sizes[(sizes >= MIN_HOLE_PIXELS) & (sizes >= HOLE_SHARE * car_pixels)]

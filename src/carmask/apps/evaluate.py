@@ -94,11 +94,11 @@ class Evaluation:
                                           "iou": round(row[("iou", "mean")], 6),
                                           "images": int(row[("dice", "count")])}
                               for make, row in by_make.iterrows()}}
-        losses = self.car_losses()
+        losses, people = self.car_losses(), self.people
         if losses is not None:
             scores["car_losses"] = losses
-        if self.people is not None:
-            scores["people"] = self.people
+        if people is not None:
+            scores["people"] = people
         if self.quality is not None:
             scores["quality"] = self.quality
         return scores
@@ -321,7 +321,6 @@ def write_evaluation_report(evaluation: Evaluation, worst: list[tuple], predicto
     return html.write_html(out / "index.html", html.page(
         f"carmask evaluation: Dice {evaluation.dice:.5f}", body,
         subtitle=f"{len(frame)} images · {predictor.name}"))
-
 
 
 def _car_losses_html(evaluation: Evaluation) -> str:
