@@ -4,13 +4,14 @@
 #
 #   benchmarks/campaign.sh start    start the current run, or resume it from its last checkpoint;
 #                                   once a run has finished, the next run of the queue
-#   benchmarks/campaign.sh status   is it running, how far, its validation Dice so far
+#   benchmarks/campaign.sh status   is it running, how far, its validation figures so far
 #   benchmarks/campaign.sh stop     stop it (it resumes from its last checkpoint next time)
 #   benchmarks/campaign.sh queue    the runs in order, each with its state and command
 #
 # The runs form a queue, run one at a time in order: the current run is the first one without
-# its model.safetensors (a refiner run: refiner.safetensors), which a run writes when it finishes. `start` never starts a run while
-# another one's trainer is alive, so a finished run's trainer exits before the next one starts.
+# its model.safetensors (a refiner run: refiner.safetensors), which a run writes when it
+# finishes. `start` never starts a run while another one's trainer is alive, so a finished
+# run's trainer exits before the next one starts.
 # A run that finishes starts the next itself (a watcher waits for its trainer to end); a run
 # that was stopped or died waits for the next `start`.
 #
@@ -43,7 +44,8 @@
 # command); CAMPAIGN_RUN and/or CAMPAIGN_ARGS make the queue a single studio run (`carmask
 # train`) of that name and those training options; CAMPAIGN_INIT, the model the studio run
 # starts from; CAMPAIGN_QUEUE replaces the whole queue: one run a line, NAME|COMMAND|INIT|OPTIONS
-# (COMMAND: train or train-general; --data, --out, --init and --resume are added).
+# (COMMAND: train, train-general or train-refiner; --data, --out, --resume and INIT as --init,
+# or for a refiner as --coarse, are added).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
