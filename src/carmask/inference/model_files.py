@@ -33,6 +33,10 @@ SHIPPED = {  # role → the file every command uses for it
 }
 ALIASES = {"": "studio", "default": "studio", "shipped": "studio", "studio": "studio",
            "general": "general"}
+# How an encoder pretrained on ImageNet wants its photos normalised (0-1 scale): what training
+# uses by default, and what the refiner uses; a segmenter's file records its own.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 CACHE = Path(os.environ.get("CARMASK_CACHE", Path.home() / ".cache" / "carmask"))
 TRAIN_EXTRA = "pip install 'carmask[train]'"
 
@@ -57,10 +61,13 @@ class ShippedModel:
 
 
 def shipped_models() -> list[ShippedModel]:
-    """The shipped models, studio first, with their summaries and model cards."""
+    """The shipped models, studio first, then the refiners `--quality best` adds, with their
+    summaries and model cards (weights/models.json)."""
     summaries = json.loads((WEIGHTS / "models.json").read_text(encoding="utf-8"))
+    files = list(SHIPPED.items()) + [(summary["role"], WEIGHTS / f"{stem}.onnx")
+                                     for stem, summary in summaries.items() if summary.get("role") == "refiner"]
     found = []
-    for role, path in SHIPPED.items():
+    for role, path in files:
         summary = summaries.get(path.stem, {})
         found.append(ShippedModel(role, path, summary.get("input", "?"), summary.get("held_out", "?"),
                                   summary.get("licence", "see the model card"),

@@ -31,14 +31,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from carmask.inference.model_files import ModelFileError, read_config
+from carmask.inference.model_files import IMAGENET_MEAN, IMAGENET_STD, ModelFileError, read_config
 
 log = logging.getLogger(__name__)
 
 LOGIT_CLIP = 8.0  # the coarse logit enters the refiner as clip(logit, ±8) / 8
 # the photo's channels are normalised as ImageNet's (the refiner's encoder was pretrained on it)
-MEAN = np.array((0.485, 0.456, 0.406), np.float32)
-STD = np.array((0.229, 0.224, 0.225), np.float32)
+MEAN = np.array(IMAGENET_MEAN, np.float32)
+STD = np.array(IMAGENET_STD, np.float32)
 REFINER_ROLE = "refiner"
 QUALITIES = ("fast", "best")
 

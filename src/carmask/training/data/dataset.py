@@ -18,11 +18,9 @@ from torchvision import tv_tensors
 from carmask.data.io import read_image, read_mask
 from carmask.data.io import reduction as decode_reduction  # one rule for every reader
 from carmask.data.layout import Record
+from carmask.inference.model_files import IMAGENET_MEAN, IMAGENET_STD
 from carmask.inference.outputs import fit_photo  # one preparation for training and prediction
 from carmask.training.data.transforms import normalize
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def load_photo(path: Path, size: tuple[int, int] | None, source_size: tuple[int, int] | None = None,
