@@ -46,6 +46,40 @@ class EvaluationError(ValueError):
     """Nothing could be scored: the message names the photos and masks, and why."""
 
 
+def photos_to_score(data: Path, cars: str | None, config: Mapping) -> tuple[list[Record], dict[str, Path]]:
+    """The photos of `data` with true masks to score, and the people masks by photo name (an
+    outdoor folder's street frames have them). `cars`: None for all of them; "val" for those the
+    model `config` was not trained on (an outdoor folder's held-out split, or the validation cars
+    its training record lists); or car ids, comma-separated. EvaluationError when none is left."""
+    from carmask.data.layout import index_dataset
+    from carmask.data.split import SplitError, recorded_validation
+    from carmask.data.wild import as_records, is_wild_folder, read_wild, split_wild
+
+    people = {}
+    if is_wild_folder(data):
+        try:
+            training, held_out = split_wild(read_wild(data))
+        except DataError as error:
+            raise EvaluationError(str(error)) from None
+        photos = held_out if cars == "val" else training + held_out
+        records = as_records(photos)
+        people = {p.name: p.people_path for p in photos if p.people_path}
+    else:
+        records = [r for r in index_dataset(data, check_pixels=False).train if r.mask_path]
+        if cars == "val":
+            try:
+                records = recorded_validation(records, config.get("training") or {})
+            except SplitError as error:
+                raise EvaluationError(f"--cars val: {error}") from None
+    if cars and cars != "val":
+        wanted = set(cars.split(","))
+        records = [r for r in records if r.car_id in wanted]
+    if not records:
+        raise EvaluationError(f"{data}: no training photos with masks to evaluate"
+                              + (f" for cars {cars}" if cars else ""))
+    return records, people
+
+
 @dataclass
 class Evaluation:
     # image_id, car_id, view, make, dice, iou, wrong_pixels; car_pixels, hole_pixels, holes,

@@ -242,10 +242,7 @@ def evaluate(
     Exit code 0: every photo scored; 3: scored, but some photos could not be (unreadable, a
     mask that is not binary or not the photo's size; each named on stderr); 1: nothing to score.
     """
-    from carmask.data.io import DataError
-    from carmask.data.layout import index_dataset
-    from carmask.data.wild import as_records, is_wild_folder, read_wild, split_wild
-    from carmask.apps.evaluate import EvaluationError, evaluate as run_evaluation
+    from carmask.apps.evaluate import EvaluationError, evaluate as run_evaluation, photos_to_score
     from carmask.inference.model_files import ModelFileError
     from carmask.inference.refine import describe_quality, quality_record
     from carmask.inference.route import create_predictor
@@ -270,26 +267,10 @@ def evaluate(
         )
     except (ModelFileError, ValueError) as error:
         raise fail(str(error)) from None
-    people = {}  # image id -> people mask: the outdoor folder's street frames have one
-    if is_wild_folder(data):  # outdoor photos: `--cars val` is their held-out split
-        try:
-            training, held_out = split_wild(read_wild(data))
-        except DataError as error:
-            raise fail(str(error)) from None
-        photos = held_out if cars == "val" else training + held_out
-        records = as_records(photos)
-        people = {p.name: p.people_path for p in photos if p.people_path}
-    else:
-        records = [r for r in index_dataset(data, check_pixels=False).train if r.mask_path]
-        if cars == "val":
-            records = validation_records(records, predictor.config)
-    if cars and cars != "val":
-        wanted = set(cars.split(","))
-        records = [r for r in records if r.car_id in wanted]
-    if not records:
-        raise fail(
-            f"{data}: no training photos with masks to evaluate" + (f" for cars {cars}" if cars else "")
-        )
+    try:
+        records, people = photos_to_score(data, cars, predictor.config)
+    except EvaluationError as error:
+        raise fail(str(error)) from None
     try:
         evaluation = run_evaluation(predictor, records, out, track=progress, people=people)
     except EvaluationError as error:
@@ -312,12 +293,3 @@ def evaluate(
              f"them out; first: {evaluation.unscored[0][1]})", label="incomplete:")
         raise typer.Exit(INCOMPLETE)
 
-
-def validation_records(records, config: dict):
-    """The cars a model file was validated on (its training summary lists them)."""
-    from carmask.data.split import SplitError, recorded_validation
-
-    try:
-        return recorded_validation(records, config.get("training") or {})
-    except SplitError as error:
-        raise fail(f"--cars val: {error}") from None
