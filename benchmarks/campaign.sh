@@ -30,12 +30,7 @@
 #    model, on its 150 training cars, scored on crops of the same 10 held-out cars: 1,600 steps
 #    of 16 full-resolution crops in bf16 (22 CPU minutes made the last one, r2; this is ~4x), for
 #    `--quality best`. Its coarse logits are cached as photos are first used.
-# 3. studio-soft-r1: the studio model (1) fine-tuned for one more epoch on soft masks (the share
-#    of car under each pixel at 640x960, `carmask train --soft-masks`), lr 1e-4: a 0/1 mask at
-#    640x960 caps the full-resolution Dice at 0.9987, a soft one at 0.9998, so the model may learn
-#    to place the outline between its pixels. Put before (4) on 2026-12-06 (4 was stopped at its
-#    step ~70 and resumes after): the studio target is the nearer one.
-# 4. general-people-shadows-r1: the shipped general model fine-tuned with people cut from the
+# 3. general-people-shadows-r1: the shipped general model fine-tuned with people cut from the
 #    training street frames as negatives (--people-share 0.3) and hard shadows, contact shadows
 #    and highlights over the cars (--shadow-share 0.3; issue 24), with the recipe of r20-r23
 #    (docs/training-history.md: 544x736, run at 448x608, 60% real outdoor photos, lr 7.5e-5),
@@ -65,9 +60,6 @@ STUDIO_ARGS="--model unet-mnv2 --size 640x960 --batch 2 --epochs 3 --lr 3e-4 --n
   --half --cache $CAMPAIGN_DIR/cache"
 REFINER_ARGS="--epochs 1 --steps-per-epoch 1600 --crops 16 --lr 1e-3 --val-photos 48
   --val-every 0.125 --workers 0 --precision $PRECISION"
-SOFT_ARGS="--model unet-mnv2 --size 640x960 --batch 2 --epochs 1 --lr 1e-4 --no-pretrained
-  --val-cars shipped --val-every 0.25 --patience 1000 --workers 1 --precision $PRECISION
-  --half --cache $CAMPAIGN_DIR/cache --soft-masks"
 GENERAL_ARGS="--size 544x736 --predict-size 448x608 --outdoor-share 0.6 --people-share 0.3
   --shadow-share 0.3 --epochs 12 --samples 480 --batch 8 --lr 7.5e-5 --seed 24 --workers 1 --precision $PRECISION"
 if [[ -n ${CAMPAIGN_RUN:-} || -n ${CAMPAIGN_ARGS:-} ]]; then
@@ -75,7 +67,6 @@ if [[ -n ${CAMPAIGN_RUN:-} || -n ${CAMPAIGN_ARGS:-} ]]; then
 else
   QUEUE=${CAMPAIGN_QUEUE:-"studio-all150-640|train|$INIT|$STUDIO_ARGS
 refiner-r3|train-refiner|$CAMPAIGN_DIR/studio-all150-640|$REFINER_ARGS
-studio-soft-r1|train|$CAMPAIGN_DIR/studio-all150-640|$SOFT_ARGS
 general-people-shadows-r1|train-general|general|$GENERAL_ARGS"}
 fi
 

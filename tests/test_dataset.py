@@ -72,38 +72,6 @@ def test_augmentation_moves_photo_and_mask_together(records):
         assert 0.5 < mask_a.mean() / mask.mean() < 2.0
 
 
-def test_soft_masks_hold_the_share_of_car_and_place_the_outline_better(records):
-    from carmask.inference.outputs import upsample
-
-    record = records[4]
-    _, soft = SegmentationDataset(records[4:5], (640, 959), soft_masks=True)[0]
-    truth = read_mask(record.mask_path)
-    share = truth.reshape(640, 2, 959, 2).mean(axis=(1, 3))
-    assert np.abs(soft[0].numpy() - share).max() <= 1 / 255 + 1e-6
-    assert ((soft > 0) & (soft < 1)).sum() > 1000  # the outline's pixels are in between
-
-    def full_resolution_dice(mask):
-        up = upsample(mask.numpy()[None].astype(np.float32), truth.shape)[0, 0] > 0.5
-        return 2 * (up & truth).sum() / (up.sum() + truth.sum())
-
-    _, hard = SegmentationDataset(records[4:5], (640, 959))[0]
-    assert full_resolution_dice(soft) > full_resolution_dice(hard) + 0.0005
-
-
-def test_soft_masks_are_moved_exactly_as_the_photo(records):
-    from torchvision import tv_tensors
-
-    _, soft = SegmentationDataset(records[:1], (160, 240), soft_masks=True)[0]
-    mask = (soft * 255).round().to(torch.uint8)
-    moved_as_one = train_transforms(AugmentConfig(scale=(1.05, 1.2), shift=0.0, color_jitter=0.0),
-                                    soft_masks=True)
-    torch.manual_seed(2)
-    for _ in range(3):  # a photo that is the mask itself: both must land on the same pixels
-        photo, moved = moved_as_one(tv_tensors.Image(mask.repeat(3, 1, 1)), tv_tensors.Mask(mask))
-        assert torch.equal(photo[0], moved[0]) and not torch.equal(moved, mask)
-        assert ((moved > 0) & (moved < 255)).any()
-
-
 def test_colour_jitter_changes_the_photo_but_not_the_mask(records):
     torch.manual_seed(1)
     jitter = SegmentationDataset(records[:1], (160, 240), transform=v2.ColorJitter(brightness=0.5))

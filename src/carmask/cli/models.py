@@ -109,11 +109,6 @@ def train(
                                      help="Decode and resize the photos once into this folder "
                                           "(uint8 at the training size), for long CPU runs.")
     ] = None,
-    soft_masks: Annotated[
-        bool, typer.Option(help="Train on the share of car under each pixel at the training size "
-                                "instead of a 0/1 mask: the outline placed between pixels, "
-                                "for a sharper full-resolution mask.")
-    ] = False,
 ) -> None:
     """Train a model with Lightning and export the best weights to OUT/model.safetensors."""
     require_torch("train")
@@ -158,7 +153,6 @@ def train(
         export_half=half,
         resume=resume,
         cache=cache,
-        soft_masks=soft_masks,
     )
     try:
         summary = run_training(config)

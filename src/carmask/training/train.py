@@ -71,7 +71,6 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     export_half: bool = False
     cache: Path | None = None  # decode and resize the photos once, into this folder
-    soft_masks: bool = False  # masks as the share of car under each pixel (SegmentationDataset)
 
 
 class SegmentationTask(L.LightningModule):
@@ -197,8 +196,8 @@ def train(config: TrainConfig, progress_bar: bool = True) -> dict:
                                                   stratify_by_make=True)
     source = index.image_sizes.most_common(1)[0][0][::-1] if index.image_sizes else CARVANA_SHAPE
     common = dict(size=size, mean=info.mean, std=info.std, channels=info.channels,
-                  source_size=source, soft_masks=config.soft_masks)
-    train_set = SegmentationDataset(train_records, transform=train_transforms(config.augment, config.soft_masks),
+                  source_size=source)
+    train_set = SegmentationDataset(train_records, transform=train_transforms(config.augment),
                                     cache=config.cache, **common)
     val_set = _ValidationSet(val_records, cache=config.cache, **common)
     loader = loader_options(config.workers)
@@ -247,7 +246,7 @@ def train(config: TrainConfig, progress_bar: bool = True) -> dict:
         "val_cars": len({r.car_id for r in val_records}),
         "val_car_ids": sorted({r.car_id for r in val_records}), "seconds": round(time.time() - started),
         "precision": precision, "devices": trainer.world_size, "seed": config.seed,
-        "init": config.init, "soft_masks": config.soft_masks,
+        "init": config.init,
         "rank_checksums": [float(c) for c in checksums.flatten().tolist()],
     }
     config_out = model_config(config.model, size, training=summary)

@@ -31,32 +31,23 @@ def load_photo(path: Path, size: tuple[int, int] | None, source_size: tuple[int,
     return fit_photo(image, size, channels)
 
 
-def fit_mask(mask: np.ndarray, size: tuple[int, int] | None, soft: bool = False) -> np.ndarray:
-    """Resize a bool mask to `size` (h, w): area-average, then threshold at one half; or, `soft`,
-    keep the share of car under each pixel as uint8 (0-255)."""
-    if soft:
-        full = mask.astype(np.uint8) * 255
-        if not size or mask.shape == tuple(size):
-            return full
-        return cv2.resize(full, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+def fit_mask(mask: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """Resize a bool mask to `size` (h, w): area-average, then threshold at one half."""
     if not size or mask.shape == tuple(size):
         return mask
     scaled = cv2.resize(mask.astype(np.uint8) * 255, (size[1], size[0]), interpolation=cv2.INTER_AREA)
     return scaled >= 128
 
 
-def load_mask(path: Path, size: tuple[int, int] | None, soft: bool = False) -> np.ndarray:
+def load_mask(path: Path, size: tuple[int, int] | None) -> np.ndarray:
     """Decode a mask and resize it to `size` (h, w) with `fit_mask`."""
-    return fit_mask(read_mask(path), size, soft)
+    return fit_mask(read_mask(path), size)
 
 
 class SegmentationDataset(Dataset):
     """(photo, mask) pairs resized to `size` (h, w), augmented jointly, photo normalised.
 
-    Returns `(image float32 (C, h, w), mask float32 (1, h, w))`. The mask is 0 or 1, or with
-    `soft_masks` the share of car under each pixel at the training size: the edge pixels then
-    say where between them the outline runs, which a full-resolution Dice rewards once the
-    output is upsampled (a 0/1 mask at 640x960 caps it at 0.9987 on Carvana, a soft one at 0.9998).
+    Returns `(image float32 (C, h, w), mask float32 (1, h, w))`.
     """
 
     def __init__(
@@ -69,7 +60,6 @@ class SegmentationDataset(Dataset):
         channels: int = 3,
         source_size: tuple[int, int] = (1280, 1918),
         cache: Path | None = None,
-        soft_masks: bool = False,
     ) -> None:
         missing = [r.image_id for r in records if r.mask_path is None]
         if missing:
@@ -79,11 +69,9 @@ class SegmentationDataset(Dataset):
         self.transform = transform
         self.mean, self.std, self.channels = mean, std, channels
         self.source_size = source_size
-        self.soft_masks = soft_masks
         # decoded and resized once, as uint8 .npy at the training size, so long runs on a
         # CPU spend their cores on the model rather than on JPEG and GIF decoding
-        soft = "-soft" if soft_masks else ""
-        self.cache = Path(cache) / f"{self.size[0]}x{self.size[1]}-c{channels}{soft}" if cache else None
+        self.cache = Path(cache) / f"{self.size[0]}x{self.size[1]}-c{channels}" if cache else None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -97,7 +85,7 @@ class SegmentationDataset(Dataset):
             except (OSError, ValueError, KeyError):
                 pass  # a file cut short by a kill: decode again and rewrite it
         photo = load_photo(record.image_path, self.size, self.source_size, self.channels)
-        mask = load_mask(record.mask_path, self.size, self.soft_masks)
+        mask = load_mask(record.mask_path, self.size)
         if cached is not None:
             from carmask.util.atomic import atomic_path
 
@@ -112,9 +100,8 @@ class SegmentationDataset(Dataset):
         target = tv_tensors.Mask(torch.from_numpy(mask.astype(np.uint8))[None])
         if self.transform is not None:
             image, target = self.transform(image, target)
-        target = target.as_subclass(torch.Tensor).float()
         return normalize(image.as_subclass(torch.Tensor), self.mean, self.std), \
-            target / 255.0 if self.soft_masks else target
+            target.as_subclass(torch.Tensor).float()
 
 
 class PhotoDataset(Dataset):
