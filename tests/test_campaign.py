@@ -123,7 +123,7 @@ def test_a_run_that_finishes_starts_the_next_by_itself(tmp_path):
     wait_for(lambda: "third: not running" in campaign("status", env), 30, "the trainer to stop")
 
 
-def test_the_default_queue_refines_the_studio_run_then_fine_tunes_the_general_model_with_people(
+def test_the_default_queue_refines_the_studio_run_fine_tunes_the_general_model_then_a_larger_look(
         synth_data, wild, tmp_path, monkeypatch):
     import shlex
 
@@ -135,9 +135,10 @@ def test_the_default_queue_refines_the_studio_run_then_fine_tunes_the_general_mo
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGN_")}
     lines = campaign("queue", dict(env, CAMPAIGN_DIR=str(tmp_path))).splitlines()
-    assert [line.split(":")[0] for line in lines] == ["studio-all150-640", "refiner-r3", "general-people-shadows-r1"]
+    assert [line.split(":")[0] for line in lines] == ["studio-all150-640", "refiner-r3", "general-people-shadows-r1",
+                                                      "studio-1024-r1"]
     assert lines[0].startswith("studio-all150-640: waiting: carmask train --init shipped --model unet-mnv2")
-    refiner, people = (shlex.split(line.split(": ", 2)[2]) for line in lines[1:])
+    refiner, people, larger = (shlex.split(line.split(": ", 2)[2]) for line in lines[1:])
     # the refiner refines the studio run's own model
     assert refiner[1:4] == ["train-refiner", "--coarse", f"{tmp_path}/studio-all150-640"]
     assert people[1:4] == ["train-general", "--init", "general"]
@@ -156,6 +157,15 @@ def test_the_default_queue_refines_the_studio_run_then_fine_tunes_the_general_mo
                                       "--data", str(synth_data), "--out", str(tmp_path / "refiner")])
     assert result.exit_code == 0, result.output
     assert configs[1].steps_per_epoch >= 1000 and configs[1].precision
+    # the larger look fine-tunes the studio run's own model
+    assert larger[1:4] == ["train", "--init", f"{tmp_path}/studio-all150-640"]
+    import carmask.training.train as training
+
+    monkeypatch.setattr(training, "train", lambda config: configs.append(config) or {})
+    result = CliRunner().invoke(app, ["train", "--init", "shipped", *larger[4:], "--data", str(synth_data),
+                                      "--out", str(tmp_path / "larger")])
+    assert result.exit_code == 0, result.output
+    assert configs[2].size == (1024, 1536) and configs[2].val_cars == "shipped" and configs[2].precision
 
 
 def test_bf16_autocast_keeps_the_masks_of_fp32_on_real_photos(held_out):
