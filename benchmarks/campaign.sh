@@ -37,7 +37,8 @@
 #    but 12 epochs of 480 samples instead of 3-4: 5,760 samples. A step of 8 at 544x736 in bf16
 #    took 18 s measured beside a busy session (about 3.5 s idle, scaled from docs/benchmarks.md's
 #    640x960 step): about 1.5 hours idle, about 5 at the rate the studio run has kept here (0.22
-#    photos/s at 640x960, 0.3 at 544x736).
+#    photos/s at 640x960, 0.3 at 544x736). Finished 2026-12-06; not shipped (the street frames
+#    lost 0.021: docs/training-history.md).
 # 4. studio-1024-r1: the studio model (1) fine-tuned at 1024x1536, a larger look for
 #    `--quality best` (the default stays at 640x960 for its speed): a 0/1 mask at 640x960 caps
 #    the full-resolution Dice at 0.9987, at 1024x1536 at 0.9994, and the model sees 2.56x the
