@@ -16,7 +16,9 @@ import numpy as np
 import pandas as pd
 
 from carmask.data.io import DataError, read_mask, read_photo
-from carmask.data.layout import Record
+from carmask.data.layout import Record, index_dataset
+from carmask.data.split import SplitError, recorded_validation
+from carmask.data.wild import as_records, is_wild_folder, read_wild, split_wild
 from carmask.apps.outline import OutlineErrors, paint_errors, worst_window
 from carmask.apps.car_losses import RULE as LOSS_RULE, car_loss_figures, car_loss_summary
 from carmask.apps.people_count import RULE, as_counts, people_figures, people_section_html, people_summary
@@ -51,10 +53,6 @@ def photos_to_score(data: Path, cars: str | None, config: Mapping) -> tuple[list
     outdoor folder's street frames have them). `cars`: None for all of them; "val" for those the
     model `config` was not trained on (an outdoor folder's held-out split, or the validation cars
     its training record lists); or car ids, comma-separated. EvaluationError when none is left."""
-    from carmask.data.layout import index_dataset
-    from carmask.data.split import SplitError, recorded_validation
-    from carmask.data.wild import as_records, is_wild_folder, read_wild, split_wild
-
     people = {}
     if is_wild_folder(data):
         try:

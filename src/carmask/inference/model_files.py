@@ -64,8 +64,11 @@ def shipped_models() -> list[ShippedModel]:
     """The shipped models, studio first, then the refiners `--quality best` adds, with their
     summaries and model cards (weights/models.json)."""
     summaries = json.loads((WEIGHTS / "models.json").read_text(encoding="utf-8"))
-    files = list(SHIPPED.items()) + [(summary["role"], WEIGHTS / f"{stem}.onnx")
-                                     for stem, summary in summaries.items() if summary.get("role") == "refiner"]
+    # a refiner is found as --quality best finds it: through its model's entry ("refiner")
+    refiners = [WEIGHTS / summaries[path.stem]["refiner"] for path in SHIPPED.values()
+                if summaries.get(path.stem, {}).get("refiner")]
+    files = list(SHIPPED.items()) + [(summaries.get(path.stem, {}).get("role", "refiner"), path)
+                                     for path in refiners]
     found = []
     for role, path in files:
         summary = summaries.get(path.stem, {})
