@@ -23,12 +23,13 @@ from torch.utils.data import DataLoader
 from carmask.training.data.anywhere import AnywhereDataset, MixConfig, WildValidationSet, registry_pictures
 from carmask.data.layout import index_dataset
 from carmask.data.wild import read_wild, split_wild
+from carmask.training.data.loaders import loader_options, training_loader
 from carmask.training.losses import collate_with_small_car_weights
 from carmask.training.models import model_info
 from carmask.training.models.io import load_model, model_config, save_model
 from carmask.inference.predictor import second_look_config
 from carmask.training.train import SegmentationTask, _log_lightning_once, _resume_checkpoint, _score, \
-    _write_metrics, best_task, checkpoints, held_out_cars, loader_options, use_channels_last, \
+    _write_metrics, best_task, checkpoints, held_out_cars, use_channels_last, \
     warn_if_bf16_is_emulated
 
 log = logging.getLogger(__name__)
@@ -104,8 +105,7 @@ def train_anywhere(config: AnywhereConfig, progress_bar: bool = True) -> dict:
     val_set = WildValidationSet(wild_val, config.size, info.mean, info.std)
     loader = loader_options(config.workers)
     weigh = partial(collate_with_small_car_weights, cap=config.small_car_boost) if config.small_car_boost > 1 else None
-    train_loader = DataLoader(train_set, batch_size=config.batch, shuffle=True, drop_last=True,
-                              collate_fn=weigh, **loader)
+    train_loader = training_loader(train_set, config.batch, collate_fn=weigh, **loader)
     val_loader = DataLoader(val_set, batch_size=config.batch, **loader)
 
     task = SegmentationTask(architecture, {"pretrained": False} if info.takes_pretrained else {},

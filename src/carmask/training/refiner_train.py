@@ -30,6 +30,7 @@ from carmask.inference.model_files import model_id
 from carmask.util.atomic import atomic_path
 from carmask.data.io import read_image, read_mask
 from carmask.data.layout import Record, index_dataset
+from carmask.training.data.loaders import training_loader
 from carmask.training.models import create_model
 from carmask.training.models.io import model_config, save_model
 from carmask.training.models.outputs import upsample
@@ -202,7 +203,7 @@ def train_refiner(config: RefinerTrainConfig, progress_bar: bool = True, track=N
     train_set = OutlineCrops(train_records, cache, g, config.crops, predictor=lazy)
     val_set = OutlineCrops(val_records, cache, g, config.crops, seed=config.seed, predictor=lazy)
     loader = dict(num_workers=config.workers, persistent_workers=config.workers > 0)
-    train_loader = DataLoader(train_set, batch_size=config.photos_per_batch, shuffle=True, drop_last=True, **loader)
+    train_loader = training_loader(train_set, config.photos_per_batch, **loader)
     val_loader = DataLoader(val_set, batch_size=config.photos_per_batch, **loader)
     task = RefinerTask(config.model, config.lr, config.weight_decay)
     best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_refined_wrong",

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,6 +23,7 @@ from segmentation_models_pytorch.losses import DiceLoss
 from torch.utils.data import DataLoader
 
 from carmask.training.data.dataset import SegmentationDataset
+from carmask.training.data.loaders import loader_options, training_loader
 from carmask.data.io import read_mask
 from carmask.data.layout import index_dataset
 from carmask.data.split import split_by_car
@@ -201,7 +201,7 @@ def train(config: TrainConfig, progress_bar: bool = True) -> dict:
                                     cache=config.cache, **common)
     val_set = _ValidationSet(val_records, cache=config.cache, **common)
     loader = loader_options(config.workers)
-    train_loader = DataLoader(train_set, batch_size=config.batch, shuffle=True, drop_last=len(train_set) > config.batch, **loader)
+    train_loader = training_loader(train_set, config.batch, drop_last=len(train_set) > config.batch, **loader)
     val_loader = DataLoader(val_set, batch_size=config.batch, **loader)
 
     # With --init the ImageNet encoder would be overwritten at once: do not load it.
@@ -281,15 +281,6 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return any(flag in flags for flag in (" amx_bf16", " avx512_bf16"))
-
-
-def loader_options(workers: int | None) -> dict:
-    """DataLoader keywords for `workers` loader processes (default: up to 4)."""
-    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
-    if workers > 0:
-        import cv2
-        cv2.setNumThreads(1)  # inherited by the loader processes: N of them x N threads would thrash
-    return dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 
 
 def checkpoints(out: Path, steps_between_saves: int) -> tuple[ModelCheckpoint, ...]:
