@@ -178,7 +178,13 @@ status() {
 }
 
 stop() {
-  if select_running; then kill "$(cat "$PIDFILE")"; echo "$RUN: stopped; 'start' resumes it"
+  if select_running; then
+    local pid waited=0
+    pid=$(cat "$PIDFILE")
+    kill "$pid"
+    # wait for it to exit (up to a minute), so that a 'start' right after resumes it
+    while kill -0 "$pid" 2>/dev/null && [ "$waited" -lt 60 ]; do sleep 1; waited=$((waited + 1)); done
+    echo "$RUN: stopped; 'start' resumes it"
   else select_current; echo "$RUN: not running"; fi
 }
 
