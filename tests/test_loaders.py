@@ -61,3 +61,12 @@ def test_training_checkpoints_hold_the_loaders_place(synth_run):
     checkpoint = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     states = checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"]
     assert len(states) == 1 and states[0]["_num_yielded"] > 0
+
+
+def test_without_torchdata_training_goes_on_and_says_what_resuming_loses(monkeypatch, caplog):
+    from carmask.training.data import loaders
+    monkeypatch.setattr(loaders, "StatefulDataLoader", None)
+    loader = training_loader(Numbers(), 4)
+    assert type(loader) is torch.utils.data.DataLoader and len(loader) == 5
+    assert sorted(int(x) for batch in loader for x in batch[:, 0]) == list(range(20))
+    assert "torchdata is not installed" in caplog.text

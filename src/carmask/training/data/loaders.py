@@ -9,12 +9,19 @@ checkpoint, so a resumed run sees the same photos in the same order as one never
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
-from torchdata.stateful_dataloader import StatefulDataLoader
+from torch.utils.data import DataLoader, Dataset
+
+try:
+    from torchdata.stateful_dataloader import StatefulDataLoader
+except ImportError:  # a bare GPU machine (benchmarks/gpu_session.sh) may lack it: train all the same
+    StatefulDataLoader = None
+
+log = logging.getLogger(__name__)
 
 
 def loader_options(workers: int | None) -> dict:
@@ -26,7 +33,11 @@ def loader_options(workers: int | None) -> dict:
     return dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 
 
-def training_loader(dataset: Dataset, batch: int, *, drop_last: bool = True, **options: Any) -> StatefulDataLoader:
+def training_loader(dataset: Dataset, batch: int, *, drop_last: bool = True, **options: Any) -> DataLoader:
     """A shuffling loader whose place in the epoch is saved in checkpoints, so --resume goes on
     from the next batch of the same order. `options` are DataLoader keywords."""
+    if StatefulDataLoader is None:
+        log.warning("torchdata is not installed: a resumed run starts its epoch's order again "
+                    "(pip install 'carmask[train]')")
+        return DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=drop_last, **options)
     return StatefulDataLoader(dataset, batch_size=batch, shuffle=True, drop_last=drop_last, **options)
