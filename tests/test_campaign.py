@@ -136,9 +136,9 @@ def test_the_default_queue_refines_the_studio_run_fine_tunes_the_general_model_t
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGN_")}
     lines = campaign("queue", dict(env, CAMPAIGN_DIR=str(tmp_path))).splitlines()
     assert [line.split(":")[0] for line in lines] == ["studio-all150-640", "refiner-r3", "general-people-shadows-r1",
-                                                      "studio-1024-r1"]
+                                                      "general-people-shadows-r2", "studio-1024-r1"]
     assert lines[0].startswith("studio-all150-640: waiting: carmask train --init shipped --model unet-mnv2")
-    refiner, people, larger = (shlex.split(line.split(": ", 2)[2]) for line in lines[1:])
+    refiner, people, lighter, larger = (shlex.split(line.split(": ", 2)[2]) for line in lines[1:])
     # the refiner refines the studio run's own model
     assert refiner[1:4] == ["train-refiner", "--coarse", f"{tmp_path}/studio-all150-640"]
     assert people[1:4] == ["train-general", "--init", "general"]
@@ -151,6 +151,14 @@ def test_the_default_queue_refines_the_studio_run_fine_tunes_the_general_model_t
     assert result.exit_code == 0, result.output
     assert configs[0].init == "general" and configs[0].mix.people > 0 and configs[0].mix.shadows > 0
     assert configs[0].precision
+    # the second general run is the first made lighter: fewer people and shadows, a shorter run
+    assert lighter[1:4] == ["train-general", "--init", "general"]
+    result = CliRunner().invoke(app, [*lighter[1:], "--data", str(synth_data), "--wild", str(wild),
+                                      "--out", str(tmp_path / "general-light")])
+    assert result.exit_code == 0, result.output
+    light = configs.pop()
+    assert 0 < light.mix.people < configs[0].mix.people and 0 < light.mix.shadows < configs[0].mix.shadows
+    assert light.epochs < configs[0].epochs and light.lr < configs[0].lr
     monkeypatch.setattr(refiner_train, "train_refiner", lambda config, track=None: configs.append(config)
                         or {"steps": 1, "best_val_refined_wrong": 1.0})
     result = CliRunner().invoke(app, [*refiner[1:4], "--coarse", "studio", *refiner[4:],
