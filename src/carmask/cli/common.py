@@ -124,7 +124,7 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 def require_data_folder(data: Path, option: str = "--data") -> None:
     """Exit 1 unless `data` is a folder, saying what it is instead (missing, a file, a broken or
     looping symbolic link and where it points)."""
-    from carmask.data.layout import folder_problem
+    from carmask.data.path_problems import folder_problem
 
     if not data.is_dir():
         raise fail(f"{option} {data}: {folder_problem(data, 'data folder')}")
