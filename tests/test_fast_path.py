@@ -53,15 +53,19 @@ def photos(synth_data):
 
 
 def test_runs_masks_and_confidence_match_the_plain_path_with_tta_and_mixed_sizes(model, photos, tmp_path):
-    """One batch holding photos of two sizes (two upsamplings), with flip TTA: each photo's runs
-    are `rle.runs` of its plain mask, and its confidence is `assess`'s."""
+    """One batch holding photos of three sizes (three upsamplings), one of them a portrait
+    photo (padded at its sides), with flip TTA: each photo's runs are `rle.runs` of its plain
+    mask, and its confidence is `assess`'s."""
     import cv2
 
     paths = list(photos.values())[:5]
-    smaller = tmp_path / "smaller.jpg"
+    smaller, portrait = tmp_path / "smaller.jpg", tmp_path / "portrait.jpg"
     cv2.imwrite(str(smaller), cv2.resize(cv2.imread(str(paths[1])), (150, 100)))
+    cv2.imwrite(str(portrait), cv2.imread(str(paths[3]))[:, 40:100])
     paths.insert(2, smaller)
+    paths.insert(4, portrait)
     predictor = Predictor(model, backend="torch", device="cpu", batch=4, tta=True)
+    assert predictor.columns(cv2.imread(str(portrait)).shape[:2]) != slice(0, predictor.size[1])
     plain = list(predictor.predict_paths(paths))
     fast = list(predictor.predict_runs(paths))
     assert fast[2].runs is not None and plain[2].mask.shape == (100, 150)

@@ -100,3 +100,38 @@ def fit_photo(image: np.ndarray, size: tuple[int, int] | None, channels: int = 3
     if channels == 1:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None]
     return image
+
+
+# A photo narrower than the model's input by more than this factor (a portrait photo) is padded
+# at its sides to the input's shape rather than stretched across it. On held-out Carvana photos
+# cut to 3:4, stretching cost the studio model 0.009 Dice and the general one 0.002 (9:16: 0.046
+# and 0.007); at 1:1 (1.5x and 1.36x) the two ways were level, and a photo wider than the input
+# loses more by padding than by being squeezed, so it is stretched (docs/models.md).
+PAD_NARROWER_THAN = 1.6
+
+
+def photo_columns(photo_size: tuple[int, int], size: tuple[int, int]) -> slice:
+    """The columns of a model input of `size` (h, w) that show a photo of `photo_size` (H, W):
+    all of them, or for a photo narrower by more than PAD_NARROWER_THAN a centred band of the
+    photo's own shape, padded evenly on both sides (so a flipped input keeps it in place)."""
+    (height, width), (rows, columns) = photo_size, size
+    if columns * height <= PAD_NARROWER_THAN * rows * width:
+        return slice(0, columns)
+    band = max(1, round(rows * width / height))
+    band += (columns - band) % 2
+    return slice((columns - band) // 2, (columns + band) // 2)
+
+
+def fit_to_input(image: np.ndarray, size: tuple[int, int], channels: int = 3,
+                 photo_size: tuple[int, int] | None = None) -> np.ndarray:
+    """A photo as a model input of `size` (h, w): `fit_photo`, or for a portrait photo the photo
+    resized into its `photo_columns` and the sides filled with its median colour. `photo_size`
+    is the photo's full (H, W) where `image` was decoded reduced."""
+    band = photo_columns(photo_size or image.shape[:2], size)
+    if band == slice(0, size[1]):
+        return fit_photo(image, size, channels)
+    inner = fit_photo(image, (size[0], band.stop - band.start), channels)
+    canvas = np.empty((size[0], size[1], inner.shape[2]), np.uint8)
+    canvas[:] = np.median(inner.reshape(-1, inner.shape[2]), axis=0).astype(np.uint8)
+    canvas[:, band] = inner
+    return canvas

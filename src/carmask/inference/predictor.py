@@ -25,7 +25,7 @@ from carmask.data.io import DataError, read_photo
 from carmask.inference.confidence import Confidence, assess
 from carmask.inference.model_files import (TRAIN_EXTRA, ModelFileError, onnx_file, read_config,
                                            resolve_model_path)
-from carmask.inference.outputs import (car_mask, car_probability, drop_specks, fit_photo,
+from carmask.inference.outputs import (car_mask, car_probability, drop_specks, fit_to_input, photo_columns,
                                        resize_antialiased, upsample)
 from carmask.inference.refine import REFINER_ROLE, OnnxRefiner, Refiner, check_quality, shipped_refiner
 from carmask.inference.streaming import Decoded, Prediction, stream_predictions
@@ -207,9 +207,11 @@ class Predictor:
                          "use predict_paths")
 
     # -- the stages ---------------------------------------------------------------------------
-    def preprocess(self, photo: np.ndarray) -> np.ndarray:
-        """RGB uint8 (H, W, 3) → normalised float32 (C, h, w) at the model's size."""
-        photo = fit_photo(photo, self.size, self.channels)
+    def preprocess(self, photo: np.ndarray, photo_size: tuple[int, int] | None = None) -> np.ndarray:
+        """RGB uint8 (H, W, 3) → normalised float32 (C, h, w) at the model's size, a portrait
+        photo padded at its sides (`fit_to_input`). `photo_size` is the photo's full (H, W)
+        where it was decoded reduced."""
+        photo = fit_to_input(photo, self.size, self.channels, photo_size)
         return ((photo.astype(np.float32) / 255.0 - self.mean) / self.std).transpose(2, 0, 1)
 
     def load(self, path: str | Path) -> tuple[np.ndarray, tuple[int, int]]:
@@ -219,11 +221,16 @@ class Predictor:
         photo = read_photo(path, cover=None if self.refiner else self.size)
         return photo.pixels, photo.size
 
-    def raw_outputs(self, batch: np.ndarray) -> np.ndarray:
+    def raw_outputs(self, batch: np.ndarray, sizes: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
         """(N, C, h, w) normalised → raw outputs (N, K, h, w) float32, TTA averaged, with the
-        second look averaged in where the model has one and the cars found are small."""
+        second look averaged in where the model has one and the cars found are small (in the
+        photos of full `sizes`, padding left out; default: the whole inputs)."""
         outputs = self._look(batch)
-        return self._look_closer(batch, outputs) if self.second_look else outputs
+        return self._look_closer(batch, outputs, sizes) if self.second_look else outputs
+
+    def columns(self, photo_size: tuple[int, int] | None) -> slice:
+        """The columns of the model's input (and output) that show a photo of `photo_size`."""
+        return photo_columns(photo_size, self.size) if photo_size is not None else slice(None)
 
     def _look(self, batch: np.ndarray) -> np.ndarray:
         outputs = self._run(batch)
@@ -231,11 +238,13 @@ class Predictor:
             outputs = (outputs + self._run(np.ascontiguousarray(batch[..., ::-1]))[..., ::-1]) / 2
         return outputs
 
-    def _look_closer(self, batch: np.ndarray, outputs: np.ndarray) -> np.ndarray:
+    def _look_closer(self, batch: np.ndarray, outputs: np.ndarray,
+                     sizes: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
         """Run again, larger, the photos whose cars cover under `second_look.below` of them, and
         average the two looks' raw outputs (at the first look's size)."""
         look = self.second_look
-        shares = car_mask(outputs, self.kind, self.threshold).mean(axis=(1, 2))
+        shares = np.array([car_mask(output[None, ..., self.columns(size)], self.kind, self.threshold).mean()
+                           for output, size in zip(outputs, sizes or [None] * len(outputs))])
         again = np.flatnonzero(shares < look.below)
         if not len(again):
             return outputs
@@ -261,7 +270,7 @@ class Predictor:
         from the same upsampled outputs; None each without."""
         masks, probabilities = [], []
         for output, size, photo in zip(outputs, sizes, photos or [None] * len(sizes)):
-            full = upsample(output[None], tuple(size))
+            full = upsample(output[None, ..., self.columns(size)], tuple(size))
             if self.refiner is not None and photo is not None:
                 full = self.refiner(photo, full[0, 0])[None, None]
             masks.append(drop_specks(car_mask(full, self.kind, self.threshold)[0], self.min_car_area))
@@ -269,9 +278,11 @@ class Predictor:
                                  if self.soft_edges else None)
         return masks, probabilities
 
-    def confidences(self, outputs: np.ndarray) -> list[Confidence]:
-        """How sure the model is of each photo's mask, from its raw outputs at the model's size."""
-        return assess(car_probability(outputs, self.kind)[:, 0])
+    def confidences(self, outputs: np.ndarray, sizes: Sequence[tuple[int, int]] | None = None) -> list[Confidence]:
+        """How sure the model is of each photo's mask, from its raw outputs at the model's size
+        (the photo's columns of them where `sizes` are given)."""
+        return [assess(car_probability(output[None, ..., self.columns(size)], self.kind)[:, 0])[0]
+                for output, size in zip(outputs, sizes or [None] * len(outputs))]
 
     # -- conveniences -------------------------------------------------------------------------
     def predict(self, photos: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -286,7 +297,7 @@ class Predictor:
     def predict_decoded(self, pixels: np.ndarray, size: tuple[int, int]) -> Prediction:
         """One photo decoded to cover `decode_cover` (or in full), whose mask gets `size` (H, W):
         the mask `predict_paths` makes of the same file."""
-        return self.run_batch([self.preprocess(pixels)], [tuple(size)],
+        return self.run_batch([self.preprocess(pixels, size)], [tuple(size)],
                               [pixels if self.refiner else None])[0]
 
     def predict_detailed(self, photos: Sequence[np.ndarray]) -> list[Prediction]:
@@ -303,11 +314,11 @@ class Predictor:
                   paths: Sequence[Path | None] | None = None) -> list[Prediction]:
         """Preprocessed photos (C, h, w) → a Prediction each, its mask at its photo's `size`. The
         decoded `photos` are needed only by a refiner."""
-        outputs = self.raw_outputs(np.stack(inputs))
+        outputs = self.raw_outputs(np.stack(inputs), sizes)
         masks, probabilities = self.masks_and_probabilities(outputs, sizes, photos)
         # a mask whose only specks were dropped is empty: its warning should say no car was found
         confidences = [c if mask.any() else replace(c, car_share=0.0)
-                       for c, mask in zip(self.confidences(outputs), masks)]
+                       for c, mask in zip(self.confidences(outputs, sizes), masks)]
         return [Prediction(path, mask, model=self.role, confidence=confidence, probability=soft)
                 for path, mask, confidence, soft in zip(paths or [None] * len(masks), masks,
                                                         confidences, probabilities)]
@@ -322,7 +333,7 @@ class Predictor:
             try:
                 photo, full = self.load(path)
                 # the refiner reads the full-size photo along the outline; otherwise let it go
-                return Decoded(Path(path), self, self.preprocess(photo), full,
+                return Decoded(Path(path), self, self.preprocess(photo, full), full,
                                photo if self.refiner else None)
             except DataError as error:
                 return Decoded(Path(path), error=str(error))

@@ -127,7 +127,7 @@ class AutoPredictor:
              second_opinion: bool = True) -> list[Prediction]:
         """Decoded photos (`inputs` are their pixels) through one model; unsure studio masks get
         the general model's second opinion."""
-        results = predictor.run_batch([predictor.preprocess(d.inputs) for d in batch],
+        results = predictor.run_batch([predictor.preprocess(d.inputs, d.size) for d in batch],
                                       [d.size for d in batch], [d.inputs for d in batch],
                                       [d.path for d in batch])
         for index, (decoded, prediction) in enumerate(zip(batch, results)):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from carmask.data.io import DataError
 from carmask.inference.confidence import UNSURE_BAND, Confidence, confidence_from_counts
-from carmask.inference.outputs import drop_specks, fit_photo
+from carmask.inference.outputs import drop_specks, fit_to_input
 from carmask.inference.predictor import Predictor, probability_8bit
 from carmask.inference.streaming import Decoded, Prediction, stream_predictions
 from carmask.training.device_rle import device_run_pairs
@@ -72,7 +72,9 @@ class TorchPredictor(Predictor):
 
     # -- the stages, on the device ------------------------------------------------------------
     def _run(self, batch: np.ndarray) -> torch.Tensor:
-        return self._forward(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, non_blocking=True))
+        # channels-last, as the fast path's inputs (`normalise`): the same kernels, the same masks
+        tensor = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, non_blocking=True)
+        return self._forward(tensor.contiguous(memory_format=torch.channels_last))
 
     def _forward(self, tensor: torch.Tensor) -> torch.Tensor:
         """Normalised (N, C, h, w) float32 on the device → raw outputs, float32 on the device."""
@@ -87,10 +89,12 @@ class TorchPredictor(Predictor):
             outputs = (outputs + self._run(np.ascontiguousarray(batch[..., ::-1])).flip(-1)) / 2
         return outputs
 
-    def _look_closer(self, batch: np.ndarray, outputs: torch.Tensor) -> torch.Tensor:
+    def _look_closer(self, batch: np.ndarray, outputs: torch.Tensor,
+                     sizes: Sequence[tuple[int, int]] | None = None) -> torch.Tensor:
         look = self.second_look
-        shares = car_mask(outputs, self.kind, self.threshold).float().mean((1, 2))
-        again = torch.nonzero(shares < look.below).flatten().tolist()
+        shares = [float(car_mask(output[None, ..., self.columns(size)], self.kind, self.threshold).float().mean())
+                  for output, size in zip(outputs, sizes or [None] * len(outputs))]
+        again = [i for i, share in enumerate(shares) if share < look.below]
         if not again:
             return outputs
         closer = F.interpolate(torch.from_numpy(batch[again]), size=look.size, mode="bilinear",
@@ -107,7 +111,7 @@ class TorchPredictor(Predictor):
                                 ) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
         masks, probabilities = [], []
         for output, size, photo in zip(outputs, sizes, photos or [None] * len(sizes)):
-            full = upsample(output[None], tuple(size))
+            full = upsample(output[None, ..., self.columns(size)], tuple(size))
             if self.refiner is not None and photo is not None:
                 full = torch.from_numpy(self.refiner(photo, full[0, 0].cpu().numpy()))[None, None]
             masks.append(drop_specks(car_mask(full, self.kind, self.threshold)[0].cpu().numpy(),
@@ -117,14 +121,18 @@ class TorchPredictor(Predictor):
                 if self.soft_edges else None)
         return masks, probabilities
 
-    def confidences(self, outputs: torch.Tensor) -> list[Confidence]:
-        """Counted on the device: a GPU sends back two numbers a photo."""
+    def confidences(self, outputs: torch.Tensor, sizes: Sequence[tuple[int, int]] | None = None) -> list[Confidence]:
+        """Counted on the device, in each photo's columns: a GPU sends back two numbers a photo."""
         probability = car_probability(outputs.float(), self.kind)[:, 0]
-        car = (probability > 0.5).sum((1, 2))
-        unsure = ((probability > UNSURE_BAND[0]) & (probability < UNSURE_BAND[1])).sum((1, 2))
-        total = probability.shape[-2] * probability.shape[-1]
-        return [confidence_from_counts(c, u, total)
-                for c, u in torch.stack((car, unsure), dim=1).tolist()]
+        columns = [self.columns(size) for size in sizes or [None] * len(outputs)]
+        if all(band == columns[0] for band in columns):  # one band for all: count them at once
+            probability = probability[..., columns[0]]
+            car = (probability > 0.5).sum((1, 2))
+            unsure = ((probability > UNSURE_BAND[0]) & (probability < UNSURE_BAND[1])).sum((1, 2))
+            total = probability.shape[-2] * probability.shape[-1]
+            return [confidence_from_counts(c, u, total)
+                    for c, u in torch.stack((car, unsure), dim=1).tolist()]
+        return [self.confidences(outputs[i:i + 1], [size])[0] for i, size in enumerate(sizes)]
 
     # -- the fast path: runs found on the device ----------------------------------------------
     @property
@@ -150,7 +158,7 @@ class TorchPredictor(Predictor):
         def decode(path) -> Decoded:
             try:
                 photo, full = self.load(path)
-                pixels = torch.from_numpy(np.ascontiguousarray(fit_photo(photo, self.size, self.channels)))
+                pixels = torch.from_numpy(np.ascontiguousarray(fit_to_input(photo, self.size, self.channels, full)))
                 return Decoded(Path(path), self, pixels.pin_memory() if pin else pixels, full)
             except DataError as error:
                 return Decoded(Path(path), error=str(error))
@@ -170,11 +178,11 @@ class TorchPredictor(Predictor):
             outputs = self._forward(inputs)
             if self.tta:
                 outputs = (outputs + self._forward(inputs.flip(-1)).flip(-1)) / 2
-            confidences = self.confidences(outputs)
+            confidences = self.confidences(outputs, sizes)
             runs = [None] * len(sizes)
             for size in dict.fromkeys(map(tuple, sizes)):  # one upsampling per photo size
                 group = [i for i, s in enumerate(sizes) if tuple(s) == size]
-                masks = car_mask(upsample(outputs[group], size), self.kind, self.threshold)
+                masks = car_mask(upsample(outputs[group][..., self.columns(size)], size), self.kind, self.threshold)
                 pairs, per_mask = device_run_pairs(masks)
                 for i, mine in zip(group, np.split(pairs.cpu().numpy(), np.cumsum(per_mask)[:-1])):
                     runs[i] = mine
