@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from carmask.cutout import TRANSPARENT, composite
+from carmask.apps.cutout import TRANSPARENT, composite
+from carmask.apps.evaluate import dice_and_iou
 from carmask.data.io import read_mask, read_photo
-from carmask.evaluate import dice_and_iou
-from carmask.predict import Predictor
-from carmask.route import AutoPredictor
+from carmask.inference.predictor import Predictor
+from carmask.inference.route import AutoPredictor
 
 HERE = Path(__file__).parent
 WILD = HERE.parents[2] / "shared" / "data" / "cars_in_the_wild"
