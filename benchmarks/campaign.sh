@@ -43,8 +43,11 @@
 #    shadows (0.15 each), 4 epochs instead of 12 and lr 3e-5 instead of 7.5e-5, so that the
 #    shipped general model learns them without drifting away from the distant street cars; then
 #    scored alone and as a soup with the shipped file. 240 steps of 8: about 25 minutes idle. Run
-#    before 5, which was stopped for it at step 250 (2026-12-06).
-# 5. studio-1024-r1: the studio model (1) fine-tuned at 1024x1536, a larger look for
+#    before 5, which was stopped for it at step 250 (2026-12-06). Shipped, averaged with the
+#    file before it (+0.0036 outdoors: docs/training-history.md).
+# 5. general-people-shadows-r3: r2's recipe again with another seed, from the file r2 made (its
+#    "general" is the shipped model when it starts), to average in. Run before 6 (2026-12-06).
+# 6. studio-1024-r1: the studio model (1) fine-tuned at 1024x1536, a larger look for
 #    `--quality best` (the default stays at 640x960 for its speed): a 0/1 mask at 640x960 caps
 #    the full-resolution Dice at 0.9987, at 1024x1536 at 0.9994, and the model sees 2.56x the
 #    pixels. 2 epochs of the 150 cars at batch 2 (2,400 steps), lr 2e-4, bf16; a step should
@@ -77,14 +80,15 @@ LARGE_ARGS="--model unet-mnv2 --size 1024x1536 --batch 2 --epochs 2 --lr 2e-4 --
 GENERAL_ARGS="--size 544x736 --predict-size 448x608 --outdoor-share 0.6 --people-share 0.3
   --shadow-share 0.3 --epochs 12 --samples 480 --batch 8 --lr 7.5e-5 --seed 24 --workers 1 --precision $PRECISION"
 GENERAL_LIGHT_ARGS="--size 544x736 --predict-size 448x608 --outdoor-share 0.6 --people-share 0.15
-  --shadow-share 0.15 --epochs 4 --samples 480 --batch 8 --lr 3e-5 --seed 25 --workers 1 --precision $PRECISION"
+  --shadow-share 0.15 --epochs 4 --samples 480 --batch 8 --lr 3e-5 --workers 1 --precision $PRECISION"
 if [[ -n ${CAMPAIGN_RUN:-} || -n ${CAMPAIGN_ARGS:-} ]]; then
   QUEUE="${CAMPAIGN_RUN:-studio-all150-640}|train|$INIT|${CAMPAIGN_ARGS:-$STUDIO_ARGS}"
 else
   QUEUE=${CAMPAIGN_QUEUE:-"studio-all150-640|train|$INIT|$STUDIO_ARGS
 refiner-r3|train-refiner|$CAMPAIGN_DIR/studio-all150-640|$REFINER_ARGS
 general-people-shadows-r1|train-general|general|$GENERAL_ARGS
-general-people-shadows-r2|train-general|general|$GENERAL_LIGHT_ARGS
+general-people-shadows-r2|train-general|general|$GENERAL_LIGHT_ARGS --seed 25
+general-people-shadows-r3|train-general|general|$GENERAL_LIGHT_ARGS --seed 26
 studio-1024-r1|train|$CAMPAIGN_DIR/studio-all150-640|$LARGE_ARGS"}
 fi
 

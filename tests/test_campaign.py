@@ -136,9 +136,12 @@ def test_the_default_queue_refines_the_studio_run_fine_tunes_the_general_model_t
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGN_")}
     lines = campaign("queue", dict(env, CAMPAIGN_DIR=str(tmp_path))).splitlines()
     assert [line.split(":")[0] for line in lines] == ["studio-all150-640", "refiner-r3", "general-people-shadows-r1",
-                                                      "general-people-shadows-r2", "studio-1024-r1"]
+                                                      "general-people-shadows-r2", "general-people-shadows-r3",
+                                                      "studio-1024-r1"]
     assert lines[0].startswith("studio-all150-640: waiting: carmask train --init shipped --model unet-mnv2")
-    refiner, people, lighter, larger = (shlex.split(line.split(": ", 2)[2]) for line in lines[1:])
+    refiner, people, lighter, again, larger = (shlex.split(line.split(": ", 2)[2]) for line in lines[1:])
+    # the third general run repeats the second with another seed, to average in
+    assert again[:-1] == lighter[:-1] and again[-2] == "--seed" and again[-1] != lighter[-1]
     # the refiner refines the studio run's own model
     assert refiner[1:4] == ["train-refiner", "--coarse", f"{tmp_path}/studio-all150-640"]
     assert people[1:4] == ["train-general", "--init", "general"]
