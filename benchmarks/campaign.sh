@@ -46,7 +46,8 @@
 #    before 5, which was stopped for it at step 250 (2026-12-06). Shipped, averaged with the
 #    file before it (+0.0036 outdoors: docs/training-history.md).
 # 5. general-people-shadows-r3: r2's recipe again with another seed, from the file r2 made (its
-#    "general" is the shipped model when it starts), to average in. Run before 6 (2026-12-06).
+#    "general" is the shipped model when it starts), to average in. Run before 6 (2026-12-06);
+#    within noise alone and averaged in (+0.0008 at best): not shipped.
 # 6. studio-1024-r1: the studio model (1) fine-tuned at 1024x1536, a larger look for
 #    `--quality best` (the default stays at 640x960 for its speed): a 0/1 mask at 640x960 caps
 #    the full-resolution Dice at 0.9987, at 1024x1536 at 0.9994, and the model sees 2.56x the
