@@ -124,15 +124,11 @@ class TorchPredictor(Predictor):
     def confidences(self, outputs: torch.Tensor, sizes: Sequence[tuple[int, int]] | None = None) -> list[Confidence]:
         """Counted on the device, in each photo's columns: a GPU sends back two numbers a photo."""
         probability = car_probability(outputs.float(), self.kind)[:, 0]
-        columns = [self.columns(size) for size in sizes or [None] * len(outputs)]
-        if all(band == columns[0] for band in columns):  # one band for all: count them at once
-            probability = probability[..., columns[0]]
-            car = (probability > 0.5).sum((1, 2))
-            unsure = ((probability > UNSURE_BAND[0]) & (probability < UNSURE_BAND[1])).sum((1, 2))
-            total = probability.shape[-2] * probability.shape[-1]
-            return [confidence_from_counts(c, u, total)
-                    for c, u in torch.stack((car, unsure), dim=1).tolist()]
-        return [self.confidences(outputs[i:i + 1], [size])[0] for i, size in enumerate(sizes)]
+        bands = [photo[:, self.columns(size)] for photo, size in zip(probability, sizes or [None] * len(outputs))]
+        low, high = UNSURE_BAND
+        counts = torch.stack([torch.stack(((band > 0.5).sum(), ((band > low) & (band < high)).sum()))
+                              for band in bands]).tolist()  # one copy back for the whole batch
+        return [confidence_from_counts(car, unsure, band.numel()) for (car, unsure), band in zip(counts, bands)]
 
     # -- the fast path: runs found on the device ----------------------------------------------
     @property
