@@ -1,5 +1,6 @@
 """The command line end to end, as a user runs it (a subprocess per command)."""
 
+import os
 import re
 import subprocess
 import sys
@@ -124,6 +125,28 @@ def test_help_explains_every_command():
                             ("submission", ("check",))):
         listing = carmask(group, "--help").stdout
         assert all(command in listing for command in commands)
+
+
+def test_command_list_gives_each_command_one_sentence():
+    """`carmask --help` lists each command by the first sentence of its help, on one line (the
+    docstring's line breaks, kept by rich, wrapped the list raggedly)."""
+    import typer.main
+
+    from carmask.cli import app
+
+    group = typer.main.get_command(app)
+    leaves = [(name, command) for name, command in group.commands.items() if not hasattr(command, "commands")]
+    leaves += [(f"{name} {sub}", leaf) for name, command in group.commands.items()
+               for sub, leaf in getattr(command, "commands", {}).items()]
+    assert len(leaves) > 10
+    for name, command in leaves:
+        short = command.short_help
+        assert short and "\n" not in short and short.endswith("."), (name, short)
+        assert command.help.split()[:3] == short.split()[:3], name
+    wide = subprocess.run([sys.executable, "-m", "carmask", "--help"], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200"})
+    listed = next(line for line in wide.stdout.splitlines() if " evaluate " in line)
+    assert "per view and make (an outdoor folder: per kind of photo)." in listed
 
 
 def test_rle_decode_out_paths(tmp_path):

@@ -11,6 +11,7 @@ The ranges that depend on the option (`--epochs` at least 1) are declared on the
 from __future__ import annotations
 
 import math
+import re
 import sys
 from typing import Any
 
@@ -19,6 +20,13 @@ from typer.core import TyperCommand, TyperGroup
 from carmask.cli.common import fail
 
 LARGEST_NUMBER = 2**32 - 1
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of a help text, its line breaks made spaces."""
+    words = " ".join(text.split("\n\n")[0].split())
+    end = re.search(r"\.(\s|$)", words)
+    return words[:end.start() + 1] if end else words
 
 
 class CarmaskGroup(TyperGroup):
@@ -46,6 +54,13 @@ class CarmaskGroup(TyperGroup):
 class CarmaskCommand(TyperCommand):
     """Every leaf command: empty values and non-finite or huge numbers are refused, naming the
     option, before the command's own code runs."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.help and not self.short_help:
+            # `carmask --help` would list each command by its help's whole first paragraph,
+            # keeping the docstring's line breaks: the first sentence, on one line, reads better
+            self.short_help = first_sentence(self.help)
 
     def parse_args(self, ctx, args: list[str]) -> list[str]:
         self._refuse_empty_values(ctx, args)
