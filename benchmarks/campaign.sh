@@ -51,8 +51,13 @@
 # 6. studio-1024-r1: the studio model (1) fine-tuned at 1024x1536, a larger look for
 #    `--quality best` (the default stays at 640x960 for its speed): a 0/1 mask at 640x960 caps
 #    the full-resolution Dice at 0.9987, at 1024x1536 at 0.9994, and the model sees 2.56x the
-#    pixels. 2 epochs of the 150 cars at batch 2 (2,400 steps), lr 2e-4, bf16; a step should
-#    take about 3.5 s idle (2.56x the 640x960 step): about 2.5 hours idle, over sessions.
+#    pixels. 2 epochs of the 150 cars at batch 2 (2,400 steps), lr 2e-4, bf16; a step takes
+#    about 5 s on the idle machine while the first epoch fills the 1024x1536 cache: about 3.5
+#    hours, over sessions.
+# 7. general-smallcars-r1: r2's light recipe (4) from the shipped general model, with distant
+#    cars weighed up to 8 times in the loss instead of 4 (--small-car-boost): the street frames
+#    lose most on cars under 100 pixels, which the model finds under half of even on its
+#    training frames, and the boost of 4 found more at every size (r16 against r15).
 #
 # Overrides (the tests use them for tiny runs): CAMPAIGN_DIR, CAMPAIGN_DATA, CAMPAIGN_POLL (seconds
 # between the watcher's looks at a running trainer, 60), CARMASK (the
@@ -90,7 +95,8 @@ refiner-r3|train-refiner|$CAMPAIGN_DIR/studio-all150-640|$REFINER_ARGS
 general-people-shadows-r1|train-general|general|$GENERAL_ARGS
 general-people-shadows-r2|train-general|general|$GENERAL_LIGHT_ARGS --seed 25
 general-people-shadows-r3|train-general|general|$GENERAL_LIGHT_ARGS --seed 26
-studio-1024-r1|train|$CAMPAIGN_DIR/studio-all150-640|$LARGE_ARGS"}
+studio-1024-r1|train|$CAMPAIGN_DIR/studio-all150-640|$LARGE_ARGS
+general-smallcars-r1|train-general|general|$GENERAL_LIGHT_ARGS --seed 27 --small-car-boost 8"}
 fi
 
 # One line per run (the options joined into one line), blank lines left out.
