@@ -16,6 +16,17 @@ def carmask(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "carmask", *args], capture_output=True, text=True)
 
 
+def carmask_in_process(*args: str) -> subprocess.CompletedProcess:
+    """`carmask` run in this process, as `carmask()` runs it in a new one: for commands that
+    import torch, whose import in each new process would be most of a test's time."""
+    from typer.testing import CliRunner
+
+    from carmask.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
+
+
 def test_demo_runs_end_to_end_without_torch(tmp_path):
     from conftest import run_without_torch
 
@@ -184,7 +195,7 @@ def test_average_writes_the_mean_of_fine_tuned_models_and_refuses_a_mix(tmp_path
         save_model(create_bare_model("seed-cnn"), path, model_config("seed-cnn", (224, 224), training={"seed": seed}))
         paths.append(path)
     out = tmp_path / "soup.safetensors"
-    result = carmask("average", *map(str, paths), "--out", str(out), "--no-half", "--min-car-area", "0.0002",
+    result = carmask_in_process("average", *map(str, paths), "--out", str(out), "--no-half", "--min-car-area", "0.0002",
                      "--second-look", "288x288")
     assert result.returncode == 0, result.stderr
     soup, config = load_model(out)
@@ -198,19 +209,19 @@ def test_average_writes_the_mean_of_fine_tuned_models_and_refuses_a_mix(tmp_path
     assert config["averaged"] == [str(p) for p in paths]
     # an average of an average keeps the inner one's list: the lineage stays readable
     again = tmp_path / "soup2.safetensors"
-    assert carmask("average", str(out), str(paths[0]), "--out", str(again), "--second-look", "none").returncode == 0
+    assert carmask_in_process("average", str(out), str(paths[0]), "--out", str(again), "--second-look", "none").returncode == 0
     assert load_model(again)[1].get("second_look") is None
     assert load_model(again)[1]["averaged"] == [{"file": str(out), "averaged": [str(p) for p in paths]}, str(paths[0])]
     other = tmp_path / "other.safetensors"
     save_model(create_bare_model("refiner-mnv2"), other, model_config("refiner-mnv2", (64, 64)))
-    mixed = carmask("average", str(paths[0]), str(other), "--out", str(tmp_path / "mixed.safetensors"))
+    mixed = carmask_in_process("average", str(paths[0]), str(other), "--out", str(tmp_path / "mixed.safetensors"))
     assert mixed.returncode != 0 and "other.safetensors" in mixed.stderr and not (tmp_path / "mixed.safetensors").exists()
-    alone = carmask("average", str(paths[0]), "--out", str(tmp_path / "alone.safetensors"))
+    alone = carmask_in_process("average", str(paths[0]), "--out", str(tmp_path / "alone.safetensors"))
     assert alone.returncode != 0 and "at least two" in alone.stderr
     # a file with an outline refiner would lose it: refused, with what to do instead
     from carmask.training.models.io import attach_refiner
 
     save_model(create_bare_model("refiner-mnv2"), other, model_config("refiner-mnv2", (64, 64), geometry={}))
     combined = attach_refiner(paths[1], other, tmp_path / "combined.safetensors")
-    refused = carmask("average", str(paths[0]), str(combined), "--out", str(tmp_path / "r.safetensors"))
+    refused = carmask_in_process("average", str(paths[0]), str(combined), "--out", str(tmp_path / "r.safetensors"))
     assert refused.returncode != 0 and "refiner" in refused.stderr and not (tmp_path / "r.safetensors").exists()
