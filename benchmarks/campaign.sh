@@ -54,7 +54,12 @@
 #    pixels. 2 epochs of the 150 cars at batch 2 (2,400 steps), lr 2e-4, bf16; a step takes
 #    about 5 s on the idle machine while the first epoch fills the 1024x1536 cache: about 3.5
 #    hours, over sessions.
-# 7. general-smallcars-r1: r2's light recipe (4) from the shipped general model, with distant
+# 7. general-camera-r1: r2's light recipe (4) from the shipped general model, with 30% of the
+#    outdoor pictures given another camera's look (--camera-share: white balance, a JPEG re-save,
+#    blur, noise): on the held-out street frames, all from the training frames' camera, the
+#    shipped model lost 0.065 to a JPEG re-save at quality 40, 0.09 to a 1 px blur and 0.12 to a
+#    warm white balance. Run before 6 (2026-12-06), which was paused for it at step 700.
+# 8. general-smallcars-r1: r2's light recipe (4) from the shipped general model, with distant
 #    cars weighed up to 8 times in the loss instead of 4 (--small-car-boost): the street frames
 #    lose most on cars under 100 pixels, which the model finds under half of even on its
 #    training frames, and the boost of 4 found more at every size (r16 against r15).
@@ -95,6 +100,7 @@ refiner-r3|train-refiner|$CAMPAIGN_DIR/studio-all150-640|$REFINER_ARGS
 general-people-shadows-r1|train-general|general|$GENERAL_ARGS
 general-people-shadows-r2|train-general|general|$GENERAL_LIGHT_ARGS --seed 25
 general-people-shadows-r3|train-general|general|$GENERAL_LIGHT_ARGS --seed 26
+general-camera-r1|train-general|general|$GENERAL_LIGHT_ARGS --seed 28 --camera-share 0.3
 studio-1024-r1|train|$CAMPAIGN_DIR/studio-all150-640|$LARGE_ARGS
 general-smallcars-r1|train-general|general|$GENERAL_LIGHT_ARGS --seed 27 --small-car-boost 8"}
 fi

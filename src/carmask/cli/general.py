@@ -48,6 +48,11 @@ def train_general(
                                "cast shadow, a contact shadow under the cars or a bright "
                                "highlight on them; the mask does not change (default: the "
                                "training mix's own, 0: none).")] = None,
+    camera_share: Annotated[Optional[float], typer.Option(
+        min=0.0, max=1.0, help="Share of real outdoor photos and pasted pictures given another "
+                               "camera's look: white balance, a JPEG re-save, blur and noise, "
+                               "each half the time; the mask does not change (default: the "
+                               "training mix's own, 0: none).")] = None,
     small_car_boost: Annotated[float, typer.Option(
         min=1.0, help="Pixels of true cars under 2% of the photo weigh up to this many times more in "
                       "the loss (the square root of 2% over their share); 1: all alike.")] = 4.0,
@@ -67,8 +72,8 @@ def train_general(
 ) -> None:
     """Fine-tune a model for cars on any background: real outdoor photos, studio cars pasted onto
     street frames, registry photos and synthetic scenes, and plain studio photos; people cut from
-    the training street frames stand by the cars as negatives, and hard shadows and highlights
-    may fall on the cars. Validated on the outdoor photos' held-out split."""
+    the training street frames stand by the cars as negatives, hard shadows and highlights may
+    fall on the cars, and a photo may take another camera's look. Validated on the outdoor photos' held-out split."""
     require_torch("train-general")
     from dataclasses import replace
 
@@ -87,6 +92,8 @@ def train_general(
         mix = replace(mix, people=people_share)
     if shadow_share is not None:
         mix = replace(mix, shadows=shadow_share)
+    if camera_share is not None:
+        mix = replace(mix, camera=camera_share)
     run_size = parse_size(predict_size, "HEIGHTxWIDTH", "--predict-size") if predict_size else None
     look_size = "init" if second_look is None else parse_second_look(second_look, "--second-look")
     train_size = parse_size(size, "HEIGHTxWIDTH", "--size")
