@@ -58,7 +58,9 @@
 #    outdoor pictures given another camera's look (--camera-share: white balance, a JPEG re-save,
 #    blur, noise): on the held-out street frames, all from the training frames' camera, the
 #    shipped model lost 0.065 to a JPEG re-save at quality 40, 0.09 to a 1 px blur and 0.12 to a
-#    warm white balance. Run before 6 (2026-12-06), which was paused for it at step 700.
+#    warm white balance. Run before 6 (2026-12-06), which was paused for it at step 720.
+#    Finished; not shipped: robust to the changes (noisy product photos 0.78 to 0.97), but the
+#    held-out street frames as they are lost 0.04 (docs/training-history.md).
 # 8. general-smallcars-r1: r2's light recipe (4) from the shipped general model, with distant
 #    cars weighed up to 8 times in the loss instead of 4 (--small-car-boost): the street frames
 #    lose most on cars under 100 pixels, which the model finds under half of even on its
