@@ -82,7 +82,8 @@ def main() -> None:
     parser.add_argument("--model", default="general", help="general, studio, auto, or a model file")
     parser.add_argument("--wild", type=Path, default=Path("../shared/data/cars_in_the_wild"))
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--against", type=Path, help="another run's CSV: paired difference of the changed looks")
+    parser.add_argument("--against", type=Path,
+                        help="another run's CSV: the paired difference of the changed looks")
     args = parser.parse_args()
     frame = score(None if args.model == "auto" else args.model, args.wild)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -73,7 +73,8 @@ def train_general(
     """Fine-tune a model for cars on any background: real outdoor photos, studio cars pasted onto
     street frames, registry photos and synthetic scenes, and plain studio photos; people cut from
     the training street frames stand by the cars as negatives, hard shadows and highlights may
-    fall on the cars, and a photo may take another camera's look. Validated on the outdoor photos' held-out split."""
+    fall on the cars, and a photo may take another camera's look. Validated on the outdoor
+    photos' held-out split."""
     require_torch("train-general")
     from dataclasses import replace
 
