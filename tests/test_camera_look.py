@@ -96,3 +96,33 @@ def test_train_general_takes_the_camera_share_and_records_it(synth_data, wild, t
     recorded = json.loads(json.dumps(asdict(configs[0].mix)))  # as the run's summary writes it
     assert recorded["camera"] == 0.3 and recorded["camera_style"]["jpeg"] == [20, 85]
     assert replace(configs[0].mix, camera=0.0) == configs[1].mix  # nothing else moved
+
+
+def test_the_benchmark_looks_change_a_real_photo_as_named(outdoor):
+    """benchmarks/camera_looks.py's changes, which measure this weakness: each moves the photo,
+    keeps its size but for "half size", and the white balances move red and blue only."""
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "camera_looks.py"
+    spec = importlib.util.spec_from_file_location("camera_looks", path)
+    looks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(looks)
+    photo = Image.open(outdoor[0].image_path).convert("RGB")
+    pixels = np.asarray(photo).astype(float)
+    for name, change in looks.LOOKS.items():
+        changed = change(photo)
+        if name == "as is":
+            assert changed is photo
+            continue
+        expected = (photo.width // 2, photo.height // 2) if name == "half size" else photo.size
+        assert changed.size == expected and changed.mode == "RGB", name
+        if name != "half size":
+            assert np.abs(np.asarray(changed).astype(float) - pixels).mean() > 0.5, name
+    warm = np.asarray(looks.LOOKS["warm (red x1.15, blue x0.75)"](photo)).astype(float)
+    assert np.array_equal(warm[..., 1], pixels[..., 1]) and warm[..., 2].mean() < pixels[..., 2].mean()
+    assert looks.dice(np.ones((2, 2), bool), np.ones((2, 2), bool)) == 1.0
+    assert looks.dice(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == 1.0
