@@ -96,6 +96,30 @@ def test_train_general_takes_the_camera_share_and_records_it(synth_data, wild, t
     recorded = json.loads(json.dumps(asdict(configs[0].mix)))  # as the run's summary writes it
     assert recorded["camera"] == 0.3 and recorded["camera_style"]["jpeg"] == [20, 85]
     assert replace(configs[0].mix, camera=0.0) == configs[1].mix  # nothing else moved
+    result = CliRunner().invoke(app, [*base, "--camera-share", "0.3", "--camera-changes", "noise, jpeg"])
+    assert result.exit_code == 0, result.output
+    assert configs[-1].mix.camera_style.changes == ("noise", "jpeg")
+    refused = CliRunner().invoke(app, [*base, "--camera-changes", "noise,sepia"])
+    assert refused.exit_code == 1 and "--camera-changes noise,sepia" in refused.output
+    assert "sepia" in refused.output and len(configs) == 3
+
+
+def test_only_the_changes_asked_for_are_drawn(outdoor):
+    from carmask.data.io import read_image
+
+    image = tv_tensors.Image(torch.from_numpy(read_image(outdoor[2].image_path)).permute(2, 0, 1).contiguous())
+    noise_only = camera_transforms(CameraConfig(each=1.0, changes=("noise",)))
+    torch.manual_seed(0)
+    noisy = noise_only(image).float()
+    difference = noisy - image.float()
+    # noise alone: the mean colour stays (no white balance), the pixels scatter around it
+    assert difference.mean(dim=(1, 2)).abs().max() < 1.5 and difference.std() > 0.5
+    white_balance_only = camera_transforms(CameraConfig(each=1.0, changes=("white_balance",)))
+    torch.manual_seed(0)
+    balanced = white_balance_only(image)
+    assert torch.equal(balanced[1], image[1])  # green untouched: no JPEG, blur or noise
+    with pytest.raises(ValueError, match="camera changes must be some of"):
+        CameraConfig(changes=("sepia",))
 
 
 def test_the_benchmark_looks_change_a_real_photo_as_named(outdoor):

@@ -138,10 +138,10 @@ def test_the_default_queue_refines_the_studio_run_fine_tunes_the_general_model_t
     assert [line.split(":")[0] for line in lines] == ["studio-all150-640", "refiner-r3", "general-people-shadows-r1",
                                                       "general-people-shadows-r2", "general-people-shadows-r3",
                                                       "general-camera-r1", "studio-1024-r1",
-                                                      "general-smallcars-r1"]
+                                                      "general-smallcars-r1", "general-noise-r1"]
     assert lines[0].startswith("studio-all150-640: waiting: carmask train --init shipped --model unet-mnv2")
-    refiner, people, lighter, again, camera, larger, small = (shlex.split(line.split(": ", 2)[2])
-                                                              for line in lines[1:])
+    refiner, people, lighter, again, camera, larger, small, noise = (shlex.split(line.split(": ", 2)[2])
+                                                                     for line in lines[1:])
     # the third general run repeats the second with another seed, to average in
     assert again[:-1] == lighter[:-1] and again[-2] == "--seed" and again[-1] != lighter[-1]
     # the refiner refines the studio run's own model
@@ -176,6 +176,11 @@ def test_the_default_queue_refines_the_studio_run_fine_tunes_the_general_model_t
     assert result.exit_code == 0, result.output
     looked = configs.pop()
     assert looked.mix.camera > light.mix.camera == 0 and looked.lr == light.lr
+    result = CliRunner().invoke(app, [*noise[1:], "--data", str(synth_data), "--wild", str(wild),
+                                      "--out", str(tmp_path / "general-noise")])
+    assert result.exit_code == 0, result.output
+    noisy = configs.pop()
+    assert noisy.mix.camera == looked.mix.camera and noisy.mix.camera_style.changes == ("noise",)
     monkeypatch.setattr(refiner_train, "train_refiner", lambda config, track=None: configs.append(config)
                         or {"steps": 1, "best_val_refined_wrong": 1.0})
     result = CliRunner().invoke(app, [*refiner[1:4], "--coarse", "studio", *refiner[4:],

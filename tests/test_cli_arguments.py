@@ -81,7 +81,7 @@ KINDS: dict[str, dict[str, str]] = {
                       "--init": "model", "--size": "size", "--predict-size": "size",
                       "--second-look": "second-look", "--outdoor-share": "fraction",
                       "--street-cars": "fraction", "--people-share": "fraction",
-                      "--shadow-share": "fraction", "--camera-share": "fraction",
+                      "--shadow-share": "fraction", "--camera-share": "fraction", "--camera-changes": "choice",
                       "--small-car-boost": "positive",
                       "--epochs": "count", "--samples": "count", "--batch": "count",
                       "--lr": "positive", "--seed": "seed", "--workers": "index",

@@ -53,6 +53,9 @@ def train_general(
                                "camera's look: white balance, a JPEG re-save, blur and noise, "
                                "each half the time; the mask does not change (default: the "
                                "training mix's own, 0: none).")] = None,
+    camera_changes: Annotated[str, typer.Option(
+        help="Which of another camera's changes --camera-share draws, comma-separated: "
+             "white_balance, jpeg, blur, noise.")] = "white_balance,jpeg,blur,noise",
     small_car_boost: Annotated[float, typer.Option(
         min=1.0, help="Pixels of true cars under 2% of the photo weigh up to this many times more in "
                       "the loss (the square root of 2% over their share); 1: all alike.")] = 4.0,
@@ -95,6 +98,12 @@ def train_general(
         mix = replace(mix, shadows=shadow_share)
     if camera_share is not None:
         mix = replace(mix, camera=camera_share)
+    changes = tuple(name.strip() for name in camera_changes.split(",") if name.strip())
+    if changes != mix.camera_style.changes:
+        try:
+            mix = replace(mix, camera_style=replace(mix.camera_style, changes=changes))
+        except ValueError as error:
+            raise fail(f"--camera-changes {camera_changes}: {error}") from None
     run_size = parse_size(predict_size, "HEIGHTxWIDTH", "--predict-size") if predict_size else None
     look_size = "init" if second_look is None else parse_second_look(second_look, "--second-look")
     train_size = parse_size(size, "HEIGHTxWIDTH", "--size")

@@ -46,6 +46,9 @@ def train_transforms(config: AugmentConfig = AugmentConfig()) -> v2.Transform:
     return v2.Compose(steps) if steps else v2.Identity()
 
 
+CAMERA_CHANGES = ("white_balance", "jpeg", "blur", "noise")
+
+
 @dataclass(frozen=True)
 class CameraConfig:
     """How far a photo's look is moved from its camera's, each change drawn on its own (issue 24:
@@ -56,23 +59,33 @@ class CameraConfig:
     blur: tuple[float, float] = (0.3, 1.5)  # Gaussian sigma, px
     noise: float = 0.03  # sensor noise sigma, at most, on the 0-1 scale
     each: float = 0.5  # chance of each change
+    changes: tuple[str, ...] = CAMERA_CHANGES  # which of them are drawn at all
+
+    def __post_init__(self) -> None:
+        unknown = set(self.changes) - set(CAMERA_CHANGES)
+        if unknown or not self.changes:
+            raise ValueError(f"camera changes must be some of {', '.join(CAMERA_CHANGES)}, "
+                             f"not {', '.join(sorted(unknown)) or 'none'}")
 
 
 def camera_transforms(config: CameraConfig = CameraConfig()) -> v2.Transform:
     """Another camera's look for a uint8 Image (a Mask passes through): white balance, a JPEG
-    re-save, blur and noise, each with probability `config.each`, in that order."""
+    re-save, blur and noise (those in `config.changes`), each with probability `config.each`,
+    in that order."""
     def each(*steps: v2.Transform) -> v2.Transform:
         return v2.RandomApply(list(steps), p=config.each)
 
-    return v2.Compose([
-        each(v2.Lambda(lambda image: _white_balance(image, config.white_balance), tv_tensors.Image)),
-        each(v2.Lambda(lambda image: _jpeg(image, config.jpeg), tv_tensors.Image)),
-        each(v2.GaussianBlur(kernel_size=2 * round(3 * config.blur[1]) + 1, sigma=config.blur)),
-        each(v2.ToDtype(torch.float32, scale=True),
-             v2.Lambda(lambda image: v2.functional.gaussian_noise(
-                 image, sigma=float(torch.empty(()).uniform_(0, config.noise))), tv_tensors.Image),
-             v2.ToDtype(torch.uint8, scale=True)),
-    ])
+    steps = {
+        "white_balance": each(v2.Lambda(lambda image: _white_balance(image, config.white_balance),
+                                        tv_tensors.Image)),
+        "jpeg": each(v2.Lambda(lambda image: _jpeg(image, config.jpeg), tv_tensors.Image)),
+        "blur": each(v2.GaussianBlur(kernel_size=2 * round(3 * config.blur[1]) + 1, sigma=config.blur)),
+        "noise": each(v2.ToDtype(torch.float32, scale=True),
+                      v2.Lambda(lambda image: v2.functional.gaussian_noise(
+                          image, sigma=float(torch.empty(()).uniform_(0, config.noise))), tv_tensors.Image),
+                      v2.ToDtype(torch.uint8, scale=True)),
+    }
+    return v2.Compose([steps[name] for name in CAMERA_CHANGES if name in config.changes])
 
 
 def _jpeg(image: torch.Tensor, quality: tuple[int, int]) -> torch.Tensor:
