@@ -36,13 +36,16 @@ app.command("eda", cls=CarmaskCommand)(eda)
 app.command("models", cls=CarmaskCommand)(models)
 app.command("train", cls=CarmaskCommand)(train)
 app.command("train-refiner", cls=CarmaskCommand)(train_refiner)
-app.command("train-general", cls=CarmaskCommand)(train_general)
+app.command("train-general", cls=CarmaskCommand,
+            short_help="Fine-tune a model for cars on any background: outdoor photos, pasted cars, "
+                       "studio photos.")(train_general)
 app.command("predict", cls=CarmaskCommand)(predict)
 app.command("evaluate", cls=CarmaskCommand)(evaluate)
 app.command("export", cls=CarmaskCommand)(export)
 app.command("average", cls=CarmaskCommand)(average)
 app.command("cutout", cls=CarmaskCommand)(cutout)
-app.command("serve", cls=CarmaskCommand)(serve)
+app.command("serve", cls=CarmaskCommand,
+            short_help="Serve the web page, the HTTP API (rembg's too) and its docs.")(serve)
 app.add_typer(rle_app, name="rle")
 app.add_typer(submission_app, name="submission")
 
