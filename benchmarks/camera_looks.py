@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageFilter
 
+from carmask.apps.evaluate import dice_and_iou
 from carmask.data.io import read_mask
 from carmask.data.wild import read_wild, split_wild
 from carmask.inference.route import create_predictor
@@ -57,11 +58,6 @@ LOOKS: dict[str, Callable[[Image.Image], Image.Image]] = {
 }
 
 
-def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
-    total = prediction.sum() + truth.sum()
-    return 1.0 if total == 0 else float(2 * (prediction & truth).sum() / total)
-
-
 def score(model: str, wild: Path) -> pd.DataFrame:
     _, held_out = split_wild(read_wild(wild))
     predictor = create_predictor(model)
@@ -73,7 +69,8 @@ def score(model: str, wild: Path) -> pd.DataFrame:
             mask = predictor.predict([np.asarray(change(original))])[0].astype(bool)
             if mask.shape != truth.shape:  # half size: scored at the photo's own size
                 mask = np.asarray(Image.fromarray(mask).resize(truth.shape[::-1], Image.NEAREST))
-            rows.append({"image_id": photo.name, "kind": photo.kind, "look": look, "dice": dice(mask, truth)})
+            rows.append({"image_id": photo.name, "kind": photo.kind, "look": look,
+                         "dice": dice_and_iou(mask, truth)[0]})
     return pd.DataFrame(rows)
 
 

@@ -171,3 +171,29 @@ def auto_predictor():
     """The default of every consumer: the studio and the general model on onnxruntime."""
     from carmask.inference.route import AutoPredictor
     return AutoPredictor(backend="onnx")
+
+
+class GeneralRuns:
+    """`carmask train-general` on the small data with its training replaced: `invoke(*options)`
+    runs the CLI, and `configs` keeps the config of each run that reached the training."""
+
+    def __init__(self, base: list[str]) -> None:
+        self.base, self.configs = base, []
+
+    def invoke(self, *options: str):
+        from typer.testing import CliRunner
+
+        from carmask.cli import app
+
+        return CliRunner().invoke(app, [*self.base, *options])
+
+
+@pytest.fixture
+def train_general_cli(synth_data, wild, tmp_path, monkeypatch) -> GeneralRuns:
+    import carmask.training.general as general
+
+    runs = GeneralRuns(["train-general", "--data", str(synth_data), "--wild", str(wild),
+                        "--out", str(tmp_path / "run")])
+    monkeypatch.setattr(general, "train_anywhere",
+                        lambda config: runs.configs.append(config) or {"best_outdoor_val_dice": 0.5})
+    return runs

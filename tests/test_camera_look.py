@@ -12,9 +12,7 @@ import numpy as np
 import pytest
 import torch
 from torchvision import tv_tensors
-from typer.testing import CliRunner
 
-from carmask.cli import app
 from carmask.training.data.transforms import AugmentConfig, CameraConfig, camera_transforms
 
 
@@ -82,24 +80,19 @@ def test_the_training_mix_changes_the_look_but_never_the_masks(outdoor):
         MixConfig(camera=1.5)
 
 
-def test_train_general_takes_the_camera_share_and_records_it(synth_data, wild, tmp_path, monkeypatch):
-    import carmask.training.general as general
-
-    configs = []
-    monkeypatch.setattr(general, "train_anywhere",
-                        lambda config: configs.append(config) or {"best_outdoor_val_dice": 0.5})
-    base = ["train-general", "--data", str(synth_data), "--wild", str(wild), "--out", str(tmp_path / "run")]
+def test_train_general_takes_the_camera_share_and_records_it(train_general_cli):
+    configs = train_general_cli.configs
     for options in (["--camera-share", "0.3"], []):
-        result = CliRunner().invoke(app, [*base, *options])
+        result = train_general_cli.invoke(*options)
         assert result.exit_code == 0, result.output
     assert (configs[0].mix.camera, configs[1].mix.camera) == (0.3, 0.0)
     recorded = json.loads(json.dumps(asdict(configs[0].mix)))  # as the run's summary writes it
     assert recorded["camera"] == 0.3 and recorded["camera_style"]["jpeg"] == [20, 85]
     assert replace(configs[0].mix, camera=0.0) == configs[1].mix  # nothing else moved
-    result = CliRunner().invoke(app, [*base, "--camera-share", "0.3", "--camera-changes", "noise, jpeg"])
+    result = train_general_cli.invoke("--camera-share", "0.3", "--camera-changes", "noise, jpeg")
     assert result.exit_code == 0, result.output
     assert configs[-1].mix.camera_style.changes == ("noise", "jpeg")
-    refused = CliRunner().invoke(app, [*base, "--camera-changes", "noise,sepia"])
+    refused = train_general_cli.invoke("--camera-changes", "noise,sepia")
     assert refused.exit_code == 1 and "--camera-changes noise,sepia" in refused.output
     assert "sepia" in refused.output and len(configs) == 3
 
@@ -128,7 +121,6 @@ def test_the_benchmark_looks_change_a_real_photo_as_named(outdoor):
     import importlib.util
     from pathlib import Path
 
-    import numpy as np
     from PIL import Image
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "camera_looks.py"
@@ -148,5 +140,5 @@ def test_the_benchmark_looks_change_a_real_photo_as_named(outdoor):
             assert np.abs(np.asarray(changed).astype(float) - pixels).mean() > 0.5, name
     warm = np.asarray(looks.LOOKS["warm (red x1.15, blue x0.75)"](photo)).astype(float)
     assert np.array_equal(warm[..., 1], pixels[..., 1]) and warm[..., 2].mean() < pixels[..., 2].mean()
-    assert looks.dice(np.ones((2, 2), bool), np.ones((2, 2), bool)) == 1.0
-    assert looks.dice(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == 1.0
+    assert looks.dice_and_iou(np.ones((2, 2), bool), np.ones((2, 2), bool))[0] == 1.0
+    assert looks.dice_and_iou(np.zeros((2, 2), bool), np.zeros((2, 2), bool))[0] == 1.0

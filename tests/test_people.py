@@ -192,20 +192,15 @@ def test_the_training_mix_pastes_people_and_the_share_is_checked(wild):
             MixConfig(people=share)
 
 
-def test_train_general_takes_the_people_share_and_the_precision(synth_data, wild, tmp_path, monkeypatch):
-    import carmask.training.general as general
-
-    configs = []
-    monkeypatch.setattr(general, "train_anywhere",
-                        lambda config: configs.append(config) or {"best_outdoor_val_dice": 0.5})
-    base = ["train-general", "--data", str(synth_data), "--wild", str(wild), "--out", str(tmp_path / "run")]
+def test_train_general_takes_the_people_share_and_the_precision(train_general_cli):
+    configs = train_general_cli.configs
     for options in (["--people-share", "0.45", "--precision", "bf16-mixed"], ["--precision", "32"]):
-        result = CliRunner().invoke(app, [*base, *options])
+        result = train_general_cli.invoke(*options)
         assert result.exit_code == 0, result.output
     assert (configs[0].mix.people, configs[0].precision) == (0.45, "bf16-mixed")
     assert (configs[1].mix.people, configs[1].precision) == (0.3, "32-true")  # the mix's default
     for bad in ("1.5", "-0.1"):
-        result = CliRunner().invoke(app, [*base, "--people-share", bad])
+        result = train_general_cli.invoke("--people-share", bad)
         assert result.exit_code == 2 and "--people-share" in result.output, result.output
     assert "--people-share" in CliRunner().invoke(app, ["train-general", "--help"],
                                                   env={"COLUMNS": "200"}).output

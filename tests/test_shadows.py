@@ -149,15 +149,10 @@ def test_real_outdoor_photos_are_shaded_with_their_masks_kept(wild):
     assert changed >= 2
 
 
-def test_train_general_takes_the_shadow_share_and_records_it(synth_data, wild, tmp_path, monkeypatch):
-    import carmask.training.general as general
-
-    configs = []
-    monkeypatch.setattr(general, "train_anywhere",
-                        lambda config: configs.append(config) or {"best_outdoor_val_dice": 0.5})
-    base = ["train-general", "--data", str(synth_data), "--wild", str(wild), "--out", str(tmp_path / "run")]
+def test_train_general_takes_the_shadow_share_and_records_it(train_general_cli):
+    configs = train_general_cli.configs
     for options in (["--shadow-share", "0.4"], []):
-        result = CliRunner().invoke(app, [*base, *options])
+        result = train_general_cli.invoke(*options)
         assert result.exit_code == 0, result.output
     assert (configs[0].mix.shadows, configs[1].mix.shadows) == (0.4, 0.0)
     recorded = json.loads(json.dumps(asdict(configs[0].mix)))  # as the run's summary writes it
