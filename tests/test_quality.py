@@ -187,6 +187,42 @@ def test_a_shipped_model_finds_its_refiner_in_models_json(release, caplog):
     assert "carvana-refiner-mnv2.onnx is not in this install; running flip TTA only" in caplog.text
 
 
+def test_quality_best_runs_the_larger_model_a_shipped_model_names(release, monkeypatch, caplog):
+    """A shipped model's entry may name a larger-input file of the same role ("best"): quality
+    best runs it with the refiner its own entry names (no warning that the refiner was trained
+    on another model's outlines: the release pairs them), fast never does, and `carmask models`
+    lists it after the model."""
+    studio = release / "carvana-unet-mnv2.onnx"
+    larger = release / "carvana-unet-mnv2-large.onnx"
+    shutil.copy(studio, larger)
+    entries = json.loads((release / "models.json").read_text())
+    entries["carvana-unet-mnv2"]["best"] = larger.name
+    entries[larger.stem] = {"role": "studio (--quality best)", "input": "1024x1536",
+                            "refiner": "carvana-refiner-mnv2.onnx",
+                            "sha256": {"onnx": hashlib.sha256(larger.read_bytes()).hexdigest()}}
+    (release / "models.json").write_text(json.dumps(entries))
+    with caplog.at_level(logging.WARNING):
+        best = Predictor(studio, quality="best")
+    assert best.path == larger and best.refiner is not None and best.tta
+    assert "carvana-unet-mnv2-large.onnx" in best.name and not caplog.text
+    assert Predictor(studio).path == studio and Predictor(larger).path == larger
+    monkeypatch.setitem(SHIPPED, "studio", studio)
+    monkeypatch.setitem(SHIPPED, "general", release / "general-unet-mnv2.onnx")
+    listed = [(m.role, m.path.name) for m in model_files.shipped_models()]
+    assert listed[:2] == [("studio", studio.name), ("studio (--quality best)", larger.name)], listed
+    assert listed.count(("refiner", "carvana-refiner-mnv2.onnx")) == 1  # named twice, listed once
+    # the file is checked as every shipped file is, and a release without it runs the model
+    entries[larger.stem]["sha256"]["onnx"] = "0" * 64
+    (release / "models.json").write_text(json.dumps(entries))
+    with pytest.raises(ModelFileError, match="carvana-unet-mnv2-large.onnx: checksum mismatch"):
+        Predictor(studio, quality="best")
+    larger.unlink()
+    with caplog.at_level(logging.WARNING):
+        alone = Predictor(studio, quality="best")
+    assert alone.path == studio and alone.refiner is not None
+    assert "its --quality best model carvana-unet-mnv2-large.onnx is not in this install" in caplog.text
+
+
 def test_quality_best_without_the_refiner_file_is_flip_tta_on_both_models(caplog):
     from carmask.inference.route import create_predictor
 

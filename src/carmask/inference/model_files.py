@@ -61,21 +61,45 @@ class ShippedModel:
 
 
 def shipped_models() -> list[ShippedModel]:
-    """The shipped models, studio first, then the refiners `--quality best` adds, with their
-    summaries and model cards (weights/models.json)."""
+    """The shipped models, studio first, each followed by the larger-input file `--quality best`
+    runs instead where its entry names one ("best"), then the outline refiners best adds, with
+    their summaries and model cards (weights/models.json)."""
     summaries = json.loads((WEIGHTS / "models.json").read_text(encoding="utf-8"))
-    # a refiner is found as --quality best finds it: through its model's entry ("refiner")
-    refiners = [WEIGHTS / summaries[path.stem]["refiner"] for path in SHIPPED.values()
-                if summaries.get(path.stem, {}).get("refiner")]
-    files = list(SHIPPED.items()) + [(summaries.get(path.stem, {}).get("role", "refiner"), path)
-                                     for path in refiners]
+    # found as --quality best finds them: through a model's entry ("best", then "refiner")
+    models = []
+    for path in SHIPPED.values():
+        best = summaries.get(path.stem, {}).get("best")
+        models += [path, WEIGHTS / best] if best else [path]
+    refiners = list(dict.fromkeys(WEIGHTS / summaries[path.stem]["refiner"] for path in models
+                                  if summaries.get(path.stem, {}).get("refiner")))
+    roles = {path: role for role, path in SHIPPED.items()}
     found = []
-    for role, path in files:
+    for path in models + refiners:
         summary = summaries.get(path.stem, {})
-        found.append(ShippedModel(role, path, summary.get("input", "?"), summary.get("held_out", "?"),
+        found.append(ShippedModel(summary.get("role", roles.get(path, "refiner")), path,
+                                  summary.get("input", "?"), summary.get("held_out", "?"),
                                   summary.get("licence", "see the model card"),
                                   WEIGHTS / summary.get("card", f"{path.stem}.md")))
     return found
+
+
+def shipped_entry(model: Path) -> dict:
+    """A shipped model file's entry in weights/models.json ({} for any other file, or where the
+    release has no models.json)."""
+    try:
+        if model.resolve().parent != WEIGHTS.resolve():
+            return {}
+        return json.loads((WEIGHTS / "models.json").read_text(encoding="utf-8")).get(model.stem, {})
+    except (OSError, ValueError):
+        return {}
+
+
+def shipped_best(model: Path) -> Path | None:
+    """The file `--quality best` runs for a shipped model, where its entry names one ("best": a
+    larger-input model of the same role), with `model`'s suffix, whether or not it is in this
+    install; None for any other model."""
+    name = shipped_entry(model).get("best")
+    return (WEIGHTS / name).with_suffix(model.suffix) if name else None
 
 
 def resolve_model_path(spec: str | Path | None = None, suffix: str = ".onnx") -> Path:

@@ -24,7 +24,7 @@ import numpy as np
 from carmask.data.io import DataError, read_photo
 from carmask.inference.confidence import Confidence, assess
 from carmask.inference.model_files import (TRAIN_EXTRA, ModelFileError, onnx_file, read_config,
-                                           resolve_model_path)
+                                           resolve_model_path, shipped_best)
 from carmask.inference.outputs import (car_mask, car_probability, drop_specks, fit_to_input, photo_columns,
                                        resize_antialiased, upsample)
 from carmask.inference.refine import REFINER_ROLE, OnnxRefiner, Refiner, check_quality, shipped_refiner
@@ -71,7 +71,8 @@ class Predictor:
     For the torch backend (a GPU) see `create_predictor`.
 
     `quality` "fast" (the default) is one plain pass; "best" adds flip TTA and the model's outline
-    refiner, at about half the photos per second. `tta` and `refine`, when given, override what
+    refiner, and runs the larger-input file a shipped model names for it (weights/models.json
+    "best") in its place, at a fraction of the photos per second. `tta` and `refine`, when given, override what
     the quality sets. The refiner is `refiner`, a refiner ONNX file of your own (given, it runs
     unless `refine` is False), else the one attached in a combined `.safetensors` file (torch),
     else a shipped model's own (weights/models.json). A model without one runs best as flip TTA
@@ -117,6 +118,8 @@ class Predictor:
             raise ValueError(f"batch must be at least 1, got {self.batch}")
         self.quality = check_quality(quality)
         self.path = self._resolve(model)
+        if self.quality == "best":
+            self.path = self._best_file(self.path)
         self.config = read_config(self.path)
         if self.config.get("role") == REFINER_ROLE:
             raise ModelFileError(f"{self.path}: an outline refiner, which refines a model's outline "
@@ -148,6 +151,18 @@ class Predictor:
     def _resolve(self, model: str | Path | None) -> Path:
         return resolve_model_path(model)
 
+    def _best_file(self, path: Path) -> Path:
+        """The shipped file quality "best" runs for a shipped model (weights/models.json "best"),
+        where it names one and this install has it; else `path`, as given."""
+        best = shipped_best(path)
+        if best is None:
+            return path
+        if not best.is_file():  # a release without it: say so, and go on
+            log.warning("%s: its --quality best model %s is not in this install; running %s",
+                        path.name, best.name, path.name)
+            return path
+        return best
+
     def _load_network(self, threads: int | None) -> None:
         from carmask.inference.onnx_model import OnnxModel
 
@@ -163,8 +178,8 @@ class Predictor:
         if self.config.get("refiner"):
             return self._attached_refiner(threads)
         named = shipped_refiner(self.path)
-        if named is not None and named.is_file():
-            return OnnxRefiner(named, threads, coarse=self.path)
+        if named is not None and named.is_file():  # paired by the release, and measured so
+            return OnnxRefiner(named, threads)
         runs = "flip TTA only" if self.tta else "no refinement"
         if named is not None:  # a release without its refiner: say so, and go on
             log.warning("%s: its outline refiner %s is not in this install; running %s",

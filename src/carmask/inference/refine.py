@@ -22,7 +22,6 @@ Quality: "fast" is one plain pass; "best" adds flip TTA and the refiner where th
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -171,15 +170,8 @@ def shipped_refiner(model: Path) -> Path | None:
     whether or not the file is in this install; None for any other model."""
     from carmask.inference import model_files
 
-    weights = model_files.WEIGHTS
-    try:
-        if model.resolve().parent != weights.resolve():
-            return None
-        entry = json.loads((weights / "models.json").read_text(encoding="utf-8")).get(model.stem, {})
-    except (OSError, ValueError):
-        return None
-    name = entry.get("refiner")
-    return weights / name if name else None
+    name = model_files.shipped_entry(model).get("refiner")
+    return model_files.WEIGHTS / name if name else None
 
 
 def check_quality(quality: str) -> str:
