@@ -22,7 +22,7 @@ from carmask.cli import app
 from carmask.inference import model_files
 from carmask.inference.model_files import SHIPPED, ModelFileError, model_id, read_config
 from carmask.inference.predictor import Predictor
-from carmask.inference.refine import RefinerGeometry, outline_band
+from carmask.inference.refine import RefinerGeometry, outline_band, shipped_refiner
 
 SHIPPED_REFINER = model_files.WEIGHTS / "carvana-refiner-mnv2.onnx"
 REFINER_NAME = "refiner-mnv2 (carvana-refiner-mnv2.onnx)"
@@ -272,20 +272,19 @@ def test_quality_on_the_command_line(release, held_out, carvana, tmp_path):
 
 
 def test_quality_best_runs_without_torch(carvana, tmp_path):
-    """The plain install: --quality best on a studio photo runs flip TTA, and the shipped
-    refiner where this install has it."""
+    """The plain install: --quality best on a studio photo runs flip TTA on the file the shipped
+    studio model names for it (weights/models.json "best"), with that file's refiner if any."""
     photo = sorted((carvana / "test").glob("*.jpg"))[0]
     result = run_without_torch("predict", str(photo), "--quality", "best", "--masks-dir",
                                str(tmp_path / "masks"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "+ flip TTA" in result.stderr and "quality best" in result.stderr
-    if SHIPPED_REFINER.is_file():
-        assert "refiner-mnv2" in result.stderr
-    else:
-        assert "not in this install; running flip TTA only" in result.stderr
+    best = model_files.shipped_best(SHIPPED["studio"])
+    runs = best if best is not None and best.is_file() else SHIPPED["studio"]
+    assert f"({runs.name}" in result.stderr, result.stderr
+    assert ("refiner-mnv2" in result.stderr) == (shipped_refiner(runs) is not None), result.stderr
 
 
-@pytest.mark.skipif(not SHIPPED_REFINER.is_file(), reason="no shipped refiner yet")
 def test_quality_best_scores_higher_on_held_out_cars(carvana):
     """A few photos of the studio model's validation cars: best (flip TTA + the shipped
     refiner) against the default."""
