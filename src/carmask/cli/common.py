@@ -97,10 +97,10 @@ def _quality(value: str) -> str:
 
 QualityOption = Annotated[
     str, typer.Option(callback=_quality, metavar="[fast|best]",
-                      help="fast: one pass. best: flip TTA plus the model's outline refiner, which "
-                           "redraws the car's outline from the full-resolution photo (the studio "
-                           "model's; the general model has none, so best is flip TTA there), for "
-                           "fewer wrong pixels along the outline at about half the photos/s.")
+                      help="fast: one pass. best: flip TTA on the studio model's larger file, "
+                           "fine-tuned at 1024x1536, for fewer wrong pixels along the outline at "
+                           "a fraction of the photos/s (the general model has no larger file, so "
+                           "best is flip TTA there).")
 ]
 TtaOption = Annotated[
     Optional[bool], typer.Option(help="Average with the horizontally flipped photo (default: with "

@@ -16,8 +16,9 @@ role "refiner" in its config, which names the coarse model it refines). A shippe
 refiner is the file weights/models.json names under the model's entry ("refiner"). The refiner
 attached inside a combined `.safetensors` file needs torch (carmask.training.refiner).
 
-Quality: "fast" is one plain pass; "best" adds flip TTA and the refiner where the model has one
-(about half the photos per second, for the outline's pixels).
+Quality: "fast" is one plain pass; "best" adds flip TTA and the refiner where the model it runs
+has one. The shipped studio model's best is its 1024x1536 file, which has none: the refiner,
+trained on the 640x960 file's outlines, harms there (docs/models.md).
 """
 
 from __future__ import annotations
