@@ -73,10 +73,10 @@ class Predictor:
     `quality` "fast" (the default) is one plain pass; "best" adds flip TTA and the model's outline
     refiner, and runs the larger-input file a shipped model names for it (weights/models.json
     "best") in its place, at a fraction of the photos per second. `tta` and `refine`, when
-    given, override what the quality sets. The refiner is `refiner`, a refiner ONNX file of your own (given, it runs
-    unless `refine` is False), else the one attached in a combined `.safetensors` file (torch),
-    else a shipped model's own (weights/models.json). A model without one runs best as flip TTA
-    alone, and says so in the log.
+    given, override what the quality sets. The refiner is `refiner`, a refiner ONNX file of
+    your own (given, it runs unless `refine` is False), else the one attached in a combined
+    `.safetensors` file (torch), else a shipped model's own (weights/models.json). A model
+    without one runs best as flip TTA alone, and says so in the log.
     """
 
     backend = "onnx"
