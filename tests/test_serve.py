@@ -58,7 +58,8 @@ def test_health_models_and_docs(client):
     models = client.get("/v1/models").json()
     assert models["loaded"]["studio"]["architecture"] == models["loaded"]["general"]["architecture"] == "unet-mnv2"
     assert models["loaded"]["general"]["file"] != models["loaded"]["studio"]["file"]
-    assert [m["role"] for m in models["shipped"]] == ["studio", "general", "refiner"]
+    assert [m["role"] for m in models["shipped"]] == ["studio", "studio (--quality best)", "general",
+                                                      "refiner"]
     assert all(m["file"].endswith(".onnx") and "Dice" in m["held_out"] for m in models["shipped"])
     assert models["limits"]["max_pixels"] == LIMITS.max_pixels
     docs = client.get("/docs").text
