@@ -108,13 +108,9 @@ def refuse_nonfinite(path: Path, weights) -> None:
 def _shipped_checksum(path: Path) -> str | None:
     """The SHA-256 weights/models.json records for a shipped file (or a link to one), or None
     for any other; ModelFileError for a refiner it names without recording one."""
-    weights = model_files.WEIGHTS  # looked up at each call, so a test may point it elsewhere
-    try:
-        path = path.resolve()
-        if path.parent != weights.resolve():
-            return None
-        summaries = json.loads((weights / "models.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    path = path.resolve()
+    summaries = model_files.shipped_summaries(path)
+    if summaries is None:
         return None
     recorded = summaries.get(path.stem, {}).get("sha256", {}).get(path.suffix.lstrip("."))
     if recorded is None and any(isinstance(entry, dict) and entry.get("refiner") == path.name

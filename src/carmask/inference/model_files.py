@@ -83,15 +83,21 @@ def shipped_models() -> list[ShippedModel]:
     return found
 
 
+def shipped_summaries(model: Path) -> dict | None:
+    """weights/models.json, every shipped file's entry by stem, for a file in the weights folder;
+    None for any other file, or where the release has no readable models.json."""
+    try:
+        if model.resolve().parent != WEIGHTS.resolve():
+            return None
+        return json.loads((WEIGHTS / "models.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def shipped_entry(model: Path) -> dict:
     """A shipped model file's entry in weights/models.json ({} for any other file, or where the
     release has no models.json)."""
-    try:
-        if model.resolve().parent != WEIGHTS.resolve():
-            return {}
-        return json.loads((WEIGHTS / "models.json").read_text(encoding="utf-8")).get(model.stem, {})
-    except (OSError, ValueError):
-        return {}
+    return (shipped_summaries(model) or {}).get(model.stem, {})
 
 
 def shipped_best(model: Path) -> Path | None:
