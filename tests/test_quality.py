@@ -211,7 +211,13 @@ def test_quality_best_runs_the_larger_model_a_shipped_model_names(release, monke
     listed = [(m.role, m.path.name) for m in model_files.shipped_models()]
     assert listed[:2] == [("studio", studio.name), ("studio (--quality best)", larger.name)], listed
     assert listed.count(("refiner", "carvana-refiner-mnv2.onnx")) == 1  # named twice, listed once
-    # the file is checked as every shipped file is, and a release without it runs the model
+    # the file is checked as every shipped file is: its release must record its SHA-256, and a
+    # release without the file runs the model
+    recorded = entries[larger.stem].pop("sha256")
+    (release / "models.json").write_text(json.dumps(entries))
+    with pytest.raises(ModelFileError, match="as a shipped --quality best model but records no SHA-256"):
+        Predictor(studio, quality="best")
+    entries[larger.stem]["sha256"] = recorded
     entries[larger.stem]["sha256"]["onnx"] = "0" * 64
     (release / "models.json").write_text(json.dumps(entries))
     with pytest.raises(ModelFileError, match="carvana-unet-mnv2-large.onnx: checksum mismatch"):

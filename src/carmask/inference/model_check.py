@@ -107,18 +107,23 @@ def refuse_nonfinite(path: Path, weights) -> None:
 
 def _shipped_checksum(path: Path) -> str | None:
     """The SHA-256 weights/models.json records for a shipped file (or a link to one), or None
-    for any other; ModelFileError for a refiner it names without recording one."""
+    for any other; ModelFileError for a file an entry names (its "refiner" or its "best") without
+    recording one for this suffix."""
     path = path.resolve()
     summaries = model_files.shipped_summaries(path)
     if summaries is None:
         return None
     recorded = summaries.get(path.stem, {}).get("sha256", {}).get(path.suffix.lstrip("."))
-    if recorded is None and any(isinstance(entry, dict) and entry.get("refiner") == path.name
-                                for entry in summaries.values()):
-        # a shipped model's refiner is checked as the model is: its release must record it
-        raise ModelFileError(f"{path}: weights/models.json names it as a shipped refiner but records "
-                             f"no SHA-256 for it (an entry \"{path.stem}\" with \"sha256\": "
-                             "{\"onnx\": ...}); an unchecked shipped file is not run")
+    naming = next((key for entry in summaries.values() if isinstance(entry, dict)
+                   for key in ("refiner", "best")
+                   if isinstance(entry.get(key), str) and Path(entry[key]).stem == path.stem), None)
+    if recorded is None and naming:
+        # what a shipped model's entry names is run in its place: its release must record it
+        role = "refiner" if naming == "refiner" else "--quality best model"
+        raise ModelFileError(f"{path}: weights/models.json names it as a shipped {role} but records "
+                             f"no SHA-256 for its {path.suffix} file (an entry \"{path.stem}\" with "
+                             f"\"sha256\": {{\"{path.suffix.lstrip('.')}\": ...}}); an unchecked "
+                             "shipped file is not run")
     return recorded
 
 
