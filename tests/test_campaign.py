@@ -138,10 +138,11 @@ def test_the_default_queue_refines_the_studio_run_fine_tunes_the_general_model_t
     assert [line.split(":")[0] for line in lines] == ["studio-all150-640", "refiner-r3", "general-people-shadows-r1",
                                                       "general-people-shadows-r2", "general-people-shadows-r3",
                                                       "general-camera-r1", "studio-1024-r1",
-                                                      "general-smallcars-r1", "general-noise-r1"]
+                                                      "general-smallcars-r1", "general-noise-r1",
+                                                      "studio-1280-r1"]
     assert lines[0].startswith("studio-all150-640: waiting: carmask train --init shipped --model unet-mnv2")
-    refiner, people, lighter, again, camera, larger, small, noise = (shlex.split(line.split(": ", 2)[2])
-                                                                     for line in lines[1:])
+    refiner, people, lighter, again, camera, larger, small, noise, full = (
+        shlex.split(line.split(": ", 2)[2]) for line in lines[1:])
     # the third general run repeats the second with another seed, to average in
     assert again[:-1] == lighter[:-1] and again[-2] == "--seed" and again[-1] != lighter[-1]
     # the refiner refines the studio run's own model
@@ -196,6 +197,12 @@ def test_the_default_queue_refines_the_studio_run_fine_tunes_the_general_model_t
                                       "--out", str(tmp_path / "larger")])
     assert result.exit_code == 0, result.output
     assert configs[2].size == (1024, 1536) and configs[2].val_cars == "shipped" and configs[2].precision
+    # Carvana's own resolution fine-tunes the larger look's model, in one pass without a cache
+    assert full[1:4] == ["train", "--init", f"{tmp_path}/studio-1024-r1"] and "--cache" not in full
+    result = CliRunner().invoke(app, ["train", "--init", "shipped", *full[4:], "--data", str(synth_data),
+                                      "--out", str(tmp_path / "full")])
+    assert result.exit_code == 0, result.output
+    assert configs[3].size == (1280, 1920) and configs[3].val_cars == "shipped" and configs[3].epochs == 1
 
 
 def test_bf16_autocast_keeps_the_masks_of_fp32_on_real_photos(held_out):
