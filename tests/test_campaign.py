@@ -139,9 +139,9 @@ def test_the_default_queue_refines_the_studio_run_fine_tunes_the_general_model_t
                                                       "general-people-shadows-r2", "general-people-shadows-r3",
                                                       "general-camera-r1", "studio-1024-r1",
                                                       "general-smallcars-r1", "general-noise-r1",
-                                                      "studio-1280-r1"]
+                                                      "studio-640-from1024-r1", "studio-1280-r1"]
     assert lines[0].startswith("studio-all150-640: waiting: carmask train --init shipped --model unet-mnv2")
-    refiner, people, lighter, again, camera, larger, small, noise, full = (
+    refiner, people, lighter, again, camera, larger, small, noise, default_again, full = (
         shlex.split(line.split(": ", 2)[2]) for line in lines[1:])
     # the third general run repeats the second with another seed, to average in
     assert again[:-1] == lighter[:-1] and again[-2] == "--seed" and again[-1] != lighter[-1]
@@ -197,7 +197,13 @@ def test_the_default_queue_refines_the_studio_run_fine_tunes_the_general_model_t
                                       "--out", str(tmp_path / "larger")])
     assert result.exit_code == 0, result.output
     assert configs[2].size == (1024, 1536) and configs[2].val_cars == "shipped" and configs[2].precision
-    # Carvana's own resolution fine-tunes the larger look's model, in one pass without a cache
+    # the default's size again from the larger look's model, and Carvana's own resolution from
+    # it, in one pass without a cache
+    assert default_again[1:4] == ["train", "--init", f"{tmp_path}/studio-1024-r1"]
+    result = CliRunner().invoke(app, ["train", "--init", "shipped", *default_again[4:], "--data",
+                                      str(synth_data), "--out", str(tmp_path / "default-again")])
+    assert result.exit_code == 0, result.output
+    assert configs.pop().size == (640, 960)
     assert full[1:4] == ["train", "--init", f"{tmp_path}/studio-1024-r1"] and "--cache" not in full
     result = CliRunner().invoke(app, ["train", "--init", "shipped", *full[4:], "--data", str(synth_data),
                                       "--out", str(tmp_path / "full")])
