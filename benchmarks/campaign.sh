@@ -81,7 +81,7 @@
 #    gained 0.00035 of the 0.00069 a 0/1 mask's cap moved, and at 1280x1920 that cap is gone
 #    (the winning Kaggle entries ran at full resolution). 1 epoch of the 150 cars at batch 2
 #    (1,200 steps), lr 2e-4, bf16, no cache (one pass; a 1280x1920 cache would take 24 GB); a
-#    step took 11 s beside a training run (7.5 GB peak): about 2.5 hours idle, over sessions.
+#    step takes 10.5 s on the idle machine (7.5 GB peak): about 3.5 hours, over sessions.
 #
 # Overrides (the tests use them for tiny runs): CAMPAIGN_DIR, CAMPAIGN_DATA, CAMPAIGN_POLL (seconds
 # between the watcher's looks at a running trainer, 60), CARMASK (the
