@@ -292,8 +292,8 @@ def test_quality_best_runs_without_torch(carvana, tmp_path):
 
 
 def test_quality_best_scores_higher_on_held_out_cars(carvana):
-    """A few photos of the studio model's validation cars: best (flip TTA + the shipped
-    refiner) against the default."""
+    """A few photos of the studio model's validation cars: best (flip TTA on the file the
+    studio model's entry names for it) against the default."""
     from carmask.apps.evaluate import dice_and_iou
     from carmask.data.io import read_mask
     from carmask.data.layout import index_dataset

@@ -64,7 +64,7 @@ def shipped_models() -> list[ShippedModel]:
     """The shipped models, studio first, each followed by the larger-input file `--quality best`
     runs instead where its entry names one ("best"), then the outline refiners best adds, with
     their summaries and model cards (weights/models.json)."""
-    summaries = json.loads((WEIGHTS / "models.json").read_text(encoding="utf-8"))
+    summaries = _read_models_json()
     # found as --quality best finds them: through a model's entry ("best", then "refiner")
     models = []
     for path in SHIPPED.values():
@@ -83,13 +83,19 @@ def shipped_models() -> list[ShippedModel]:
     return found
 
 
+def _read_models_json() -> dict:
+    """weights/models.json: every shipped file's entry by stem (OSError, ValueError where the
+    release has no readable one)."""
+    return json.loads((WEIGHTS / "models.json").read_text(encoding="utf-8"))
+
+
 def shipped_summaries(model: Path) -> dict | None:
     """weights/models.json, every shipped file's entry by stem, for a file in the weights folder;
     None for any other file, or where the release has no readable models.json."""
     try:
         if model.resolve().parent != WEIGHTS.resolve():
             return None
-        return json.loads((WEIGHTS / "models.json").read_text(encoding="utf-8"))
+        return _read_models_json()
     except (OSError, ValueError):
         return None
 
