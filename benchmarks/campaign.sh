@@ -99,19 +99,17 @@ INIT=${CAMPAIGN_INIT:-shipped}
 CARMASK=${CARMASK:-.venv/bin/carmask}
 
 if grep -qE ' (amx_bf16|avx512_bf16)' /proc/cpuinfo 2>/dev/null; then PRECISION=bf16-mixed; else PRECISION=32; fi
-STUDIO_ARGS="--model unet-mnv2 --size 640x960 --batch 2 --epochs 3 --lr 3e-4 --no-pretrained
-  --val-cars shipped --val-every 0.25 --patience 1000 --workers 1 --precision $PRECISION
-  --half --cache $CAMPAIGN_DIR/cache"
+# every studio run: the shipped model's 10 validation cars held out, validated at full
+# resolution four times an epoch, saved in fp16; runs of several epochs read a photo cache
+STUDIO_COMMON="--model unet-mnv2 --batch 2 --no-pretrained --val-cars shipped --val-every 0.25
+  --patience 1000 --workers 1 --precision $PRECISION --half"
+CACHE="--cache $CAMPAIGN_DIR/cache"
+STUDIO_ARGS="$STUDIO_COMMON --size 640x960 --epochs 3 --lr 3e-4 $CACHE"
 REFINER_ARGS="--epochs 1 --steps-per-epoch 1600 --crops 16 --lr 1e-3 --val-photos 48
   --val-every 0.125 --workers 0 --precision $PRECISION"
-LARGE_ARGS="--model unet-mnv2 --size 1024x1536 --batch 2 --epochs 2 --lr 2e-4 --no-pretrained
-  --val-cars shipped --val-every 0.25 --patience 1000 --workers 1 --precision $PRECISION
-  --half --cache $CAMPAIGN_DIR/cache"
-DEFAULT_AGAIN_ARGS="--model unet-mnv2 --size 640x960 --batch 2 --epochs 1 --lr 1e-4 --no-pretrained
-  --val-cars shipped --val-every 0.25 --patience 1000 --workers 1 --precision $PRECISION
-  --half --cache $CAMPAIGN_DIR/cache"
-FULL_ARGS="--model unet-mnv2 --size 1280x1920 --batch 2 --epochs 1 --lr 2e-4 --no-pretrained
-  --val-cars shipped --val-every 0.25 --patience 1000 --workers 1 --precision $PRECISION --half"
+LARGE_ARGS="$STUDIO_COMMON --size 1024x1536 --epochs 2 --lr 2e-4 $CACHE"
+DEFAULT_AGAIN_ARGS="$STUDIO_COMMON --size 640x960 --epochs 1 --lr 1e-4 $CACHE"
+FULL_ARGS="$STUDIO_COMMON --size 1280x1920 --epochs 1 --lr 2e-4"
 GENERAL_ARGS="--size 544x736 --predict-size 448x608 --outdoor-share 0.6 --people-share 0.3
   --shadow-share 0.3 --epochs 12 --samples 480 --batch 8 --lr 7.5e-5 --seed 24 --workers 1 --precision $PRECISION"
 GENERAL_LIGHT_ARGS="--size 544x736 --predict-size 448x608 --outdoor-share 0.6 --people-share 0.15
