@@ -79,9 +79,9 @@
 # 11. studio-1280-r1: studio-1024-r1 (6) fine-tuned at 1280x1920, Carvana's own resolution (its
 #    photos are 1280x1918), for `--quality best`: from 640x960 to 1024x1536 the held-out Dice
 #    gained 0.00035 of the 0.00069 a 0/1 mask's cap moved, and at 1280x1920 that cap is gone.
-#    1 epoch of the 150 cars at batch 2
-#    (1,200 steps), lr 2e-4, bf16, no cache (one pass; a 1280x1920 cache would take 24 GB); a
-#    step takes 10.5 s on the idle machine (7.5 GB peak): about 3.5 hours, over sessions.
+#    1 epoch of the 150 cars at batch 2 (1,200 steps), lr 2e-4, bf16, no cache (one pass; a
+#    1280x1920 cache would take 24 GB); a step takes 10.5 s on the idle machine (7.5 GB peak):
+#    about 3.5 hours, over sessions.
 #
 # Overrides (the tests use them for tiny runs): CAMPAIGN_DIR, CAMPAIGN_DATA, CAMPAIGN_POLL (seconds
 # between the watcher's looks at a running trainer, 60), CARMASK (the
