@@ -80,8 +80,19 @@
 #    photos are 1280x1918), for `--quality best`: from 640x960 to 1024x1536 the held-out Dice
 #    gained 0.00035 of the 0.00069 a 0/1 mask's cap moved, and at 1280x1920 that cap is gone.
 #    1 epoch of the 150 cars at batch 2 (1,200 steps), lr 2e-4, bf16, no cache (one pass; a
-#    1280x1920 cache would take 24 GB); a step takes 10.5 s on the idle machine (7.5 GB peak):
-#    about 3.5 hours, over sessions.
+#    1280x1920 cache would take 24 GB); a step takes 10.5 s on the idle machine (7.5 GB peak).
+#    Lost with the machine on 2026-12-07 (found bare: every run folder gone) before its first
+#    validation; not run again.
+# 12. studio-1280-r2: 11 made to fit one session, since a machine found bare loses a run that
+#    spans sessions: half an epoch (600 steps of 2, 1,200 of the 2,400 photos), validated twice,
+#    from the shipped 1024x1536 file (studio-1024-r1's end, in fp16) where that run's folder is
+#    gone. About 1.8 hours idle.
+#
+# A machine may be found bare, its run folders gone. The runs whose outcome is written up in
+# docs/training-history.md (RECORDED) then count as finished and are not run again, and a run's
+# start may name alternatives, A,B: the first that exists (a run folder counts once its model is
+# written; 'shipped' and 'general' always exist), so a run that fine-tunes a lost run's model
+# starts from the file that run shipped.
 #
 # Overrides (the tests use them for tiny runs): CAMPAIGN_DIR, CAMPAIGN_DATA, CAMPAIGN_POLL (seconds
 # between the watcher's looks at a running trainer, 60), CARMASK (the
@@ -89,7 +100,8 @@
 # train`) of that name and those training options; CAMPAIGN_INIT, the model the studio run
 # starts from; CAMPAIGN_QUEUE replaces the whole queue: one run a line, NAME|COMMAND|INIT|OPTIONS
 # (COMMAND: train, train-general or train-refiner; --data, --out, --resume and INIT as --init,
-# or for a refiner as --coarse, are added).
+# or for a refiner as --coarse, are added); CAMPAIGN_RECORDED, the runs recorded as finished
+# (none when the queue is overridden).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -110,6 +122,8 @@ REFINER_ARGS="--epochs 1 --steps-per-epoch 1600 --crops 16 --lr 1e-3 --val-photo
 LARGE_ARGS="$STUDIO_COMMON --size 1024x1536 --epochs 2 --lr 2e-4 $CACHE"
 DEFAULT_AGAIN_ARGS="$STUDIO_COMMON --size 640x960 --epochs 1 --lr 1e-4 $CACHE"
 FULL_ARGS="$STUDIO_COMMON --size 1280x1920 --epochs 1 --lr 2e-4"
+FULL_HALF_ARGS="$FULL_ARGS --limit-train-batches 600 --val-every 0.5"
+SHIPPED_1024=src/carmask/weights/carvana-unet-mnv2-1024.safetensors
 GENERAL_ARGS="--size 544x736 --predict-size 448x608 --outdoor-share 0.6 --people-share 0.3
   --shadow-share 0.3 --epochs 12 --samples 480 --batch 8 --lr 7.5e-5 --seed 24 --workers 1 --precision $PRECISION"
 GENERAL_LIGHT_ARGS="--size 544x736 --predict-size 448x608 --outdoor-share 0.6 --people-share 0.15
@@ -127,7 +141,14 @@ studio-1024-r1|train|$CAMPAIGN_DIR/studio-all150-640|$LARGE_ARGS
 general-smallcars-r1|train-general|general|$GENERAL_LIGHT_ARGS --seed 27 --small-car-boost 8
 general-noise-r1|train-general|general|$GENERAL_LIGHT_ARGS --seed 29 --camera-share 0.3 --camera-changes noise
 studio-640-from1024-r1|train|$CAMPAIGN_DIR/studio-1024-r1|$DEFAULT_AGAIN_ARGS
-studio-1280-r1|train|$CAMPAIGN_DIR/studio-1024-r1|$FULL_ARGS"}
+studio-1280-r1|train|$CAMPAIGN_DIR/studio-1024-r1|$FULL_ARGS
+studio-1280-r2|train|$CAMPAIGN_DIR/studio-1024-r1,$SHIPPED_1024|$FULL_HALF_ARGS"}
+fi
+if [[ -n ${CAMPAIGN_RUN:-}${CAMPAIGN_ARGS:-}${CAMPAIGN_QUEUE:-} ]]; then RECORDED=${CAMPAIGN_RECORDED:-}
+else
+  RECORDED=${CAMPAIGN_RECORDED-"studio-all150-640 refiner-r3 general-people-shadows-r1 general-people-shadows-r2
+    general-people-shadows-r3 general-camera-r1 studio-1024-r1 general-smallcars-r1 general-noise-r1
+    studio-640-from1024-r1 studio-1280-r1"}
 fi
 
 # One line per run (the options joined into one line), blank lines left out.
@@ -143,9 +164,22 @@ select_run() {  # select_run LINE: the run's name, command, start, options and f
   else
     PRODUCT="$OUT/model.safetensors"; INIT_OPTION=--init
   fi
+  resolve_init
 }
 
-finished() { [[ -f $PRODUCT ]]; }
+resolve_init() {  # RUN_INIT: the first of its alternatives that exists; MISSING: those before it
+  local choice choices
+  IFS=',' read -ra choices <<<"$RUN_INIT"
+  MISSING=()
+  for choice in "${choices[@]}"; do
+    if [[ $choice != */* || -f $choice || -f $choice/model.safetensors ]]; then RUN_INIT=$choice; return; fi
+    MISSING+=("$choice")
+  done
+  RUN_INIT=${choices[0]}; MISSING=()  # none exists: the trainer names the first
+}
+
+recorded() { [[ " ${RECORDED//$'\n'/ } " == *" $RUN "* ]]; }
+finished() { [[ -f $PRODUCT ]] || recorded; }
 running() { [[ -f $PIDFILE ]] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
 
 select_running() {  # selects the run whose trainer is alive; false when none is
@@ -184,7 +218,8 @@ start() {
   local line
   while IFS= read -r line; do
     select_run "$line"
-    if finished; then echo "$RUN: finished; model: $PRODUCT"; continue; fi
+    if [[ -f $PRODUCT ]]; then echo "$RUN: finished; model: $PRODUCT"; continue; fi
+    if recorded; then echo "$RUN: finished (its folder is gone; its outcome is in docs/training-history.md)"; continue; fi
     start_run
     return
   done < <(queue_lines)
@@ -205,6 +240,7 @@ start_run() {  # starts or resumes the selected run in the background
   else
     echo "$RUN: starting from $RUN_INIT"
   fi
+  if ((${#MISSING[@]})); then echo "$RUN: ${MISSING[*]} is gone (no model.safetensors); its shipped file stands in"; fi
   # shellcheck disable=SC2086  # ARGS is a list of options
   HF_HUB_OFFLINE=1 nohup nice -n 19 "$CARMASK" "$COMMAND" --data "$DATA" --out "$OUT" \
       "$INIT_OPTION" "$RUN_INIT" --resume $ARGS >>"$LOG" 2>&1 </dev/null &
@@ -218,7 +254,8 @@ start_run() {  # starts or resumes the selected run in the background
 status() {
   select_running || select_current
   if running; then echo "$RUN: running (pid $(cat "$PIDFILE"))"
-  elif finished; then echo "$RUN: finished; model: $PRODUCT"
+  elif [[ -f $PRODUCT ]]; then echo "$RUN: finished; model: $PRODUCT"
+  elif recorded; then echo "$RUN: finished; its folder is gone (its outcome is in docs/training-history.md)"
   else echo "$RUN: not running; 'benchmarks/campaign.sh start' resumes it"; fi
   [[ -d $OUT/checkpoints ]] && ls -l --time-style=+%H:%M "$OUT/checkpoints" | awk 'NR > 1 { print "  checkpoint", $6, $7 }'
   validation_figures
@@ -242,7 +279,8 @@ queue() {
   local line state
   while IFS= read -r line; do
     select_run "$line"
-    if running; then state=running; elif finished; then state=finished; else state=waiting; fi
+    if running; then state=running; elif [[ -f $PRODUCT ]]; then state=finished
+    elif recorded; then state=recorded; else state=waiting; fi
     echo "$RUN: $state: carmask $COMMAND $INIT_OPTION $RUN_INIT $ARGS"
   done < <(queue_lines)
 }

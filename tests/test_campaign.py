@@ -123,6 +123,36 @@ def test_a_run_that_finishes_starts_the_next_by_itself(tmp_path):
     wait_for(lambda: "third: not running" in campaign("status", env), 30, "the trainer to stop")
 
 
+def test_a_machine_found_bare_skips_recorded_runs_and_starts_from_the_file_they_shipped(tmp_path):
+    """Every run folder gone: a run whose outcome is recorded is not run again, and the next run,
+    which fine-tunes that run's model, starts from the file it shipped (the second alternative)."""
+    calls, stand_in = tmp_path / "calls.txt", tmp_path / "carmask"
+    stand_in.write_text(f'#!/usr/bin/env bash\necho "$@" >> {calls}\nexec sleep 60\n')
+    stand_in.chmod(0o755)
+    runs, shipped = tmp_path / "runs", tmp_path / "shipped-1024.safetensors"
+    shipped.write_bytes(b"")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGN_")}
+    env.update(CAMPAIGN_DIR=str(runs), CAMPAIGN_DATA="data", CARMASK=str(stand_in),
+               CAMPAIGN_RECORDED="first",
+               CAMPAIGN_QUEUE=f"first|train|shipped|--epochs 1\nsecond|train|{runs}/first,{shipped}|--epochs 1\n")
+    assert campaign("queue", env).splitlines() == [
+        "first: recorded: carmask train --init shipped --epochs 1",
+        f"second: waiting: carmask train --init {shipped} --epochs 1"]
+    started = campaign("start", env)
+    try:
+        assert "first: finished (its folder is gone" in started
+        assert f"second: starting from {shipped}" in started
+        assert f"{runs}/first is gone" in started
+        wait_for(lambda: calls.exists() and calls.read_text().strip(), 30, "the second run's trainer")
+        assert f"--init {shipped} --resume" in calls.read_text()
+    finally:
+        campaign("stop", env)
+    # once the first run's folder is back with its model, the second starts from it again
+    (runs / "first").mkdir(parents=True)
+    (runs / "first" / "model.safetensors").write_bytes(b"")
+    assert campaign("queue", env).splitlines()[1].startswith(f"second: waiting: carmask train --init {runs}/first ")
+
+
 def test_the_default_queue_refines_the_studio_run_fine_tunes_the_general_model_then_a_larger_look(
         synth_data, wild, tmp_path, monkeypatch):
     import shlex
@@ -139,9 +169,12 @@ def test_the_default_queue_refines_the_studio_run_fine_tunes_the_general_model_t
                                                       "general-people-shadows-r2", "general-people-shadows-r3",
                                                       "general-camera-r1", "studio-1024-r1",
                                                       "general-smallcars-r1", "general-noise-r1",
-                                                      "studio-640-from1024-r1", "studio-1280-r1"]
-    assert lines[0].startswith("studio-all150-640: waiting: carmask train --init shipped --model unet-mnv2")
-    refiner, people, lighter, again, camera, larger, small, noise, default_again, full = (
+                                                      "studio-640-from1024-r1", "studio-1280-r1",
+                                                      "studio-1280-r2"]
+    # the runs written up in docs/training-history.md are not run again where their folders are gone
+    assert lines[0].startswith("studio-all150-640: recorded: carmask train --init shipped --model unet-mnv2")
+    assert [line.split(": ")[1] for line in lines] == ["recorded"] * 11 + ["waiting"]
+    refiner, people, lighter, again, camera, larger, small, noise, default_again, full, full_half = (
         shlex.split(line.split(": ", 2)[2]) for line in lines[1:])
     # the third general run repeats the second with another seed, to average in
     assert again[:-1] == lighter[:-1] and again[-2] == "--seed" and again[-1] != lighter[-1]
@@ -210,6 +243,15 @@ def test_the_default_queue_refines_the_studio_run_fine_tunes_the_general_model_t
     assert result.exit_code == 0, result.output
     full_size = configs.pop()
     assert full_size.size == (1280, 1920) and full_size.val_cars == "shipped" and full_size.epochs == 1
+    # its second try fits a session: half an epoch, from the shipped 1024x1536 file where
+    # studio-1024-r1's folder is gone
+    assert full_half[1:4] == ["train", "--init", "src/carmask/weights/carvana-unet-mnv2-1024.safetensors"]
+    assert (ROOT / full_half[3]).is_file()
+    result = CliRunner().invoke(app, ["train", *full_half[2:], "--data", str(synth_data),
+                                      "--out", str(tmp_path / "full-half")])
+    assert result.exit_code == 0, result.output
+    half = configs.pop()
+    assert half.size == full_size.size and half.limit_train_batches == 600 and half.lr == full_size.lr
 
 
 def test_bf16_autocast_keeps_the_masks_of_fp32_on_real_photos(held_out):
