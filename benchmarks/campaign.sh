@@ -240,7 +240,7 @@ start_run() {  # starts or resumes the selected run in the background
   else
     echo "$RUN: starting from $RUN_INIT"
   fi
-  if ((${#MISSING[@]})); then echo "$RUN: ${MISSING[*]} is gone (no model.safetensors); its shipped file stands in"; fi
+  if ((${#MISSING[@]})); then echo "$RUN: no model in ${MISSING[*]} (its folder is gone); $RUN_INIT stands in"; fi
   # shellcheck disable=SC2086  # ARGS is a list of options
   HF_HUB_OFFLINE=1 nohup nice -n 19 "$CARMASK" "$COMMAND" --data "$DATA" --out "$OUT" \
       "$INIT_OPTION" "$RUN_INIT" --resume $ARGS >>"$LOG" 2>&1 </dev/null &

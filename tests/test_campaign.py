@@ -142,7 +142,7 @@ def test_a_machine_found_bare_skips_recorded_runs_and_starts_from_the_file_they_
     try:
         assert "first: finished (its folder is gone" in started
         assert f"second: starting from {shipped}" in started
-        assert f"{runs}/first is gone" in started
+        assert f"no model in {runs}/first (its folder is gone); {shipped} stands in" in started
         wait_for(lambda: calls.exists() and calls.read_text().strip(), 30, "the second run's trainer")
         assert f"--init {shipped} --resume" in calls.read_text()
     finally:
