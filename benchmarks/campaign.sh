@@ -86,7 +86,11 @@
 # 12. studio-1280-r2: 11 made to fit one session, since a machine found bare loses a run that
 #    spans sessions: half an epoch (600 steps of 2, 1,200 of the 2,400 photos), validated twice,
 #    from the shipped 1024x1536 file (studio-1024-r1's end, in fp16) where that run's folder is
-#    gone. About 1.8 hours idle.
+#    gone. About 1.8 hours idle (7.4 s a step). Finished 2026-12-07; with flip TTA -0.00004
+#    against best (the 1024x1536 file), alone and averaged with it: not shipped.
+# 13. refiner-1024-r1: refiner-r3's recipe (2) on the outlines of the shipped 1024x1536 file, what
+#    `--quality best` runs: the refiner trained on the 640x960 file's outlines harms that file's
+#    (-0.00004). Its coarse logits come from the larger file, so a step costs more than r3's.
 #
 # A machine may be found bare, its run folders gone. The runs whose outcome is written up in
 # docs/training-history.md (RECORDED) then count as finished and are not run again, and a run's
@@ -142,13 +146,14 @@ general-smallcars-r1|train-general|general|$GENERAL_LIGHT_ARGS --seed 27 --small
 general-noise-r1|train-general|general|$GENERAL_LIGHT_ARGS --seed 29 --camera-share 0.3 --camera-changes noise
 studio-640-from1024-r1|train|$CAMPAIGN_DIR/studio-1024-r1|$DEFAULT_AGAIN_ARGS
 studio-1280-r1|train|$CAMPAIGN_DIR/studio-1024-r1|$FULL_ARGS
-studio-1280-r2|train|$CAMPAIGN_DIR/studio-1024-r1,$SHIPPED_1024|$FULL_HALF_ARGS"}
+studio-1280-r2|train|$CAMPAIGN_DIR/studio-1024-r1,$SHIPPED_1024|$FULL_HALF_ARGS
+refiner-1024-r1|train-refiner|$CAMPAIGN_DIR/studio-1024-r1,$SHIPPED_1024|$REFINER_ARGS"}
 fi
 if [[ -n ${CAMPAIGN_RUN:-}${CAMPAIGN_ARGS:-}${CAMPAIGN_QUEUE:-} ]]; then RECORDED=${CAMPAIGN_RECORDED:-}
 else
   RECORDED=${CAMPAIGN_RECORDED-"studio-all150-640 refiner-r3 general-people-shadows-r1 general-people-shadows-r2
     general-people-shadows-r3 general-camera-r1 studio-1024-r1 general-smallcars-r1 general-noise-r1
-    studio-640-from1024-r1 studio-1280-r1"}
+    studio-640-from1024-r1 studio-1280-r1 studio-1280-r2"}
 fi
 
 # One line per run (the options joined into one line), blank lines left out.

@@ -170,11 +170,11 @@ def test_the_default_queue_refines_the_studio_run_fine_tunes_the_general_model_t
                                                       "general-camera-r1", "studio-1024-r1",
                                                       "general-smallcars-r1", "general-noise-r1",
                                                       "studio-640-from1024-r1", "studio-1280-r1",
-                                                      "studio-1280-r2"]
+                                                      "studio-1280-r2", "refiner-1024-r1"]
     # the runs written up in docs/training-history.md are not run again where their folders are gone
     assert lines[0].startswith("studio-all150-640: recorded: carmask train --init shipped --model unet-mnv2")
-    assert [line.split(": ")[1] for line in lines] == ["recorded"] * 11 + ["waiting"]
-    refiner, people, lighter, again, camera, larger, small, noise, default_again, full, full_half = (
+    assert [line.split(": ")[1] for line in lines] == ["recorded"] * 12 + ["waiting"]
+    refiner, people, lighter, again, camera, larger, small, noise, default_again, full, full_half, refiner_1024 = (
         shlex.split(line.split(": ", 2)[2]) for line in lines[1:])
     # the third general run repeats the second with another seed, to average in
     assert again[:-1] == lighter[:-1] and again[-2] == "--seed" and again[-1] != lighter[-1]
@@ -252,6 +252,8 @@ def test_the_default_queue_refines_the_studio_run_fine_tunes_the_general_model_t
     assert result.exit_code == 0, result.output
     half = configs.pop()
     assert half.size == full_size.size and half.limit_train_batches == 600 and half.lr == full_size.lr
+    # the refiner of best's own outlines: refiner-r3's recipe on the shipped 1024x1536 file
+    assert refiner_1024[1:4] == ["train-refiner", "--coarse", full_half[3]] and refiner_1024[4:] == refiner[4:]
 
 
 def test_bf16_autocast_keeps_the_masks_of_fp32_on_real_photos(held_out):
