@@ -15,14 +15,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+from common import CARVANA
 
 from carmask.apps.evaluate import photos_to_score
 from carmask.data import index_dataset
 from carmask.inference.predictor import Predictor
 from carmask.inference.route import STUDIO_UNSURE_LIMIT
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "carvana"
-
 
 def unsure_shares(predictor: Predictor, data: Path) -> dict[str, float]:
     """Unsure share by photo name: the model's held-out cars, then the test photos."""
@@ -37,7 +35,8 @@ def main() -> None:
     parser.add_argument("--model", default="shipped", help="a model file, run folder or 'shipped'")
     parser.add_argument("--quality", default="fast", choices=["fast", "best"])
     parser.add_argument("--tta", action="store_true", help="flip TTA (best has it already)")
-    parser.add_argument("--data", type=Path, default=DATA, help="a Kaggle-layout Carvana folder")
+    parser.add_argument("--data", type=Path, default=CARVANA,
+                        help="a Kaggle-layout Carvana folder (default: $CARMASK_CARVANA or ../shared)")
     args = parser.parse_args()
     predictor = Predictor(args.model, quality=args.quality, tta=True if args.tta else None)
     shares = np.array(list(unsure_shares(predictor, args.data).values()))
