@@ -86,11 +86,11 @@
 # 12. studio-1280-r2: 11 made to fit one session, since a machine found bare loses a run that
 #    spans sessions: half an epoch (600 steps of 2, 1,200 of the 2,400 photos), validated twice,
 #    from the shipped 1024x1536 file (studio-1024-r1's end, in fp16) where that run's folder is
-#    gone. About 1.8 hours idle (7.4 s a step). Finished 2026-12-07; with flip TTA -0.00004
+#    gone. 88 minutes (7.4 s a step). Finished 2026-12-07; with flip TTA -0.00004
 #    against best (the 1024x1536 file), alone and averaged with it: not shipped.
 # 13. refiner-1024-r1: refiner-r3's recipe (2) on the outlines of the shipped 1024x1536 file, what
-#    `--quality best` runs: the refiner trained on the 640x960 file's outlines harms that file's
-#    (-0.00004). Its coarse logits come from the larger file, so a step costs more than r3's.
+#    `--quality best` runs: the refiner trained on the 640x960 file's outlines harms the larger
+#    file's (-0.00004). Its coarse logits come from the larger file, so a step costs more.
 #
 # A machine may be found bare, its run folders gone. The runs whose outcome is written up in
 # docs/training-history.md (RECORDED) then count as finished and are not run again, and a run's
