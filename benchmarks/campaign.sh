@@ -90,7 +90,8 @@
 #    against best (the 1024x1536 file), alone and averaged with it: not shipped.
 # 13. refiner-1024-r1: refiner-r3's recipe (2) on the outlines of the shipped 1024x1536 file, what
 #    `--quality best` runs: the refiner trained on the 640x960 file's outlines harms the larger
-#    file's (-0.00004). Its coarse logits come from the larger file, so a step costs more.
+#    file's (-0.00004). Finished 2026-12-07 (44 minutes); +0.000006 against best (s.e.
+#    0.000003): not shipped. The studio best line stops; the queue is done.
 #
 # A machine may be found bare, its run folders gone. The runs whose outcome is written up in
 # docs/training-history.md (RECORDED) then count as finished and are not run again, and a run's
@@ -153,7 +154,7 @@ if [[ -n ${CAMPAIGN_RUN:-}${CAMPAIGN_ARGS:-}${CAMPAIGN_QUEUE:-} ]]; then RECORDE
 else
   RECORDED=${CAMPAIGN_RECORDED-"studio-all150-640 refiner-r3 general-people-shadows-r1 general-people-shadows-r2
     general-people-shadows-r3 general-camera-r1 studio-1024-r1 general-smallcars-r1 general-noise-r1
-    studio-640-from1024-r1 studio-1280-r1 studio-1280-r2"}
+    studio-640-from1024-r1 studio-1280-r1 studio-1280-r2 refiner-1024-r1"}
 fi
 
 # One line per run (the options joined into one line), blank lines left out.
