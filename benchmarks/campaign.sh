@@ -133,10 +133,14 @@ GENERAL_ARGS="--size 544x736 --predict-size 448x608 --outdoor-share 0.6 --people
   --shadow-share 0.3 --epochs 12 --samples 480 --batch 8 --lr 7.5e-5 --seed 24 --workers 1 --precision $PRECISION"
 GENERAL_LIGHT_ARGS="--size 544x736 --predict-size 448x608 --outdoor-share 0.6 --people-share 0.15
   --shadow-share 0.15 --epochs 4 --samples 480 --batch 8 --lr 3e-5 --workers 1 --precision $PRECISION"
+# an overridden queue (the tests' tiny runs) has no recorded runs unless CAMPAIGN_RECORDED names them
+RECORDED=${CAMPAIGN_RECORDED:-}
 if [[ -n ${CAMPAIGN_RUN:-} || -n ${CAMPAIGN_ARGS:-} ]]; then
   QUEUE="${CAMPAIGN_RUN:-studio-all150-640}|train|$INIT|${CAMPAIGN_ARGS:-$STUDIO_ARGS}"
+elif [[ -n ${CAMPAIGN_QUEUE:-} ]]; then
+  QUEUE=$CAMPAIGN_QUEUE
 else
-  QUEUE=${CAMPAIGN_QUEUE:-"studio-all150-640|train|$INIT|$STUDIO_ARGS
+  QUEUE="studio-all150-640|train|$INIT|$STUDIO_ARGS
 refiner-r3|train-refiner|$CAMPAIGN_DIR/studio-all150-640|$REFINER_ARGS
 general-people-shadows-r1|train-general|general|$GENERAL_ARGS
 general-people-shadows-r2|train-general|general|$GENERAL_LIGHT_ARGS --seed 25
@@ -148,10 +152,7 @@ general-noise-r1|train-general|general|$GENERAL_LIGHT_ARGS --seed 29 --camera-sh
 studio-640-from1024-r1|train|$CAMPAIGN_DIR/studio-1024-r1|$DEFAULT_AGAIN_ARGS
 studio-1280-r1|train|$CAMPAIGN_DIR/studio-1024-r1|$FULL_ARGS
 studio-1280-r2|train|$CAMPAIGN_DIR/studio-1024-r1,$SHIPPED_1024|$FULL_HALF_ARGS
-refiner-1024-r1|train-refiner|$CAMPAIGN_DIR/studio-1024-r1,$SHIPPED_1024|$REFINER_ARGS"}
-fi
-if [[ -n ${CAMPAIGN_RUN:-}${CAMPAIGN_ARGS:-}${CAMPAIGN_QUEUE:-} ]]; then RECORDED=${CAMPAIGN_RECORDED:-}
-else
+refiner-1024-r1|train-refiner|$CAMPAIGN_DIR/studio-1024-r1,$SHIPPED_1024|$REFINER_ARGS"
   RECORDED=${CAMPAIGN_RECORDED-"studio-all150-640 refiner-r3 general-people-shadows-r1 general-people-shadows-r2
     general-people-shadows-r3 general-camera-r1 studio-1024-r1 general-smallcars-r1 general-noise-r1
     studio-640-from1024-r1 studio-1280-r1 studio-1280-r2 refiner-1024-r1"}
@@ -187,6 +188,10 @@ resolve_init() {  # RUN_INIT: the first of its alternatives that exists; MISSING
 recorded() { [[ " ${RECORDED//$'\n'/ } " == *" $RUN "* ]]; }
 finished() { [[ -f $PRODUCT ]] || recorded; }
 running() { [[ -f $PIDFILE ]] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
+finished_line() {  # how start and status say that the selected (finished) run has finished
+  if [[ -f $PRODUCT ]]; then echo "$RUN: finished; model: $PRODUCT"
+  else echo "$RUN: finished (its folder is gone; its outcome is in docs/training-history.md)"; fi
+}
 
 select_running() {  # selects the run whose trainer is alive; false when none is
   local line
@@ -224,8 +229,7 @@ start() {
   local line
   while IFS= read -r line; do
     select_run "$line"
-    if [[ -f $PRODUCT ]]; then echo "$RUN: finished; model: $PRODUCT"; continue; fi
-    if recorded; then echo "$RUN: finished (its folder is gone; its outcome is in docs/training-history.md)"; continue; fi
+    if finished; then finished_line; continue; fi
     start_run
     return
   done < <(queue_lines)
@@ -260,8 +264,7 @@ start_run() {  # starts or resumes the selected run in the background
 status() {
   select_running || select_current
   if running; then echo "$RUN: running (pid $(cat "$PIDFILE"))"
-  elif [[ -f $PRODUCT ]]; then echo "$RUN: finished; model: $PRODUCT"
-  elif recorded; then echo "$RUN: finished; its folder is gone (its outcome is in docs/training-history.md)"
+  elif finished; then finished_line
   else echo "$RUN: not running; 'benchmarks/campaign.sh start' resumes it"; fi
   [[ -d $OUT/checkpoints ]] && ls -l --time-style=+%H:%M "$OUT/checkpoints" | awk 'NR > 1 { print "  checkpoint", $6, $7 }'
   validation_figures
