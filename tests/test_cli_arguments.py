@@ -95,7 +95,7 @@ KINDS: dict[str, dict[str, str]] = {
                  "--quality": "choice", "--tta": "flag", "--size": "size", "--backend": "choice",
                  "--device": "choice", "--cars": "cars", "--json": "flag", "--overwrite": "flag"},
     "export": {"--out": "output file", "--model": "model", "--size": "size", "--fp16": "flag",
-               "--overwrite": "flag", "--refines": "model"},
+               "--overwrite": "flag", "--refines": "model", "--int8-decoder": "data folder"},
     "average": {"models": "input file", "--out": "output file", "--size": "size",
                 "--min-car-area": "fraction", "--second-look": "second-look", "--half": "flag",
                 "--overwrite": "flag"},

@@ -179,6 +179,13 @@ def export(
         help="For an outline refiner: the coarse model it refines (studio, general, or its model "
              "file), recorded in the ONNX file (default: the model its training record names).")
     ] = None,
+    int8_decoder: Annotated[Optional[Path], typer.Option(
+        "--int8-decoder", metavar="DATA",
+        help="Put the decoder in int8 (the encoder stays fp32), its activations calibrated on 24 "
+             "training photos of this Kaggle-layout folder outside the model's held-out cars: "
+             "about 1.4x faster on CPUs with VNNI or AMX, for about 0.00003 of Dice on Carvana. "
+             "The shipped studio file is made so.")
+    ] = None,
 ) -> None:
     """Export a trained model (.safetensors, or a run folder) to one ONNX file, its config
     inside, that every command runs without torch (`--model FILE.onnx`). It takes any input
@@ -190,10 +197,14 @@ def export(
     """
     require_torch("export")
     from carmask.inference.model_files import ModelFileError, model_id, read_config, resolve_model_path
+    from carmask.data.io import DataError
     from carmask.training.export import export_model_file, is_refiner, refiner_export_config
+    from carmask.training.quantize import calibration_photos
     from carmask.util.output_files import OutputError, check_output_file, refuse_replacing
 
     input_size = parse_size(size, "HEIGHTxWIDTH", "--size") if size else None
+    if int8_decoder:
+        require_data_folder(int8_decoder, "--int8-decoder")
     try:
         if out.suffix != ".onnx":  # every loader reads a model file by its suffix
             raise OutputError(f"{out}: the --out ONNX file must end in .onnx")
@@ -207,11 +218,14 @@ def export(
             coarse = refiner_export_config(config, coarse, source)["refines"]
         elif refines:
             raise ModelFileError(f"--refines: {source} is not an outline refiner")
-        path = export_model_file(source, out, fp16=fp16, size=input_size, refines=coarse)
-    except (ModelFileError, OutputError) as error:
+        photos = calibration_photos(int8_decoder, config) if int8_decoder else None
+        path = export_model_file(source, out, fp16=fp16, size=input_size, refines=coarse,
+                                 int8_photos=photos)
+    except (ModelFileError, OutputError, DataError) as error:
         raise fail(str(error)) from None
-    console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB, {'fp16' if fp16 else 'fp32'} "
-                  f"weights) from {source}" + (f", the outline refiner of {coarse}" if coarse else ""))
+    weights = "int8 decoder, fp32 encoder" if photos else "fp16" if fp16 else "fp32"
+    console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB, {weights} weights) from "
+                  f"{source}" + (f", the outline refiner of {coarse}" if coarse else ""))
 
 
 def _refiner_run(model: str | None) -> str | None:

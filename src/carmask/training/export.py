@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -50,13 +51,21 @@ def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int], chann
 
 
 def export_model_file(model_file: str | Path, out: str | Path, fp16: bool = False,
-                      size: tuple[int, int] | None = None, refines: str | None = None) -> Path:
+                      size: tuple[int, int] | None = None, refines: str | None = None,
+                      int8_photos: Sequence[str | Path] | None = None) -> Path:
     """The ONNX file of a carmask `.safetensors` model, config included. An outline refiner
     (`carmask train-refiner`'s refiner.safetensors) becomes a refiner ONNX file (see
-    `refiner_export_config`; `refines` names the coarse model it refines)."""
+    `refiner_export_config`; `refines` names the coarse model it refines). With `int8_photos`,
+    the decoder is put in int8, calibrated on those photos (`carmask.training.quantize`)."""
     from carmask.training.models.io import load_model
 
     network, config = load_model(model_file)
+    if int8_photos and is_refiner(config):
+        raise ModelFileError(f"{model_file}: an outline refiner; only a segmentation model's "
+                             "decoder is put in int8")
+    if int8_photos and fp16:
+        raise ModelFileError(f"{out}: an int8 decoder leaves the encoder's weights in fp32; "
+                             "leave --fp16 out")
     if is_refiner(config):
         config = refiner_export_config(config, refines, model_file)
         tile = tuple(config["input_size"])
@@ -72,7 +81,13 @@ def export_model_file(model_file: str | Path, out: str | Path, fp16: bool = Fals
                     "was attached from (carmask export --model RUN/refiner.safetensors)", model_file)
     size = tuple(size or config["input_size"])
     log.info("exporting %s to ONNX (%s)", Path(model_file).name, out)
-    return export_onnx(network, out, size, config["channels"], fp16=fp16, config=config)
+    if not int8_photos:
+        return export_onnx(network, out, size, config["channels"], fp16=fp16, config=config)
+    from carmask.training.quantize import quantize_decoder
+
+    with tempfile.TemporaryDirectory(prefix="carmask-export-") as folder:
+        fp32 = export_onnx(network, Path(folder) / "fp32.onnx", size, config["channels"], config=config)
+        return quantize_decoder(fp32, out, int8_photos, size)
 
 
 def is_refiner(config: dict) -> bool:
