@@ -23,6 +23,11 @@ has one) against the default, fast, on onnxruntime, and prints the ratio:
 
     python benchmarks/bench_predict.py --quality
 
+`--baseline MODEL` instead times the model against another file end to end, each at its own
+input size, taking turns (the default's speed may not drop by more than 10%, issue 24):
+
+    python benchmarks/bench_predict.py --baseline old-studio.onnx
+
 `--profile` instead times each stage of the pipeline per photo, in this process, to show where a
 photo's time goes (on a GPU: whether the model, the upsampling, the copy back or the RLE):
 
@@ -64,14 +69,16 @@ OPTIONS = argparse.Namespace(device="cpu", model="", batch=4, workers=0)
 
 
 def run(photos: dict[str, str], backend: str, size, out: Path, path: str = "auto",
-        quality: str = "fast") -> dict:
+        quality: str = "fast", model: str | None = None) -> dict:
     """One prediction job in a fresh process (so its peak RSS is its own). `path`: "plain",
     "fast" (Predictor.predict_runs) or "auto" (run_prediction's choice: fast on torch);
-    `quality`: the predictor's ("best": flip TTA and the outline refiner)."""
+    `quality`: the predictor's ("best": flip TTA and the outline refiner); `model`: default
+    --model's."""
     listing = out.with_suffix(".photos.json")  # 2,000 paths do not fit on a command line
     listing.write_text(json.dumps(photos))
     result = subprocess.run([sys.executable, "-c", RUN, str(listing), backend, json.dumps(size),
-                             str(out), OPTIONS.device, OPTIONS.model, str(OPTIONS.batch),
+                             str(out), OPTIONS.device, OPTIONS.model if model is None else model,
+                             str(OPTIONS.batch),
                              str(OPTIONS.workers), path, quality], capture_output=True, text=True,
                             check=False)
     if result.returncode:
@@ -237,6 +244,11 @@ def main() -> None:
     parser.add_argument("--quality", action="store_true",
                         help="only time --quality best against fast (the baseline) at the model's "
                              "size on onnxruntime, and report the ratio")
+    parser.add_argument("--baseline", default="", metavar="MODEL",
+                        help="only time the model (--model, default the shipped one) against this "
+                             "model file, each at its own input size on onnxruntime, taking turns "
+                             "3 times, and report the ratio (the default's speed may not drop by "
+                             "over 10%%)")
     parser.add_argument("--profile", action="store_true",
                         help="only time each stage per photo (decode ... CSV) at the model's size")
     parser.add_argument("--fast", action="store_true",
@@ -252,6 +264,8 @@ def main() -> None:
     real = {p.name: str(p) for p in photos}
     if args.quality:
         return qualities(real)
+    if args.baseline:
+        return against(real, args.baseline)
     default_size = "x".join(map(str, load_model_config(args.model or None)["input_size"]))
     backends = ["torch"] if args.device != "cpu" else ["torch", "onnx"]
     for size_text in args.sizes:
@@ -289,6 +303,25 @@ def qualities(real: dict[str, str]) -> None:
         report("predict_quality", quality=quality, images=figures["images"],
                images_per_s=round(speed[quality], 2), peak_rss_mb=round(figures["peak_rss_mb"]),
                ratio_to_fast=round(speed[quality] / speed["fast"], 2))
+
+
+def against(real: dict[str, str], baseline: str, rounds: int = 3) -> None:
+    """--model against `baseline` end to end, each at its own size on onnxruntime, in turns so
+    both see the same load: the median photos/s of each and their ratio."""
+    import statistics
+
+    run(dict(list(real.items())[:4]), "onnx", None, OUTPUT / "warm.csv")
+    rates: dict[str, list[float]] = {"model": [], "baseline": []}
+    for _ in range(rounds):
+        for name, model in (("baseline", baseline), ("model", OPTIONS.model)):
+            figures = run(real, "onnx", None, OUTPUT / f"against-{name}.csv", model=model)
+            rates[name].append(figures["images"] / figures["seconds"])
+    speed = {name: statistics.median(values) for name, values in rates.items()}
+    ratio = speed["model"] / speed["baseline"]
+    report("predict_against", model=OPTIONS.model or "shipped", baseline=baseline, images=len(real),
+           rounds=rounds, images_per_s=round(speed["model"], 2),
+           baseline_images_per_s=round(speed["baseline"], 2), ratio=round(ratio, 3),
+           target_met=ratio >= 0.9)
 
 
 if __name__ == "__main__":
