@@ -170,13 +170,14 @@ def test_the_default_queue_refines_the_studio_run_fine_tunes_the_general_model_t
                                                       "general-camera-r1", "studio-1024-r1",
                                                       "general-smallcars-r1", "general-noise-r1",
                                                       "studio-640-from1024-r1", "studio-1280-r1",
-                                                      "studio-1280-r2", "refiner-1024-r1"]
+                                                      "studio-1280-r2", "refiner-1024-r1", "studio-768-r1"]
     # the runs written up in docs/training-history.md are not run again where their folders are gone
     assert lines[0].startswith("studio-all150-640: recorded: carmask train --init shipped --model unet-mnv2")
-    assert [line.split(": ")[1] for line in lines] == ["recorded"] * 13
+    assert [line.split(": ")[1] for line in lines] == ["recorded"] * 14
     history = (ROOT / "docs" / "training-history.md").read_text()
     assert all(line.split(":")[0] in history for line in lines if ": recorded: " in line)
-    refiner, people, lighter, again, camera, larger, small, noise, default_again, full, full_half, refiner_1024 = (
+    (refiner, people, lighter, again, camera, larger, small, noise, default_again, full, full_half, refiner_1024,
+     default_larger) = (
         shlex.split(line.split(": ", 2)[2]) for line in lines[1:])
     # the third general run repeats the second with another seed, to average in
     assert again[:-1] == lighter[:-1] and again[-2] == "--seed" and again[-1] != lighter[-1]
@@ -256,6 +257,13 @@ def test_the_default_queue_refines_the_studio_run_fine_tunes_the_general_model_t
     assert half.size == full_size.size and half.limit_train_batches == 600 and half.lr == full_size.lr
     # the refiner of best's own outlines: refiner-r3's recipe on the shipped 1024x1536 file
     assert refiner_1024[1:4] == ["train-refiner", "--coarse", full_half[3]] and refiner_1024[4:] == refiner[4:]
+    # the default fine-tuned at a larger look, which its int8 decoder pays for, in one pass
+    assert default_larger[1:4] == ["train", "--init", "shipped"] and "--cache" not in default_larger
+    result = CliRunner().invoke(app, ["train", *default_larger[2:], "--data", str(synth_data),
+                                      "--out", str(tmp_path / "default-larger")])
+    assert result.exit_code == 0, result.output
+    larger_default = configs.pop()
+    assert larger_default.size == (768, 1152) and larger_default.val_cars == "shipped" and larger_default.epochs == 1
 
 
 def test_bf16_autocast_keeps_the_masks_of_fp32_on_real_photos(held_out):

@@ -99,8 +99,8 @@ def run_demo(out: str | Path, data: str | Path | None = None, *, seed: int = 0,
     result = DemoResult(data, index, report, submission, check, seconds=seconds)
     if index.test:
         # The toy renderings come out best at their own size (Dice 0.98 on them, 0.75 blown up to
-        # the model's 640x960); real photos of any size do best at the model's (0.995 vs 0.991
-        # at 480x320).
+        # the model's input, measured at 640x960); real photos of any size do best at the model's
+        # (0.995 vs 0.991 at 480x320).
         toy_size = (DEMO_SIZE[1], DEMO_SIZE[0]) if synthetic else None
         predictor = _predict_test_photos(result, out, track, toy_size)
         lap("predict")
