@@ -183,7 +183,7 @@ def export(
         "--int8-decoder", metavar="DATA",
         help="Put the decoder in int8 (the encoder stays fp32), its activations calibrated on 24 "
              "training photos of this Kaggle-layout folder outside the model's held-out cars: "
-             "about 1.4x faster on CPUs with VNNI or AMX, for about 0.00003 of Dice on Carvana. "
+             "about 1.4x faster on CPUs with VNNI or AMX, for at most 0.00003 of Dice on Carvana. "
              "The shipped studio file is made so.")
     ] = None,
 ) -> None:
