@@ -56,7 +56,7 @@ def resolve_backend(backend: str, device: str) -> str:
 def default_batch(backend: str) -> int:
     """Photos per forward pass when none is given. onnxruntime (the CPU): 1, as fast as 4 (the
     cores are busy within one photo) at half the memory (1.2 GB peak for `predict` with the
-    640x960 model, 2.7 GB at 4). torch: 4; on a CPU its batch of 1 is 2.4x slower."""
+    640x960 model of 2026-12-06, 2.7 GB at 4). torch: 4; on a CPU its batch of 1 is 2.4x slower."""
     return 1 if backend == "onnx" else 4
 
 

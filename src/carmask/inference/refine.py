@@ -1,7 +1,8 @@
 """Full-resolution outline refinement, the second stage after the coarse model, without torch.
 
-The coarse model sees the photo at 640x960, so each of its pixels covers 2x2 photo pixels, and
-most of its wrong pixels are the first pixel on either side of the true outline. The refiner
+The coarse model sees the photo smaller (the refiner was trained on the 640x960 file's outlines,
+where each of its pixels covers 2x2 photo pixels), and most of its wrong pixels are the first
+pixel on either side of the true outline. The refiner
 looks at the full-resolution photo plus the coarse logit, but only in tiles that hold the coarse
 outline, and rewrites the logit in a narrow band around it. Everything else keeps the coarse
 answer.
