@@ -2,10 +2,9 @@
 
 The coarse model sees the photo smaller (the refiner was trained on the 640x960 file's outlines,
 where each of its pixels covers 2x2 photo pixels), and most of its wrong pixels are the first
-pixel on either side of the true outline. The refiner
-looks at the full-resolution photo plus the coarse logit, but only in tiles that hold the coarse
-outline, and rewrites the logit in a narrow band around it. Everything else keeps the coarse
-answer.
+pixel on either side of the true outline. The refiner looks at the full-resolution photo plus
+the coarse logit, but only in tiles that hold the coarse outline, and rewrites the logit in a
+narrow band around it. Everything else keeps the coarse answer.
 
 A tile is a `core` x `core` square of the photo on a fixed grid, read with `margin` pixels of
 context on each side (so the network's input is core + 2*margin square). Training crops follow

@@ -60,13 +60,10 @@ def export_model_file(model_file: str | Path, out: str | Path, fp16: bool = Fals
     from carmask.training.models.io import load_model
 
     network, config = load_model(model_file)
-    if int8_photos and is_refiner(config):
-        raise ModelFileError(f"{model_file}: an outline refiner; only a segmentation model's "
-                             "decoder is put in int8")
-    if int8_photos and fp16:
-        raise ModelFileError(f"{out}: an int8 decoder leaves the encoder's weights in fp32; "
-                             "leave --fp16 out")
     if is_refiner(config):
+        if int8_photos:
+            raise ModelFileError(f"{model_file}: an outline refiner; only a segmentation model's "
+                                 "decoder is put in int8")
         config = refiner_export_config(config, refines, model_file)
         tile = tuple(config["input_size"])
         if size is not None and tuple(size) != tile:
@@ -79,6 +76,9 @@ def export_model_file(model_file: str | Path, out: str | Path, fp16: bool = Fals
         config = {k: v for k, v in config.items() if k != "refiner"}
         log.warning("%s: its outline refiner is not exported; export the refiner.safetensors it "
                     "was attached from (carmask export --model RUN/refiner.safetensors)", model_file)
+    if int8_photos and fp16:
+        raise ModelFileError(f"{out}: an int8 decoder leaves the encoder's weights in fp32; "
+                             "leave --fp16 out")
     size = tuple(size or config["input_size"])
     log.info("exporting %s to ONNX (%s)", Path(model_file).name, out)
     if not int8_photos:
