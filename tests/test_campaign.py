@@ -171,14 +171,14 @@ def test_the_default_queue_refines_the_studio_run_fine_tunes_the_general_model_t
                                                       "general-smallcars-r1", "general-noise-r1",
                                                       "studio-640-from1024-r1", "studio-1280-r1",
                                                       "studio-1280-r2", "refiner-1024-r1", "studio-768-r1",
-                                                      "studio-768-r2"]
+                                                      "studio-768-r2", "studio-1024-r2"]
     # the runs written up in docs/training-history.md are not run again where their folders are gone
     assert lines[0].startswith("studio-all150-640: recorded: carmask train --init shipped --model unet-mnv2")
-    assert [line.split(": ")[1] for line in lines] == ["recorded"] * 14 + ["waiting"]
+    assert [line.split(": ")[1] for line in lines] == ["recorded"] * 14 + ["waiting"] * 2
     history = (ROOT / "docs" / "training-history.md").read_text()
     assert all(line.split(":")[0] in history for line in lines if ": recorded: " in line)
     (refiner, people, lighter, again, camera, larger, small, noise, default_again, full, full_half, refiner_1024,
-     default_larger, default_larger_again) = (
+     default_larger, default_larger_again, best_again) = (
         shlex.split(line.split(": ", 2)[2]) for line in lines[1:])
     # the third general run repeats the second with another seed, to average in
     assert again[:-1] == lighter[:-1] and again[-2] == "--seed" and again[-1] != lighter[-1]
@@ -270,6 +270,14 @@ def test_the_default_queue_refines_the_studio_run_fine_tunes_the_general_model_t
     kept = "runs/studio-all150-640.safetensors"
     assert default_larger_again[1:4] == ["train", "--init", kept if (ROOT / kept).is_file() else "shipped"]
     assert default_larger_again[4:-2] == default_larger[4:] and default_larger_again[-2:] == ["--seed", "1"]
+    # the same for best: its shipped 1024x1536 file again at its own size, another seed, to average in
+    assert best_again[1:4] == ["train", "--init", full_half[3]] and "--cache" not in best_again
+    result = CliRunner().invoke(app, ["train", *best_again[2:], "--data", str(synth_data),
+                                      "--out", str(tmp_path / "best-again")])
+    assert result.exit_code == 0, result.output
+    best_run = configs.pop()
+    assert best_run.size == (1024, 1536) and best_run.limit_train_batches == 600 and best_run.seed == 1
+    assert best_run.val_every == 0.5
 
 
 def test_bf16_autocast_keeps_the_masks_of_fp32_on_real_photos(held_out):
