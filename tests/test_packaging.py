@@ -145,3 +145,18 @@ def test_the_wheel_installs_and_runs_without_torch(version, wheel, test_photos, 
     assert api.stdout.split() == ["(1918,", "1280)", "L"], api.stderr
     cli_mask = np.asarray(Image.open(tmp_path / "masks" / f"{test_photos[1].stem}_mask.png")) > 127
     assert 0.05 < cli_mask.mean() < 0.6
+
+
+@pytest.mark.parametrize("columns", ["80", "200"])
+def test_carmask_models_shows_whole_file_names_in_any_terminal(columns, monkeypatch):
+    """In 80 columns a table would cut the file names to "carvana-…": one block a model there."""
+    from typer.testing import CliRunner
+
+    from carmask.cli import app
+
+    monkeypatch.setenv("COLUMNS", columns)
+    listing = CliRunner().invoke(app, ["models"])
+    assert listing.exit_code == 0, listing.output
+    names = json.loads((PACKAGE / "weights" / "models.json").read_text())
+    assert all(f"{name}.onnx" in listing.output for name in names), listing.output
+    assert max(len(line) for line in listing.output.splitlines()) <= int(columns)

@@ -10,7 +10,10 @@ from rich.table import Table
 
 from carmask.cli import train_options as check
 from carmask.cli.common import (DataDir, ModelOption, console, fail, parse_second_look, parse_size,
-                                require_data_folder, require_torch)
+                                require_data_folder, require_torch, styled)
+
+
+WIDE_TABLE = 150  # columns from which the shipped models fit one table without cutting names
 
 
 def models() -> None:
@@ -20,12 +23,26 @@ def models() -> None:
 
     from carmask.inference.model_files import shipped_models
 
-    shipped = Table(title="shipped models (carmask cutout / predict / serve use these)")
-    for column in ("role", "file", "input HxW", "held out", "licence"):
-        shipped.add_column(column, no_wrap=column in ("role", "input HxW"))
-    for entry in shipped_models():
-        shipped.add_row(entry.role, entry.path.name, entry.input, entry.held_out, entry.licence)
-    console.print(shipped)
+    title = "shipped models (carmask cutout / predict / serve use these)"
+    if console.width >= WIDE_TABLE:
+        shipped = Table(title=title)
+        for column in ("role", "file", "input HxW", "held out", "licence"):
+            shipped.add_column(column, no_wrap=column in ("role", "file", "input HxW"))
+        for entry in shipped_models():
+            shipped.add_row(entry.role, entry.path.name, entry.input, entry.held_out, entry.licence)
+        console.print(shipped)
+    else:  # a narrow terminal would squeeze the file names to "carvana-…": one block a model
+        console.print(title)
+        for entry in shipped_models():
+            block = Table.grid(padding=(0, 2))
+            block.add_column(no_wrap=True, style="dim")
+            block.add_column()
+            for label, value in (("file", entry.path.name), ("input HxW", entry.input),
+                                 ("held out", entry.held_out), ("licence", entry.licence)):
+                block.add_row(label, value)
+            console.print()
+            console.print(styled((entry.role, "bold")))
+            console.print(block)
     if importlib.util.find_spec("torch") is None:
         console.print("architectures to train: pip install 'carmask[train]' to list and train them")
         return
