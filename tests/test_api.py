@@ -102,3 +102,23 @@ def test_wrong_input_is_a_value_error_that_says_what_was_expected(session, bad, 
 def test_bad_background_is_a_value_error(session):
     with pytest.raises(ValueError, match="background"):
         session.remove(np.zeros((64, 96, 3), np.uint8), background="not-a-colour")
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"align": "bottom"}, "canvas"),  # margin and align mean something on a canvas only
+    ({"margin": 0.1}, "canvas"),
+    ({"hard_edges": True, "feather": 3}, "feather"),  # a feathered edge is soft
+])
+def test_options_that_need_or_contradict_another_are_a_value_error(session, options, words):
+    with pytest.raises(ValueError, match=words):
+        session.remove(np.zeros((64, 96, 3), np.uint8), **options)
+
+
+def test_a_cut_out_enlarged_on_its_canvas_says_so(session, photo_path):
+    """The Carvana photo's car, over 1,500 pixels wide, shrinks onto a 1600x1200 canvas; the same
+    photo at a quarter of its size is drawn over twice its pixels, and the result says so."""
+    photo = np.asarray(Image.open(photo_path).convert("RGB"))
+    assert session.cutout(photo, canvas="1600x1200").warnings == []
+    quarter = np.ascontiguousarray(photo[::4, ::4])
+    warnings = session.cutout(quarter, canvas="1600x1200").warnings
+    assert len(warnings) == 1 and "enlarged" in warnings[0] and "smaller canvas" in warnings[0]

@@ -228,3 +228,29 @@ def test_cli_cutout_out_that_is_a_file_is_refused_before_the_model_loads(tmp_pat
                                           "--model", str(tmp_path / "none.safetensors")])
         assert result.exit_code == 1 and "is a file, not a folder" in result.output, result.output
     assert afile.read_text() == "keep me"
+
+
+def test_cli_cutout_conflicting_or_malformed_options_exit_2_naming_them(tmp_path):
+    """Mistakes in the options are usage errors (exit 2) that name the option, found before the
+    model loads and before anything is written: an --out of a format carmask does not write (it
+    would have become a folder of that name), one file for several photos, hard edges with a
+    feather, a canvas that is no WIDTHxHEIGHT."""
+    photos = []
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+        photos.append(str(tmp_path / name))
+    cases = [([photos[0], "--out", str(tmp_path / "x.gif")], "--out", "not .gif"),
+             ([*photos, "--out", str(tmp_path / "z.png")], "--out", "for 2 photos: give a folder"),
+             ([photos[0], "--out", str(tmp_path / "x.png"), "--hard-edges", "--feather", "3"],
+              "--hard-edges and --feather", "soft"),
+             ([photos[0], "--out", str(tmp_path / "x.png"), "--canvas", "1600by1200"], "--canvas",
+              "e.g. 1600x1200"),
+             ([photos[0], "--out", str(tmp_path / "x.png"), "--canvas", "1600x1200", "--align", "top"],
+              "--align", "center, bottom"),
+             ([photos[0], "--out", str(tmp_path / "x.png"), "--background", "notacolour"],
+              "--background", "notacolour")]
+    for args, option, detail in cases:
+        result = CliRunner().invoke(app, ["cutout", *args, "--model", str(tmp_path / "none.safetensors")])
+        assert result.exit_code == 2, (args, result.output)
+        assert option in result.output and detail in result.output, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]  # nothing written

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -119,6 +120,25 @@ def test_every_car_of_a_batch_gets_the_same_margins_on_the_canvas(auto_predictor
         assert abs((x0 + x1) / 2 - 400) <= 2 and abs((y0 + y1) / 2 - 300) <= 2
 
 
+def test_a_car_enlarged_past_twice_its_size_on_the_canvas_is_listed_to_check(held_out, wild, tmp_path):
+    """A small web photo blown up onto a listing canvas looks soft: the cut-out is written, and
+    the manifest and the summary say so; a Carvana photo on the same canvas is shrunk, silently."""
+    import json
+
+    small, large = outdoor_photo(wild), held_out[0]
+    out = tmp_path / "listing"
+    result = CliRunner().invoke(app, ["cutout", str(small), str(large), "--out", str(out),
+                                      "--background", "white", "--canvas", "1600x1200"])
+    assert result.exit_code == 0, result.output
+    entries = {Path(e["input"]).name: e for e in map(json.loads, (out / "manifest.jsonl").open())}
+    enlarged = [w for w in entries[small.name]["warnings"] if "enlarged" in w]
+    assert len(enlarged) == 1 and "1600x1200 canvas" in enlarged[0], entries[small.name]
+    scale = float(enlarged[0].split("enlarged ")[1].split("x")[0])
+    assert 2 < scale < 1440 / 100  # the car is over 100 pixels wide in the 480 of the photo
+    assert entries[large.name]["warnings"] == [] and entries[small.name]["status"] == "written"
+    assert f"{small}: the car is enlarged" in " ".join(result.output.split())
+
+
 def test_canvas_bottom_alignment_and_bad_canvases():
     canvas = Canvas.parse("1600x1200", margin=0.05, align="bottom")
     scale, left, top = canvas.placement((0, 0, 400, 100))
@@ -143,7 +163,7 @@ def test_one_photo_to_one_file_and_nothing_to_do_loads_no_model(held_out, tmp_pa
     assert again.exit_code == 0 and "already there" in again.output
     clash = CliRunner().invoke(app, ["cutout", str(held_out[0]), "--out", str(tmp_path / "x.png"),
                                      "--format", "jpg"])
-    assert clash.exit_code == 1 and "disagree" in clash.output
+    assert clash.exit_code == 2 and "disagree" in clash.output  # a usage mistake
 
 
 def test_a_batch_mirrors_the_tree_records_a_manifest_and_resumes(held_out, tmp_path):

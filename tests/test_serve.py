@@ -214,6 +214,7 @@ def test_options_as_form_fields_or_query_parameters_give_the_same_answer(client,
     ("/api/remove", {}, {"canvas": "800x600"}, "unknown_option", "/v1/cutout"),
     ("/v1/cutout", {"format": "png"}, {"format": "webp"}, "conflicting_option", "'png' and 'webp'"),
     ("/v1/mask", {"largest": "true"}, {"largest": "false"}, "conflicting_option", "largest"),
+    ("/v1/cutout", {"hard_edges": "true"}, {"feather": "3"}, "conflicting_option", "feather"),
     ("/v1/cutout", {}, {"background_image": "sky.png"}, "invalid_request", "file upload"),
     ("/v1/mask", {"model": "turbo"}, {}, "invalid_request", "auto, studio, general"),
 ])

@@ -185,8 +185,9 @@ def test_edges_are_soft_unless_hard_edges_is_chosen(loaded):
     hard = cutout_after(page, lambda: page.check("#hard-edges"))
     assert set(np.unique(hard[..., 3])) <= {0, 255}
     assert np.array_equal(hard[..., 3] == 255, soft > 127)  # the same mask
+    assert page.is_disabled("#feather")  # a feathered edge is soft: not with hard edges
     again = cutout_after(page, lambda: page.uncheck("#hard-edges"))
-    assert np.array_equal(again[..., 3], soft)
+    assert np.array_equal(again[..., 3], soft) and page.is_enabled("#feather")
     assert console.unexpected() == []
 
 

@@ -28,7 +28,7 @@ from PIL import Image, ImageOps
 
 from carmask.apps.canvas import Canvas
 from carmask.apps.cutout import (TRANSPARENT, Background, CutoutError, CutoutOptions, largest_car,
-                                 parse_background, render)
+                                 parse_background, render, with_canvas_warning)
 from carmask.data.io import DataError, eight_bit, read_photo
 
 ImageInput = Union[str, Path, bytes, Image.Image, np.ndarray]
@@ -67,6 +67,7 @@ class Session:
         options = _options(background, feather, shadow, largest, hard_edges, canvas, margin, align)
         photo, prediction = self._predict(image)
         picture = render(photo, prediction, options, self.predictor)
+        prediction = with_canvas_warning(prediction, options)
         mask = largest_car(prediction.mask) if largest else prediction.mask
         return Cutout(picture, mask, prediction.model, list(prediction.warnings))
 
@@ -227,6 +228,9 @@ def _array_to_rgb(array: np.ndarray) -> np.ndarray:
 
 def _options(background, feather, shadow, largest, hard_edges, canvas, margin, align) -> CutoutOptions:
     try:
+        if not canvas and (margin != 0.05 or align != "center"):
+            raise CutoutError("margin and align place the car on a canvas: give canvas too, "
+                              "e.g. canvas='1600x1200'")
         if isinstance(canvas, str):
             canvas = Canvas.parse(canvas, margin, align)
         elif isinstance(canvas, tuple):

@@ -23,6 +23,7 @@ from carmask.apps.cutout import (
     encode_image,
     output_size,
     render,
+    with_canvas_warning,
 )
 from carmask.data.io import DataError, read_photo
 from carmask.util.atomic import write_bytes
@@ -207,6 +208,7 @@ def _cutout_locked(predictor, inputs: list[Source], out_dir: Path, options: Cuto
             # a photo too big for the format (WebP: 16383 a side) fails alone, with the reason
             check_encodable(output_size(photo.shape, options), fmt)
             image = render(photo, prediction, options, predictor)
+            prediction = with_canvas_warning(prediction, options)
             target = targets[prediction.path]
             write_bytes(target, encode_image(image, fmt))
             return prediction, target, None, photo.shape[:2]
@@ -240,7 +242,8 @@ def cutout_bytes(predictor, data: bytes, options: CutoutOptions, fmt: str = "png
     prediction = predictor.predict_decoded(decoded.pixels, decoded.size)
     photo = read_photo(data, name=name).pixels if decoded.pixels.shape[:2] != tuple(decoded.size) \
         else decoded.pixels
-    return encode_image(render(photo, prediction, options, predictor), fmt), prediction
+    encoded = encode_image(render(photo, prediction, options, predictor), fmt)
+    return encoded, with_canvas_warning(prediction, options)
 
 
 class _Manifest:

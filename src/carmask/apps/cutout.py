@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import io
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image, ImageColor
 
-from carmask.apps.canvas import Canvas, ground_shadow, place
+from carmask.apps.canvas import Canvas, box_of, ground_shadow, place
 from carmask.data.io import DataError, read_photo
 
 log = logging.getLogger(__name__)
@@ -228,6 +228,8 @@ class CutoutOptions:
     def __post_init__(self) -> None:
         if not 0 <= self.feather <= 64:
             raise CutoutError(f"feather {self.feather}: must be 0..64 pixels")
+        if self.hard_edges and self.feather:
+            raise CutoutError("hard_edges and feather: a feathered edge is soft; give one of them")
 
 
 def render(photo: np.ndarray, prediction, options: CutoutOptions, predictor=None) -> Image.Image:
@@ -239,6 +241,28 @@ def render(photo: np.ndarray, prediction, options: CutoutOptions, predictor=None
                      probability=None if options.hard_edges else prediction.probability,
                      scale=model_scale(predictor, photo.shape[:2]) if predictor else 1.0,
                      studio=prediction.model != "general", canvas=options.canvas)
+
+
+# A car drawn at over twice its photo's pixels looks soft (blobby wheels, blurred badges): a
+# listing photo made so should say it.
+ENLARGED_LIMIT = 2.0
+
+
+def with_canvas_warning(prediction, options: CutoutOptions):
+    """`prediction`, with a warning added where `options`' canvas enlarges its car past
+    ENLARGED_LIMIT (the photo too small for the canvas)."""
+    if options.canvas is None or prediction.mask is None:
+        return prediction
+    box = box_of(largest_car(prediction.mask) if options.largest else prediction.mask)
+    if box is None:
+        return prediction
+    scale = options.canvas.placement(box)[0]
+    if scale <= ENLARGED_LIMIT:
+        return prediction
+    width, height = options.canvas.size
+    note = (f"the car is enlarged {scale:.1f}x to fill the {width}x{height} canvas and will look "
+            "soft: use a larger photo, or a smaller canvas")
+    return replace(prediction, notes=[*prediction.notes, note])
 
 
 def output_size(photo_shape: tuple[int, ...], options: CutoutOptions) -> tuple[int, int]:

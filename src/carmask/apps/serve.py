@@ -43,6 +43,7 @@ from carmask.apps.cutout import (
     largest_car,
     output_size,
     render,
+    with_canvas_warning,
 )
 from carmask.apps.mask_service import MaskService, ServeConfig, decode_upload
 from carmask.apps.service_options import (
@@ -60,6 +61,7 @@ from carmask.apps.service_responses import (
     RefuseLargeBodies,
     add_error_handlers,
     background_choice,
+    check_edges,
     cutout_canvas,
     disposition,
     encoded,
@@ -180,6 +182,7 @@ def create_app(predictor=None, *, model: str | None = None, backend: str = "onnx
                 raise ApiError(422, "bad_format", "format: jpg has no alpha channel; use png or webp, or "
                                "give a background colour or image")
             canvas = cutout_canvas(given)
+            check_edges(given)
 
             def work():
                 background = chosen or Background.from_image(
@@ -190,7 +193,7 @@ def create_app(predictor=None, *, model: str | None = None, backend: str = "onnx
                 fits(output_size(photo.shape, options), given["format"])  # WebP: 16383 a side
                 prediction = service.predict(data, model)
                 image = render(photo, prediction, options, service.predictor_for(model))
-                return prediction, encoded(image, given["format"])
+                return with_canvas_warning(prediction, options), encoded(image, given["format"])
 
             prediction, body = await service.run(work)
         name = f"{Path(given.uploads['image'].filename or 'photo').stem}-cutout.{given['format']}"

@@ -77,6 +77,13 @@ def cutout_canvas(given: Given) -> Canvas | None:
     return Canvas(given["canvas"], given["margin"], given["align"])
 
 
+def check_edges(given: Given) -> None:
+    """hard_edges and feather together are refused: a feathered edge is soft."""
+    if given["hard_edges"] and given["feather"]:
+        raise ApiError(422, "conflicting_option", "hard_edges and feather: a feathered edge is soft; "
+                       "give one of them")
+
+
 def background_choice(spec: str, has_image: bool) -> Background | None:
     """The parsed background, or None when it is the uploaded background image."""
     if has_image and spec.strip().lower() in ("image", "transparent", ""):

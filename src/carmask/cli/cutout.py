@@ -8,8 +8,44 @@ from typing import Annotated
 import typer
 
 from carmask.cli.common import (INCOMPLETE, ModelOption, QualityOption, by_model, console, err, fail,
-                                progress, warn)
+                                one_of, parse_size, progress, warn)
 from carmask.cli.predict import BackendOption, BatchOption
+
+
+def _canvas(text: str) -> str:
+    """--canvas: empty, or WIDTHxHEIGHT with each side 16..10000."""
+    if text:
+        width, height = parse_size(text, "WIDTHxHEIGHT", "--canvas", largest=10000, example="1600x1200")
+        if min(width, height) < 16:
+            raise typer.BadParameter(f"{text!r}: each side must be at least 16 pixels", param_hint="--canvas")
+    return text
+
+
+def _align(value: str) -> str:
+    from carmask.apps.canvas import ALIGNS
+
+    return one_of(value, ALIGNS)
+
+
+def _background(text: str) -> str:
+    """--background: a colour is checked here; an image file when it is read (exit 1 if unusable)."""
+    from carmask.apps.cutout import CutoutError, parse_background
+
+    if not Path(text.strip()).is_file():
+        try:
+            parse_background(text, allow_files=False)
+        except CutoutError as error:
+            raise typer.BadParameter(str(error), param_hint="--background") from None
+    return text
+
+
+def _misuse(message: str) -> Exception:
+    """A usage mistake found once the options are read (two that conflict): exit 2, like one
+    found while reading them."""
+    from typer._click.exceptions import UsageError
+    from typer._click.globals import get_current_context
+
+    return UsageError(message, get_current_context(silent=True))
 
 
 def cutout(
@@ -20,7 +56,7 @@ def cutout(
                                       "mirrored, plus manifest.jsonl), or for one photo a file: "
                                       "out.png, out.webp or out.jpg; - writes to standard output.")],
     background: Annotated[str, typer.Option(
-        help="transparent, a colour (white, '#RRGGBB', any CSS name) or an image file, scaled to cover."
+        callback=_background, help="transparent, a colour (white, '#RRGGBB', any CSS name) or an image file, scaled to cover."
     )] = "transparent",
     feather: Annotated[float, typer.Option(
         min=0, max=64, help="Soft edge, in pixels inside the car's outline.")] = 0.0,
@@ -30,12 +66,12 @@ def cutout(
     hard_edges: Annotated[bool, typer.Option(
         "--hard-edges", help="Alpha 0 or 255 (the mask) instead of soft, anti-aliased edges.")] = False,
     canvas: Annotated[str, typer.Option(
-        help="Place each car on a WIDTHxHEIGHT canvas (e.g. 1600x1200), cropped to the car and "
+        callback=_canvas, help="Place each car on a WIDTHxHEIGHT canvas (e.g. 1600x1200), cropped to the car and "
              "scaled to fit within --margin: every car of a batch framed alike.")] = "",
     margin: Annotated[float, typer.Option(
         min=0, max=0.49, help="With --canvas: the free border on each side, a fraction of the canvas.")] = 0.05,
     align: Annotated[str, typer.Option(
-        help="With --canvas: center, or bottom (the car stands on the bottom margin).")] = "center",
+        callback=_align, help="With --canvas: center, or bottom (the car stands on the bottom margin).")] = "center",
     largest: Annotated[bool, typer.Option(
         help="Keep only the biggest car of a photo with several (default: every car).")] = False,
     model: ModelOption = None,
@@ -54,7 +90,8 @@ def cutout(
     gets the studio or the general model, as it needs.
 
     Exit code 0: all written (or already there); 3: some photos could not be read or written
-    (one too big for --format: WebP holds 16383 pixels a side, JPEG 65500); 1: bad options.
+    (one too big for --format: WebP holds 16383 pixels a side, JPEG 65500); 2: bad or
+    conflicting options; 1: an input or --out that cannot be used.
     """
     from carmask.apps.batch import cutout_files, find_photos, format_of
     from carmask.apps.canvas import Canvas
@@ -72,9 +109,13 @@ def cutout(
         if model not in (None, "auto"):
             load_model_config(model)
 
+    if not canvas and (margin != 0.05 or align != "center"):
+        raise _misuse("--margin and --align place the car on a --canvas: give --canvas WxH")
+    if hard_edges and feather:
+        raise _misuse("--hard-edges and --feather: a feathered edge is soft; give one of them")
+    if unwritable := _unwritable_suffix(out):
+        raise _misuse(f"--out {out}: cut-outs are written as .png, .webp or .jpg, not {unwritable}")
     try:
-        if not canvas and (margin != 0.05 or align != "center"):
-            raise CutoutError("--margin and --align place the car on a --canvas: give --canvas WxH")
         options = CutoutOptions(parse_background(background), feather, shadow, largest, hard_edges,
                                 Canvas.parse(canvas, margin, align) if canvas else None)
         if inputs == ["-"] or str(out) == "-":
@@ -83,8 +124,10 @@ def cutout(
         photos = find_photos(inputs)
         # one photo and --out car.png: that file; else a folder, the input tree mirrored in it
         single_file = len(photos) == 1 and format_of(out) is not None and not out.is_dir()
+        if len(photos) > 1 and format_of(out) is not None and not out.is_dir():
+            raise _misuse(f"--out {out} names one file, for {len(photos)} photos: give a folder")
         if single_file and fmt and format_of(Path(f"x.{fmt}")) != format_of(out):
-            raise CutoutError(f"--format {fmt} and --out {out} disagree: give one of them")
+            raise _misuse(f"--format {fmt} and --out {out} disagree: give one of them")
         fmt = (format_of(out) if single_file else fmt) or "png"
         if not single_file:
             check_output_dir(out, "--out folder")  # before the model loads
@@ -110,6 +153,19 @@ def cutout(
         for _, problem in summary.failed:
             warn(str(problem), label="skipped")
         raise typer.Exit(INCOMPLETE)
+
+
+def _unwritable_suffix(out: Path) -> str | None:
+    """The extension of an --out that names a picture carmask does not write (x.gif, x.tiff),
+    which would otherwise become a folder of that name."""
+    from PIL import Image
+
+    from carmask.apps.batch import format_of
+
+    suffix = out.suffix.lower()
+    if str(out) == "-" or out.is_dir() or format_of(out) is not None:
+        return None
+    return suffix if suffix in Image.registered_extensions() else None
 
 
 def _cutout_stream(inputs: list[str], out: Path, options, fmt: str, load_predictor) -> None:

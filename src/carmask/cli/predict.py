@@ -164,9 +164,13 @@ def predict(
             height, width = summary.row_size
             off_size = (f" ({len(summary.off_size)} not {width}x{height}, the size of this "
                         "submission's rows: Kaggle would decode their rows wrongly)")
+        from carmask.kaggle.writer import spool_file
+
+        kept = (f"; {spool_file(out)} keeps the rows made, so --resume predicts only the photos "
+                "that failed" if out and spool_file(out).exists() else "")
         warn(
             f"{len(summary.failures)} failed{off_size}, {len(summary.missing)} without a photo; "
-            f"see {failures_file(out) if out else 'the log'}",
+            f"see {failures_file(out) if out else 'the log'}{kept}",
             label="incomplete:",
         )
         raise typer.Exit(INCOMPLETE)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +31,8 @@ class Prediction:
     # the car probability at the photo's size as uint8 0..255, for soft cut-out edges; only
     # from a predictor made with `soft_edges=True`
     probability: np.ndarray | None = None
+    # what the use of the mask adds to the model's warnings (a cut-out enlarged on a canvas)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def rle(self) -> str:
@@ -43,8 +45,9 @@ class Prediction:
 
     @property
     def warnings(self) -> list[str]:
-        """What a user should know before trusting the mask; empty when all is well."""
-        return self.confidence.warnings if self.confidence else []
+        """What a user should know before trusting the mask (or the cut-out made of it); empty
+        when all is well."""
+        return (self.confidence.warnings if self.confidence else []) + self.notes
 
 
 @dataclass

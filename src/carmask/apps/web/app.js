@@ -197,7 +197,8 @@
     const form = new FormData();
     form.append("image", state.file, state.file.name || "photo");
     form.append("background", "transparent");
-    form.append("feather", el.feather.value);
+    // a feathered edge is soft: hard edges turn the slider off, and the server refuses both
+    form.append("feather", el.hardEdges.checked ? "0" : el.feather.value);
     form.append("shadow", el.shadow.checked ? "true" : "false");
     form.append("hard_edges", el.hardEdges.checked ? "true" : "false");
     form.append("largest", el.largest.checked ? "true" : "false");
@@ -339,7 +340,11 @@
   for (const radio of document.querySelectorAll('input[name="align"]')) {
     radio.addEventListener("change", () => requestCutout());
   }
-  for (const box of [el.shadow, el.hardEdges, el.largest]) box.addEventListener("change", () => requestCutout());
+  el.hardEdges.addEventListener("change", () => {
+    el.feather.disabled = el.hardEdges.checked;
+    requestCutout();
+  });
+  for (const box of [el.shadow, el.largest]) box.addEventListener("change", () => requestCutout());
   el.maskToggle.addEventListener("change", drawMask);
   for (const radio of document.querySelectorAll('input[name="bg-mode"]')) {
     radio.addEventListener("change", () => {
