@@ -15,9 +15,11 @@ from carmask.cli.predict import BackendOption, BatchOption
 def _canvas(text: str) -> str:
     """--canvas: empty, or WIDTHxHEIGHT with each side 16..10000."""
     if text:
-        width, height = parse_size(text, "WIDTHxHEIGHT", "--canvas", largest=10000, example="1600x1200")
+        width, height = parse_size(text, "WIDTHxHEIGHT", "--canvas", largest=10000,
+                                   example="1600x1200")
         if min(width, height) < 16:
-            raise typer.BadParameter(f"{text!r}: each side must be at least 16 pixels", param_hint="--canvas")
+            raise typer.BadParameter(f"{text!r}: each side must be at least 16 pixels",
+                                     param_hint="--canvas")
     return text
 
 
@@ -56,7 +58,8 @@ def cutout(
                                       "mirrored, plus manifest.jsonl), or for one photo a file: "
                                       "out.png, out.webp or out.jpg; - writes to standard output.")],
     background: Annotated[str, typer.Option(
-        callback=_background, help="transparent, a colour (white, '#RRGGBB', any CSS name) or an image file, scaled to cover."
+        callback=_background,
+        help="transparent, a colour (white, '#RRGGBB', any CSS name) or an image file, scaled to cover."
     )] = "transparent",
     feather: Annotated[float, typer.Option(
         min=0, max=64, help="Soft edge, in pixels inside the car's outline.")] = 0.0,
@@ -66,12 +69,15 @@ def cutout(
     hard_edges: Annotated[bool, typer.Option(
         "--hard-edges", help="Alpha 0 or 255 (the mask) instead of soft, anti-aliased edges.")] = False,
     canvas: Annotated[str, typer.Option(
-        callback=_canvas, help="Place each car on a WIDTHxHEIGHT canvas (e.g. 1600x1200), cropped to the car and "
-             "scaled to fit within --margin: every car of a batch framed alike.")] = "",
+        callback=_canvas,
+        help="Place each car on a WIDTHxHEIGHT canvas (e.g. 1600x1200), cropped to the car and scaled "
+             "to fit within --margin: every car of a batch framed alike. A car enlarged over twice "
+             "is listed to check (it would look soft).")] = "",
     margin: Annotated[float, typer.Option(
         min=0, max=0.49, help="With --canvas: the free border on each side, a fraction of the canvas.")] = 0.05,
     align: Annotated[str, typer.Option(
-        callback=_align, help="With --canvas: center, or bottom (the car stands on the bottom margin).")] = "center",
+        callback=_align,
+        help="With --canvas: center, or bottom (the car stands on the bottom margin).")] = "center",
     largest: Annotated[bool, typer.Option(
         help="Keep only the biggest car of a photo with several (default: every car).")] = False,
     model: ModelOption = None,
