@@ -225,3 +225,27 @@ def test_average_writes_the_mean_of_fine_tuned_models_and_refuses_a_mix(tmp_path
     combined = attach_refiner(paths[1], other, tmp_path / "combined.safetensors")
     refused = carmask_in_process("average", str(paths[0]), str(combined), "--out", str(tmp_path / "r.safetensors"))
     assert refused.returncode != 0 and "refiner" in refused.stderr and not (tmp_path / "r.safetensors").exists()
+
+
+def test_help_paragraphs_wrap_at_the_terminal_width_and_lists_keep_their_lines():
+    from typer.testing import CliRunner
+
+    from carmask.cli import app
+    from carmask.cli.arguments import reflowed
+
+    text = """Summary line.
+
+        Exit code 0: all written; 3: some photos
+        could not be read.
+
+        - one item
+        - another item
+        """
+    assert reflowed(text).split("\n\n") == [
+        "Summary line.", "Exit code 0: all written; 3: some photos could not be read.",
+        "- one item\n- another item"]
+    # as a user sees it in 80 columns: no line of the cutout help is cut short by the docstring's breaks
+    result = CliRunner().invoke(app, ["cutout", "--help"], env={"COLUMNS": "80"})
+    prose = result.output.split("Usage:")[1].split("╭")[0].splitlines()[1:]
+    paragraphs = [p.strip().splitlines() for p in "\n".join(line.strip() for line in prose).split("\n\n") if p.strip()]
+    assert len(paragraphs) >= 2 and all(len(line) > 60 for p in paragraphs for line in p[:-1]), paragraphs

@@ -10,6 +10,7 @@ The ranges that depend on the option (`--epochs` at least 1) are declared on the
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 import sys
@@ -27,6 +28,17 @@ def first_sentence(text: str) -> str:
     words = " ".join(text.split("\n\n")[0].split())
     end = re.search(r"\.(\s|$)", words)
     return words[:end.start() + 1] if end else words
+
+
+def reflowed(text: str) -> str:
+    """A docstring's prose paragraphs each on one line, for the help to wrap at the terminal's
+    width (typer keeps the docstring's line breaks, which wrap raggedly in 80 columns); a
+    paragraph of list items or indented lines stays as written."""
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(
+        paragraph if any(line.startswith((" ", "-", "*", "\b")) for line in paragraph.splitlines())
+        else " ".join(paragraph.split())
+        for paragraph in paragraphs)
 
 
 class CarmaskGroup(TyperGroup):
@@ -57,6 +69,8 @@ class CarmaskCommand(TyperCommand):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if self.help:
+            self.help = reflowed(self.help)
         if self.help and not self.short_help:
             # `carmask --help` would list each command by its help's whole first paragraph,
             # keeping the docstring's line breaks: the first sentence, on one line, reads better
