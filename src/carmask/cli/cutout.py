@@ -35,7 +35,7 @@ def _background(text: str) -> str:
 
     if not Path(text.strip()).is_file():
         try:
-            parse_background(text, allow_files=False)
+            parse_background(text)  # no file there: a colour, or the error says what it may be
         except CutoutError as error:
             raise typer.BadParameter(str(error), param_hint="--background") from None
     return text
