@@ -109,7 +109,8 @@
 #    of 2), lr 2e-4 on a cosine, photos read directly, to average with the file it starts from.
 #    Averaging the 1024x1536 file's logits with the default's (2:1, both with flip TTA) gains
 #    only +0.00004 (s.e. 0.000013). About an hour on the idle machine; the best line's last hour
-#    by the 5 CPU-hour rule.
+#    by the 5 CPU-hour rule. Finished 2026-12-07; averaged with best's file -0.00007 against best
+#    (s.e. 0.000024): not shipped. The best line stops.
 #
 # A machine may be found bare, its run folders gone. The runs whose outcome is written up in
 # docs/training-history.md (RECORDED) then count as finished and are not run again, and a run's
@@ -179,7 +180,8 @@ studio-768-r2|train|runs/studio-all150-640.safetensors,shipped|$DEFAULT_LARGER_A
 studio-1024-r2|train|$SHIPPED_1024|$BEST_AGAIN_ARGS"
   RECORDED=${CAMPAIGN_RECORDED-"studio-all150-640 refiner-r3 general-people-shadows-r1 general-people-shadows-r2
     general-people-shadows-r3 general-camera-r1 studio-1024-r1 general-smallcars-r1 general-noise-r1
-    studio-640-from1024-r1 studio-1280-r1 studio-1280-r2 refiner-1024-r1 studio-768-r1 studio-768-r2"}
+    studio-640-from1024-r1 studio-1280-r1 studio-1280-r2 refiner-1024-r1 studio-768-r1 studio-768-r2
+    studio-1024-r2"}
 fi
 
 # One line per run (the options joined into one line), blank lines left out.
