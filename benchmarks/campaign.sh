@@ -295,7 +295,7 @@ status() {
   [[ -d $OUT/checkpoints ]] && ls -l --time-style=+%H:%M "$OUT/checkpoints" | awk 'NR > 1 { print "  checkpoint", $6, $7 }'
   validation_figures
   last_step
-  [[ -s $LOG ]] && { echo "  last log line:"; tail -c 2000 "$LOG" | tr '\r' '\n' | { grep -v '^\s*$' || true; } | tail -1 | cut -c1-160; }
+  [[ -s $LOG ]] && { echo "  last log line:"; tail -c 2000 "$LOG" | tr '\r' '\n' | { grep -av '^\s*$' || true; } | tail -1 | cut -c1-160; }
   return 0
 }
 
