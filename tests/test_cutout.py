@@ -244,7 +244,7 @@ def test_cli_cutout_conflicting_or_malformed_options_exit_2_naming_them(tmp_path
              ([photos[0], "--out", str(tmp_path / "x.png"), "--hard-edges", "--feather", "3"],
               "--hard-edges and --feather", "soft"),
              ([photos[0], "--out", str(tmp_path / "x.png"), "--canvas", "1600by1200"], "--canvas",
-              "e.g. 1600x1200"),
+              "such as 1600x1200"),
              ([photos[0], "--out", str(tmp_path / "x.png"), "--canvas", "1600x1200", "--align", "top"],
               "--align", "center, bottom"),
              ([photos[0], "--out", str(tmp_path / "x.png"), "--background", "notacolour"],

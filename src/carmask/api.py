@@ -228,7 +228,7 @@ def _array_to_rgb(array: np.ndarray) -> np.ndarray:
 
 def _options(background, feather, shadow, largest, hard_edges, canvas, margin, align) -> CutoutOptions:
     try:
-        if not canvas and (margin != 0.05 or align != "center"):
+        if Canvas.asked_without_canvas(canvas, margin, align):
             raise CutoutError("margin and align place the car on a canvas: give canvas too, "
                               "e.g. canvas='1600x1200'")
         if isinstance(canvas, str):

@@ -29,6 +29,12 @@ class Canvas:
         if self.align not in ALIGNS:
             raise ValueError(f"canvas align {self.align!r}: must be one of {', '.join(ALIGNS)}")
 
+    @staticmethod
+    def asked_without_canvas(canvas, margin: float, align: str) -> bool:
+        """Whether a margin or an alignment other than the defaults comes without a canvas to
+        place the car on (every surface refuses it)."""
+        return not canvas and (margin != Canvas.margin or align != Canvas.align)
+
     @classmethod
     def parse(cls, text: str, margin: float = 0.05, align: str = "center") -> Canvas:
         """'1600x1200' (WIDTHxHEIGHT) → a Canvas; ValueError naming what is wrong."""

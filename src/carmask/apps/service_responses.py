@@ -23,7 +23,7 @@ from carmask.apps.cutout import (
     encode_image,
     parse_background,
 )
-from carmask.apps.service_options import CUTOUT, ApiError, Given, error_body
+from carmask.apps.service_options import ApiError, Given, error_body
 from carmask.inference.streaming import Prediction
 from carmask.kaggle.rle import encode
 
@@ -70,7 +70,7 @@ def cutout_canvas(given: Given) -> Canvas | None:
     """The canvas /v1/cutout's options ask for; margin and align without one are refused, as
     the command line refuses them."""
     if given["canvas"] is None:
-        if given["margin"] != CUTOUT.options["margin"].default or given["align"] != "center":
+        if Canvas.asked_without_canvas(None, given["margin"], given["align"]):
             raise ApiError(422, "invalid_request", "margin and align place the car on a canvas: give "
                            "canvas=WIDTHxHEIGHT (e.g. 1600x1200) too")
         return None

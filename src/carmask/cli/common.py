@@ -158,13 +158,13 @@ LARGEST_INPUT_SIDE = 4096
 
 
 def parse_size(text: str, order: str, option: str = "--size",
-               largest: int | None = LARGEST_INPUT_SIDE, example: str = "480x320") -> tuple[int, int]:
+               largest: int | None = LARGEST_INPUT_SIDE) -> tuple[int, int]:
     """'480x320' → (480, 320); `order` names the two numbers and `option` the option for the
     error message; each side at most `largest` (None: no limit here)."""
     try:
         first, second = (int(part) for part in text.lower().split("x"))
     except ValueError:
-        raise typer.BadParameter(f"{text!r} is not {order}, e.g. {example}", param_hint=option) from None
+        raise typer.BadParameter(f"{text!r} is not {order}, e.g. 480x320", param_hint=option) from None
     if first <= 0 or second <= 0:
         raise typer.BadParameter(f"{text!r}: both sides must be positive", param_hint=option)
     if largest is not None and max(first, second) > largest:

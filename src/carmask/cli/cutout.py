@@ -8,18 +8,19 @@ from typing import Annotated
 import typer
 
 from carmask.cli.common import (INCOMPLETE, ModelOption, QualityOption, by_model, console, err, fail,
-                                one_of, parse_size, progress, warn)
+                                one_of, progress, warn)
 from carmask.cli.predict import BackendOption, BatchOption
 
 
 def _canvas(text: str) -> str:
-    """--canvas: empty, or WIDTHxHEIGHT with each side 16..10000."""
+    """--canvas: empty, or WIDTHxHEIGHT as a Canvas takes it."""
+    from carmask.apps.canvas import Canvas
+
     if text:
-        width, height = parse_size(text, "WIDTHxHEIGHT", "--canvas", largest=10000,
-                                   example="1600x1200")
-        if min(width, height) < 16:
-            raise typer.BadParameter(f"{text!r}: each side must be at least 16 pixels",
-                                     param_hint="--canvas")
+        try:
+            Canvas.parse(text)
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint="--canvas") from None
     return text
 
 
@@ -115,7 +116,7 @@ def cutout(
         if model not in (None, "auto"):
             load_model_config(model)
 
-    if not canvas and (margin != 0.05 or align != "center"):
+    if Canvas.asked_without_canvas(canvas, margin, align):
         raise _misuse("--margin and --align place the car on a --canvas: give --canvas WxH")
     if hard_edges and feather:
         raise _misuse("--hard-edges and --feather: a feathered edge is soft; give one of them")
@@ -129,8 +130,9 @@ def cutout(
             return _cutout_stream(inputs, out, options, fmt, load_predictor)
         photos = find_photos(inputs)
         # one photo and --out car.png: that file; else a folder, the input tree mirrored in it
-        single_file = len(photos) == 1 and format_of(out) is not None and not out.is_dir()
-        if len(photos) > 1 and format_of(out) is not None and not out.is_dir():
+        names_a_file = format_of(out) is not None and not out.is_dir()
+        single_file = len(photos) == 1 and names_a_file
+        if len(photos) > 1 and names_a_file:
             raise _misuse(f"--out {out} names one file, for {len(photos)} photos: give a folder")
         if single_file and fmt and format_of(Path(f"x.{fmt}")) != format_of(out):
             raise _misuse(f"--format {fmt} and --out {out} disagree: give one of them")

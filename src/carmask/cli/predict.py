@@ -166,8 +166,9 @@ def predict(
                         "submission's rows: Kaggle would decode their rows wrongly)")
         from carmask.kaggle.writer import spool_file
 
-        kept = (f"; {spool_file(out)} keeps the rows made, so --resume predicts only the photos "
-                "that failed" if out and spool_file(out).exists() else "")
+        spool = spool_file(out) if out else None
+        kept = (f"; {spool} keeps the rows made, so --resume predicts only the photos that failed"
+                if spool and spool.exists() else "")
         warn(
             f"{len(summary.failures)} failed{off_size}, {len(summary.missing)} without a photo; "
             f"see {failures_file(out) if out else 'the log'}{kept}",
