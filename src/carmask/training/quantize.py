@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -29,21 +30,30 @@ CALIBRATION_PHOTOS = 24
 
 
 def calibration_photos(data: str | Path, config: dict, count: int = CALIBRATION_PHOTOS) -> list[Path]:
-    """`count` training photos of a Kaggle-layout folder, spread over its cars and views, none of
-    the cars the model's config records as held out (so its held-out figure stays honest).
-    DataError naming the folder when it has too few."""
+    """`count` training photos of `data`, none of them held out (so the held-out figure stays
+    honest): of a Kaggle-layout folder, spread over its cars and views outside the cars the
+    model's config records as held out; of an outdoor folder (cars_in_the_wild), spread over its
+    training split's street frames and product photos. DataError naming the folder when it has
+    too few."""
     from carmask.data import index_dataset
     from carmask.data.io import DataError
+    from carmask.data.wild import is_wild_folder, read_wild, split_wild
 
-    held_out = set((config.get("training") or {}).get("val_car_ids") or [])
-    records = sorted((r for r in index_dataset(data, check_pixels=False).train if r.car_id not in held_out),
-                     key=lambda r: r.image_id)
-    if len(records) < count:
-        raise DataError(data, f"{len(records)} training photos outside the model's held-out cars; "
+    if is_wild_folder(data):
+        paths = sorted(p.image_path for p in split_wild(read_wild(data))[0])
+    else:
+        held_out = set((config.get("training") or {}).get("val_car_ids") or [])
+        paths = [r.image_path for r in sorted(index_dataset(data, check_pixels=False).train,
+                                              key=lambda r: r.image_id) if r.car_id not in held_out]
+    if len(paths) < count:
+        raise DataError(data, f"{len(paths)} training photos outside the model's held-out ones; "
                               f"calibrating the int8 decoder needs {count}")
-    # an odd stride, coprime with a car's 16 views, walks through cars and views alike
-    stride = max(1, len(records) // count) | 1
-    return [records[(i * stride) % len(records)].image_path for i in range(count)]
+    # a stride coprime with the count of photos never comes back to a photo, and an odd one is
+    # coprime with a car's 16 views too, so the walk spreads over cars and views alike
+    stride = max(1, len(paths) // count) | 1
+    while math.gcd(stride, len(paths)) != 1:
+        stride += 2
+    return [paths[(i * stride) % len(paths)] for i in range(count)]
 
 
 def quantize_decoder(source: str | Path, out: str | Path, photos: Sequence[str | Path],
