@@ -171,15 +171,19 @@ def test_the_default_queue_refines_the_studio_run_fine_tunes_the_general_model_t
                                                       "general-smallcars-r1", "general-noise-r1",
                                                       "studio-640-from1024-r1", "studio-1280-r1",
                                                       "studio-1280-r2", "refiner-1024-r1", "studio-768-r1",
-                                                      "studio-768-r2", "studio-1024-r2"]
+                                                      "studio-768-r2", "studio-1024-r2", "general-704-r1"]
     # the runs written up in docs/training-history.md are not run again where their folders are gone
     assert lines[0].startswith("studio-all150-640: recorded: carmask train --init shipped --model unet-mnv2")
-    assert [line.split(": ")[1] for line in lines] == ["recorded"] * 16
+    assert [line.split(": ")[1] for line in lines] == ["recorded"] * 16 + ["waiting"]
     history = (ROOT / "docs" / "training-history.md").read_text()
     assert all(line.split(":")[0] in history for line in lines if ": recorded: " in line)
     (refiner, people, lighter, again, camera, larger, small, noise, default_again, full, full_half, refiner_1024,
-     default_larger, default_larger_again, best_again) = (
+     default_larger, default_larger_again, best_again, general_larger) = (
         shlex.split(line.split(": ", 2)[2]) for line in lines[1:])
+    # the general run at the second look's size is the light recipe at 704x960
+    assert general_larger[1:4] == ["train-general", "--init", "general"]
+    assert general_larger[general_larger.index("--size") + 1] == "704x960"
+    assert [a for a in general_larger if a != "704x960"][:-2] == [a for a in lighter if a != "544x736"][:-2]
     # the third general run repeats the second with another seed, to average in
     assert again[:-1] == lighter[:-1] and again[-2] == "--seed" and again[-1] != lighter[-1]
     # the refiner refines the studio run's own model
