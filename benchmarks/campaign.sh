@@ -117,6 +117,7 @@
 #    distant street cars, which it underfits even on its training frames, are seen 1.3 times
 #    larger, as the second look sees them; blurred small frames lost most to that look. About
 #    70 minutes on the idle machine; ships only if the held-out photos as they are gain.
+#    Finished 2026-12-07; averaged with the shipped file -0.0030: not shipped.
 #
 # A machine may be found bare, its run folders gone. The runs whose outcome is written up in
 # docs/training-history.md (RECORDED) then count as finished and are not run again, and a run's
@@ -189,7 +190,7 @@ general-704-r1|train-general|general|$GENERAL_LARGER_ARGS --seed 30"
   RECORDED=${CAMPAIGN_RECORDED-"studio-all150-640 refiner-r3 general-people-shadows-r1 general-people-shadows-r2
     general-people-shadows-r3 general-camera-r1 studio-1024-r1 general-smallcars-r1 general-noise-r1
     studio-640-from1024-r1 studio-1280-r1 studio-1280-r2 refiner-1024-r1 studio-768-r1 studio-768-r2
-    studio-1024-r2"}
+    studio-1024-r2 general-704-r1"}
 fi
 
 # One line per run (the options joined into one line), blank lines left out.
