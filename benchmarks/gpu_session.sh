@@ -5,8 +5,8 @@
 #      (--val-cars shipped). The CPU campaign did this once and shipped it (0.996061, 2026-12-06);
 #      from that model, a GPU run is a second pass (more epochs: EPOCHS; or a larger SIZE);
 #   2. continue the general model (issue 12: cars on any background) for many more epochs than
-#      a CPU can give (trained at 544x736, run at 448x608 with a second look at 544x736, as the
-#      shipped one; GENERAL_SIZE and GENERAL_SECOND_LOOK try larger), when the outdoor photos
+#      a CPU can give (trained at 544x736, run at 448x608 with a second look at 704x960, as the
+#      shipped one; GENERAL_SIZE and GENERAL_SECOND_LOOK try others), when the outdoor photos
 #      came along (WILD, 19 MB);
 #   3. the prediction throughput of the shipped and the new model (issue 13's figure): the fast
 #      path (runs found on the GPU) against the plain path as the baseline, in the same run.
@@ -43,7 +43,7 @@ WILD=${WILD:-.gpu/wild}
 # average's r13 and r14 trained there; docs/training-history.md)
 GENERAL_SIZE=${GENERAL_SIZE:-544x736}
 GENERAL_PREDICT_SIZE=${GENERAL_PREDICT_SIZE:-448x608}
-GENERAL_SECOND_LOOK=${GENERAL_SECOND_LOOK:-544x736}
+GENERAL_SECOND_LOOK=${GENERAL_SECOND_LOOK:-704x960}
 GENERAL_SECONDS=${GENERAL_SECONDS:-240}
 GENERAL_EPOCHS=${GENERAL_EPOCHS:-40}
 mkdir -p "$OUT"
