@@ -11,6 +11,7 @@ pytest.importorskip("torch")
 
 from carmask.apps.evaluate import dice_and_iou  # noqa: E402
 from carmask.data.io import DataError, read_mask  # noqa: E402
+from carmask.data.wild import read_wild, split_wild  # noqa: E402
 from carmask.inference.model_files import ModelFileError, load_model_config, read_config  # noqa: E402
 from carmask.inference.predictor import Predictor  # noqa: E402
 from carmask.training.export import export_model_file  # noqa: E402
@@ -82,8 +83,6 @@ def test_int8_decoder_refuses_fp16(carvana, tmp_path):
 
 
 def test_calibration_photos_of_an_outdoor_folder_are_its_training_photos(wild):
-    from carmask.data.wild import read_wild, split_wild
-
     training, held_out = split_wild(read_wild(wild))
     photos = calibration_photos(wild, load_model_config("general"))
     assert len(set(photos)) == len(photos) == 24
@@ -98,8 +97,6 @@ def test_the_shipped_general_file_masks_like_its_fp32_weights(wild, tmp_path):
     product photos its masks are those of the same weights in fp32 (second look included) within
     a stated tolerance: under 0.5% of the pixels differ, and the mean Dice is within 0.003 (on all
     109 held-out photos: +0.0002)."""
-    from carmask.data.wild import read_wild, split_wild
-
     shipped = Predictor("general")
     assert shipped.config["int8"] == "decoder" and shipped.second_look is not None
     fp32 = Predictor(export_model_file(SHIPPED.with_name("general-unet-mnv2.safetensors"),
